@@ -89,10 +89,14 @@ def _tfds_spec(name: str, data_dir=None, manual_dir=None) -> DatasetSpec:
 
 
 def _tfds_examples(name, split, data_dir, manual_dir) -> tf.data.Dataset:
+    import tensorflow_datasets as tfds
+
     builder = _tfds_builder(name, data_dir, manual_dir)
     if split not in builder.info.splits:
         raise ValueError(f"{name} has no split {split!r}; it has {sorted(builder.info.splits)}")
-    dataset = builder.as_dataset(split=split, shuffle_files=False)
+    # kseg caches after resizing; TFDS's own auto-cache would hold a second, full-size copy.
+    read_config = tfds.ReadConfig(try_autocache=False)
+    dataset = builder.as_dataset(split=split, shuffle_files=False, read_config=read_config)
     return dataset.map(
         lambda ex: {"image": ex["image"], "mask": ex["segmentation_mask"], "image_id": ex["image_id"]},
         num_parallel_calls=tf.data.AUTOTUNE,
@@ -108,7 +112,10 @@ def folder_pairs(path: str, split: str) -> list[tuple[str, str, str]]:
     otherwise each file goes to a split by a stable hash of its name (80/10/10), and ``all`` takes every file.
     """
     root = path.rstrip("/")
-    if tf.io.gfile.isdir(f"{root}/{split}/images"):
+    split_folders = folder_splits(path)
+    if split_folders:
+        if split not in split_folders:
+            raise ValueError(f"folder dataset {path!r} has split folders {split_folders} but no {split!r}")
         root = f"{root}/{split}"
         split = "all"
     for sub in ("images", "masks"):
@@ -129,6 +136,11 @@ def folder_pairs(path: str, split: str) -> list[tuple[str, str, str]]:
                                 f"{'masks' if unmatched[0] in images else 'images'}/ ({len(unmatched)} unmatched)")
     return [(s, images[s], masks[s]) for s in sorted(images)
             if split == "all" or splits.split_of_name(s, salt="folder/") == split]
+
+
+def folder_splits(path: str) -> list[str]:
+    """The split sub-folders (``train/``, ``validation/``, ``test/`` with ``images/`` inside) a folder has."""
+    return [s for s in SPLITS if tf.io.gfile.isdir(f"{path.rstrip('/')}/{s}/images")]
 
 
 def _read_pair(image_path, mask_path, multi_class):
@@ -164,7 +176,7 @@ def _folder_spec(name: str, num_classes: int | None) -> DatasetSpec:
         name=name,
         num_classes=num_classes,
         class_names=("background", "foreground") if num_classes == 1 else tuple(f"class_{i}" for i in range(num_classes)),
-        split_sizes={s: len(folder_pairs(path, s)) for s in SPLITS},
+        split_sizes={s: len(folder_pairs(path, s)) for s in (folder_splits(path) or SPLITS)},
     )
 
 

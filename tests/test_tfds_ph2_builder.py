@@ -19,3 +19,10 @@ class MadsBuilderTest(tfds.testing.DatasetBuilderTestCase):
     SKIP_CHECKSUMS = True
 
 
+
+
+class SyntheticBuilderTest(tfds.testing.DatasetBuilderTestCase):
+    DATASET_CLASS = tfds_ph2_dataset_builder.Builder
+    BUILDER_CONFIG_NAMES_TO_TEST = ["synthetic"]
+    SPLITS = {"train": 200, "validation": 50, "test": 50}
+    SKIP_CHECKSUMS = True

@@ -1,0 +1,44 @@
+# `make demo` and `make test` work on a fresh machine with only Python 3.11: they create .venv, install
+# kseg with its test extras, then run.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEMO_DIR ?= demo_out
+DATA_DIR ?= $(DEMO_DIR)/tensorflow_datasets
+PYTEST_ARGS ?=
+
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+
+.PHONY: setup demo test test-all bench dummy-data clean
+
+setup: $(STAMP)
+
+$(STAMP): setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+# The main job on the synthetic set (no download): build the TFDS config, then look at it.
+demo: $(STAMP)
+	$(BIN)/tfds build tfds_ph2 --config synthetic --data_dir $(DATA_DIR)
+	$(BIN)/python -m kseg.show tfds_ph2/synthetic --split train -n 12 --data-dir $(DATA_DIR) --out $(DEMO_DIR)/synthetic_samples.png
+
+# The whole suite except tests marked slow; `make test-all` runs those too.
+test: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+test-all: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(BIN)/python bench/build_dataset.py
+	$(BIN)/python bench/pipeline.py
+	$(BIN)/python bench/models.py
+
+dummy-data: $(STAMP)
+	$(BIN)/python tfds_ph2/make_dummy_data.py
+
+clean:
+	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache

@@ -1,0 +1,64 @@
+"""Shared fixtures: where the real data lives, and small built TFDS datasets reused across tests."""
+
+import os
+import pathlib
+import shutil
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+DUMMY_DATA = REPO / "tfds_ph2" / "dummy_data"
+
+
+def _real_data_dir() -> pathlib.Path:
+    return pathlib.Path(os.environ.get("KSEG_DATA_DIR", REPO.parent / "shared" / "data"))
+
+
+def _require(path: pathlib.Path) -> pathlib.Path:
+    if not path.exists():
+        message = f"real data not found at {path} (set KSEG_DATA_DIR to the folder holding PH2Dataset/ and bodies/)"
+        if os.environ.get("CI"):
+            pytest.fail(message)  # CI has the data: a missing folder is a broken set-up, not a reason to skip
+        pytest.skip(message)
+    return path
+
+
+@pytest.fixture(scope="session")
+def ph2_dir() -> pathlib.Path:
+    """The real ``PH2Dataset`` folder (200 cases, read-only)."""
+    return _require(_real_data_dir() / "PH2Dataset")
+
+
+@pytest.fixture(scope="session")
+def bodies_dir() -> pathlib.Path:
+    """The real MADS-layout ``bodies`` folder (290 pairs, read-only)."""
+    return _require(_real_data_dir() / "bodies")
+
+
+@pytest.fixture
+def dummy_ph2(tmp_path) -> pathlib.Path:
+    """A writable copy of the dummy PH2 download, for tests that break it."""
+    target = tmp_path / "PH2Dataset"
+    shutil.copytree(DUMMY_DATA / "PH2Dataset", target)
+    return target
+
+
+@pytest.fixture
+def dummy_mads(tmp_path) -> pathlib.Path:
+    """A writable copy of the dummy MADS download (the doubly nested Kaggle layout)."""
+    target = tmp_path / "mads"
+    shutil.copytree(DUMMY_DATA / "segmentation_full_body_mads_dataset_1192_img", target /
+                    "segmentation_full_body_mads_dataset_1192_img")
+    return target
+
+
+@pytest.fixture(scope="session")
+def synthetic_data_dir(tmp_path_factory) -> str:
+    """A TFDS data dir with ``tfds_ph2/synthetic`` built once per test session."""
+    import tensorflow_datasets as tfds
+
+    import tfds_ph2.tfds_ph2_dataset_builder  # noqa: F401
+
+    data_dir = str(tmp_path_factory.mktemp("tfds"))
+    tfds.builder("tfds_ph2/synthetic", data_dir=data_dir).download_and_prepare()
+    return data_dir

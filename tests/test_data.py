@@ -1,0 +1,106 @@
+"""Input pipelines on real and synthetic data: shapes, exact masks, folders, determinism, errors."""
+
+import shutil
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from kseg import data
+
+from conftest import DUMMY_DATA
+
+
+def test_synthetic_batches(synthetic_data_dir):
+    dataset = data.load("tfds_ph2/synthetic", "train", image_size=(64, 96), batch_size=5,
+                        augmentation="medium", shuffle=True, seed=0, data_dir=synthetic_data_dir)
+    images, masks = next(iter(dataset))
+    assert images.shape == (5, 64, 96, 3) and images.dtype == tf.float32
+    assert masks.shape == (5, 64, 96, 1) and masks.dtype == tf.float32
+    assert set(np.unique(masks.numpy())) == {0.0, 1.0}
+    assert 0.0 <= float(tf.reduce_min(images)) and float(tf.reduce_max(images)) <= 1.0
+    spec = data.dataset_spec("tfds_ph2/synthetic", data_dir=synthetic_data_dir)
+    assert spec.num_classes == 1 and spec.split_sizes == {"train": 200, "validation": 50, "test": 50}
+
+
+def test_seeded_pipeline_repeats_and_epochs_differ(synthetic_data_dir):
+    def first_epochs(seed):
+        dataset = data.load("tfds_ph2/synthetic", "validation", image_size=(32, 32), batch_size=10,
+                            augmentation="strong", shuffle=True, seed=seed, data_dir=synthetic_data_dir)
+        return [np.concatenate([m.numpy() for _, m in dataset]) for _ in range(2)]
+
+    run_a, run_b = first_epochs(3), first_epochs(3)
+    np.testing.assert_array_equal(run_a[0], run_b[0])
+    np.testing.assert_array_equal(run_a[1], run_b[1])
+    assert not np.array_equal(run_a[0], run_a[1])  # a new shuffle and new augmentation each epoch
+
+
+def test_unaugmented_masks_match_nearest_resize(synthetic_data_dir):
+    example = next(iter(data.load_examples("tfds_ph2/synthetic", "test", data_dir=synthetic_data_dir)))
+    _, mask = next(iter(data.load("tfds_ph2/synthetic", "test", image_size=(48, 64), batch_size=1,
+                                  data_dir=synthetic_data_dir)))
+    expected = tf.image.resize(example["mask"], (48, 64), method="nearest").numpy().astype(np.float32)
+    np.testing.assert_array_equal(mask[0].numpy(), expected)
+
+
+def test_folder_dataset_of_real_bodies(bodies_dir):
+    spec = data.dataset_spec(f"folder:{bodies_dir}")
+    assert sum(spec.split_sizes.values()) == 290 and spec.split_sizes["train"] > 200
+    images, masks = next(iter(data.load(f"folder:{bodies_dir}", "validation", image_size=(64, 64), batch_size=4)))
+    assert images.shape == (4, 64, 64, 3) and set(np.unique(masks.numpy())) == {0.0, 1.0}
+    # Each real person covers a fair share of its frame.
+    assert 0.05 < float(tf.reduce_mean(masks)) < 0.8
+
+
+def test_folder_with_split_subfolders_and_multiclass(tmp_path):
+    for split in ("train", "test"):
+        for sub in ("images", "masks"):
+            (tmp_path / split / sub).mkdir(parents=True)
+        for i in range(3):
+            label = np.zeros((20, 30), np.uint8)
+            label[2:8, 3:9], label[10:15, 12:20] = 1, 2
+            Image.fromarray(np.full((20, 30, 3), 80 * i, np.uint8)).save(tmp_path / split / "images" / f"a{i}.jpg")
+            Image.fromarray(label).save(tmp_path / split / "masks" / f"a{i}.png")
+    dataset = data.load(f"folder:{tmp_path}", "test", image_size=(20, 30), batch_size=3, num_classes=3)
+    _, masks = next(iter(dataset))
+    assert masks.dtype == tf.int32 and set(np.unique(masks.numpy())) == {0, 1, 2}
+    assert data.dataset_spec(f"folder:{tmp_path}", num_classes=3).split_sizes["train"] == 3
+
+
+def test_folder_errors_name_the_problem(tmp_path):
+    with pytest.raises(FileNotFoundError, match="images/ is missing"):
+        data.load(f"folder:{tmp_path}", "train")
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    Image.new("RGB", (4, 4)).save(tmp_path / "images" / "a.png")
+    with pytest.raises(FileNotFoundError, match=r"images/a.png has no counterpart"):
+        data.load(f"folder:{tmp_path}", "train")
+
+
+def test_unreadable_folder_image_names_the_file(tmp_path):
+    for sub in ("images", "masks"):
+        (tmp_path / sub).mkdir()
+    Image.new("L", (4, 4)).save(tmp_path / "masks" / "bad.png")
+    (tmp_path / "images" / "bad.png").write_bytes(b"not a png")
+    dataset = data.load(f"folder:{tmp_path}", "all", image_size=(4, 4), batch_size=1)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"images/bad.png: not a recognised image format"):
+        next(iter(dataset))
+
+
+def test_tfds_builds_on_first_use_from_manual_dir(tmp_path):
+    spec = data.dataset_spec("tfds_ph2/ph2", data_dir=str(tmp_path), manual_dir=str(DUMMY_DATA))
+    assert spec.split_sizes == {"train": 9, "validation": 3, "test": 3}
+    assert spec.class_names == ("background", "lesion")
+
+
+def test_unbuilt_manual_dataset_explains_what_to_do(tmp_path):
+    with pytest.raises(data.DatasetNotReadyError, match=r"(?s)not built.*--manual-dir.*PH2Dataset.rar.*synthetic"):
+        data.load("tfds_ph2/ph2", "train", data_dir=str(tmp_path))
+
+
+def test_bad_arguments(tmp_path):
+    with pytest.raises(ValueError, match="image_size"):
+        data.load("tfds_ph2/synthetic", "train", image_size=(0, 3))
+    with pytest.raises(ValueError, match="unknown dataset 'nope/nothing'"):
+        data.load("nope/nothing", "train", data_dir=str(tmp_path))
