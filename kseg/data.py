@@ -204,12 +204,15 @@ def load_examples(name: str, split: str, *, data_dir=None, manual_dir=None, num_
     return _tfds_examples(name, split, data_dir, manual_dir)
 
 
-def resize_example(image, mask, image_size=IMAGE_SIZE):
-    """Image to uint8 at ``image_size`` (bilinear, antialiased), mask to the same size (nearest)."""
+def resize_image(image, image_size=IMAGE_SIZE):
+    """uint8 image at ``image_size`` (bilinear, antialiased); the one resize used by training and inference."""
     image = tf.image.resize(image, image_size, method="bilinear", antialias=True)
-    image = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
-    mask = tf.image.resize(mask, image_size, method="nearest")
-    return image, mask
+    return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+
+
+def resize_example(image, mask, image_size=IMAGE_SIZE):
+    """Image resized by ``resize_image``, mask to the same size with nearest neighbour (labels stay exact)."""
+    return resize_image(image, image_size), tf.image.resize(mask, image_size, method="nearest")
 
 
 def load(

@@ -1,0 +1,95 @@
+"""Crash-safe run state: the last epoch's weights and optimizer, and the best model so far.
+
+A run killed at any moment (SIGKILL included) and started again with the same command resumes from the
+last finished epoch with the same optimizer state and learning-rate schedule position. Files are written
+under temporary names and renamed into place, and ``state.json`` (the single source of truth) is replaced
+last, so a kill mid-write leaves the previous state intact.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import pathlib
+
+import keras
+
+STATE_FILE = "state.json"
+
+
+@dataclasses.dataclass
+class RunState:
+    epoch: int = 0  # epochs finished
+    best_dice: float = -math.inf
+    best_epoch: int = -1
+    weights: str | None = None  # file name in the checkpoint folder
+
+
+def _atomic_write_text(path: pathlib.Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_state(folder) -> RunState:
+    path = pathlib.Path(folder) / STATE_FILE
+    if not path.exists():
+        return RunState()
+    values = json.loads(path.read_text())
+    if values.get("best_dice") is None:
+        values["best_dice"] = -math.inf
+    return RunState(**values)
+
+
+def restore(model: keras.Model, folder) -> RunState:
+    """Load the last saved epoch into ``model`` (and its optimizer); a fresh state when there is none."""
+    state = read_state(folder)
+    if state.weights:
+        if model.optimizer is not None and not model.optimizer.built:
+            model.optimizer.build(model.trainable_variables)
+        model.load_weights(str(pathlib.Path(folder) / state.weights))
+    return state
+
+
+def save_model_atomically(model: keras.Model, path) -> None:
+    path = pathlib.Path(path)
+    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
+    model.save(tmp)
+    os.replace(tmp, path)
+
+
+class EpochCheckpoint(keras.callbacks.Callback):
+    """At each epoch end: the best model (on ``monitor``) to ``best_path`` and the full state to ``folder``."""
+
+    def __init__(self, folder, best_path, state: RunState, monitor: str = "val_dice", write: bool = True):
+        super().__init__()
+        self.folder = pathlib.Path(folder)
+        self.best_path = pathlib.Path(best_path)
+        self.state = state
+        self.monitor = monitor
+        self.write = write  # False on non-chief workers: they take part in training but write nothing
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = float((logs or {}).get(self.monitor, math.nan))
+        improved = math.isfinite(value) and value > self.state.best_dice
+        if improved:
+            self.state.best_dice, self.state.best_epoch = value, epoch
+        if not self.write:
+            self.state.epoch = epoch + 1
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        if improved or not self.best_path.exists():
+            save_model_atomically(self.model, self.best_path)
+        weights = f"epoch-{epoch + 1:04d}.weights.h5"
+        self.model.save_weights(str(self.folder / weights))
+        previous = self.state.weights
+        self.state.epoch, self.state.weights = epoch + 1, weights
+        state = dataclasses.asdict(self.state)
+        state["best_dice"] = None if not math.isfinite(self.state.best_dice) else self.state.best_dice
+        _atomic_write_text(self.folder / STATE_FILE, json.dumps(state, indent=2))
+        if previous and previous != weights and (self.folder / previous).exists():
+            (self.folder / previous).unlink()
