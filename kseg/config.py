@@ -42,7 +42,7 @@ class TrainConfig:
     optimizer: str = "adamw"
     weight_decay: float = 1e-4
     schedule: str = "cosine"
-    warmup_epochs: int = 3
+    warmup_epochs: int | None = None  # None: a tenth of the epochs, at most 3
     augmentation: str = "medium"
     dropout: float = 0.0
     steps_per_epoch: int | None = None
@@ -86,14 +86,21 @@ class TrainConfig:
             fail("learning_rate", "a number > 0")
         if self.weight_decay < 0:
             fail("weight_decay", "a number >= 0")
-        if not 0 <= self.warmup_epochs < self.epochs or not isinstance(self.warmup_epochs, int):
-            fail("warmup_epochs", f"an integer in [0, epochs={self.epochs})")
+        warmup = self.warmup_epochs
+        if warmup is not None and (not isinstance(warmup, int) or warmup < 0 or 0 < self.epochs <= warmup):
+            fail("warmup_epochs", f"an integer in [0, epochs={self.epochs}) or null for automatic")
         if not 0 <= self.dropout < 1:
             fail("dropout", "a number in [0, 1)")
         if not 0 < self.threshold < 1:
             fail("threshold", "a probability in (0, 1)")
         if not self.dataset.startswith("folder:") and "/" not in self.dataset:
             fail("dataset", "a TFDS name like tfds_ph2/ph2 or folder:PATH")
+
+    @property
+    def resolved_warmup_epochs(self) -> int:
+        if self.warmup_epochs is not None:
+            return self.warmup_epochs
+        return min(3, self.epochs // 10)
 
     def replace(self, **changes) -> "TrainConfig":
         return dataclasses.replace(self, **changes)
@@ -113,7 +120,7 @@ PRESETS: dict[str, dict] = {
     "mads-unet": dict(dataset="tfds_ph2/mads", model="unet", image_size=(256, 256), batch_size=8, epochs=40,
                       learning_rate=2e-3, loss="bce_dice", augmentation="medium", output_dir="runs/mads-unet"),
     "synthetic-unet": dict(dataset="tfds_ph2/synthetic", model="unet-small", image_size=(128, 128), batch_size=16,
-                           epochs=12, learning_rate=3e-3, loss="bce_dice", augmentation="medium", warmup_epochs=1,
+                           epochs=12, learning_rate=3e-3, loss="bce_dice", augmentation="medium",
                            output_dir="runs/synthetic-unet"),
 }
 DEFAULT_PRESET = "ph2-unet"

@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--optimizer", help="adamw, adam or sgd (momentum 0.9, Nesterov)")
     add("--weight-decay", type=float, help="decoupled weight decay")
     add("--schedule", help="cosine (with linear warm-up) or constant")
-    add("--warmup-epochs", type=int, help="epochs of linear warm-up")
+    add("--warmup-epochs", type=int, help="epochs of linear warm-up (default: a tenth of the epochs, at most 3)")
     add("--augmentation", help="none, flips, light, medium or strong")
     add("--dropout", type=float, help="dropout at the bottleneck")
     add("--steps-per-epoch", type=int, help="batches per epoch (default: one pass over the training split)")
@@ -121,7 +121,7 @@ def make_optimizer(config: config_lib.TrainConfig, steps_per_epoch: int):
     import keras
 
     total = config.epochs * steps_per_epoch
-    warmup = config.warmup_epochs * steps_per_epoch
+    warmup = config.resolved_warmup_epochs * steps_per_epoch
     if config.schedule == "cosine":
         learning_rate = keras.optimizers.schedules.CosineDecay(
             initial_learning_rate=config.learning_rate * 0.01 if warmup else config.learning_rate,
@@ -137,10 +137,14 @@ def make_optimizer(config: config_lib.TrainConfig, steps_per_epoch: int):
     return keras.optimizers.SGD(learning_rate, momentum=0.9, nesterov=True, weight_decay=config.weight_decay or None)
 
 
-def build_model(config: config_lib.TrainConfig, num_classes: int):
+def build_model(config: config_lib.TrainConfig, num_classes: int, replicas: int = 1):
+    """The configured model; with several replicas BN uses global-batch statistics, so every replica and
+    worker keeps the same moving averages and the model matches single-device training."""
     from kseg.models import build_preset
 
     overrides = {"dropout": config.dropout} if config.dropout else {}
+    if replicas > 1:
+        overrides["batch_norm"] = "sync"
     return build_preset(config.model, image_size=config.image_size, num_classes=num_classes, **overrides)
 
 
@@ -254,7 +258,7 @@ def run(config: config_lib.TrainConfig, *, verbose: int | str = "auto") -> dict:
         validation_data = load("validation") if spec.split_sizes.get("validation") else None
 
         with strategy.scope():
-            model = build_model(config, num_classes)
+            model = build_model(config, num_classes, strategy.num_replicas_in_sync)
             compile_model(model, config, num_classes, steps_per_epoch)
         check_output_dir(run_dir, needed_bytes=model.count_params() * 4 * 6 + 64 * 2**20)
         (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")

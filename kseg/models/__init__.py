@@ -1,0 +1,59 @@
+"""Segmentation models: functional Keras builders, a name registry and size presets.
+
+Every model takes ``image`` (H, W, 3) float32 in [0, 1] and returns float32 ``logits`` (H, W, num_classes),
+so data pipelines, losses and export code never need to know which architecture they got.
+"""
+
+from kseg.models.complexity import count_macs, count_params
+from kseg.models.layers import MaxUnpooling2D
+from kseg.models.segnet import segnet
+from kseg.models.unet import unet
+
+#: Builders by name, for configs and command lines that name a model as a string.
+MODELS = {"unet": unet, "segnet": segnet}
+
+#: Named sizes: preset name -> (builder name, builder kwargs). Widths differ by 2x between sizes, so
+#: parameters and MACs differ by about 4x; "segnet-large" has the paper's VGG16 widths.
+PRESETS = {
+    "unet-small": ("unet", dict(base_filters=16, depth=4)),
+    "unet": ("unet", dict(base_filters=32, depth=4)),
+    "unet-large": ("unet", dict(base_filters=64, depth=4)),
+    "segnet-small": ("segnet", dict(base_filters=16, depth=5)),
+    "segnet": ("segnet", dict(base_filters=32, depth=5)),
+    "segnet-large": ("segnet", dict(base_filters=64, depth=5)),
+}
+
+
+def get_model(name, /, **kwargs):
+    """Build the model registered as ``name`` ("unet" or "segnet") with the builder's keyword arguments.
+
+    ``name`` is positional-only so that ``name=...`` in ``kwargs`` still reaches the builder as the model name.
+    """
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; known models: {', '.join(sorted(MODELS))}")
+    return MODELS[name](**kwargs)
+
+
+def build_preset(preset_name, image_size=(256, 256), num_classes=1, **overrides):
+    """Build a named preset; ``overrides`` replace the preset's own arguments (e.g. ``dropout=0.2``).
+
+    The model is named after the preset, so saved files and logs say which size was trained.
+    """
+    if preset_name not in PRESETS:
+        raise ValueError(f"unknown preset {preset_name!r}; known presets: {', '.join(PRESETS)}")
+    model_name, preset_kwargs = PRESETS[preset_name]
+    kwargs = {"name": preset_name.replace("-", "_"), **preset_kwargs, **overrides}
+    return get_model(model_name, image_size=image_size, num_classes=num_classes, **kwargs)
+
+
+__all__ = [
+    "MODELS",
+    "PRESETS",
+    "MaxUnpooling2D",
+    "build_preset",
+    "count_macs",
+    "count_params",
+    "get_model",
+    "segnet",
+    "unet",
+]
