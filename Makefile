@@ -20,10 +20,12 @@ $(STAMP): setup.cfg pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-# The main job on the synthetic set (no download): build the TFDS config, then look at it.
+# The main job on the synthetic set (no download): build the TFDS config, look at it, train briefly
+# (the run directory holds the model, curves, predictions and metrics at original resolution).
 demo: $(STAMP)
 	$(BIN)/tfds build tfds_ph2 --config synthetic --data_dir $(DATA_DIR)
 	$(BIN)/python -m kseg.show tfds_ph2/synthetic --split train -n 12 --data-dir $(DATA_DIR) --out $(DEMO_DIR)/synthetic_samples.png
+	$(BIN)/python -m kseg.train --preset synthetic-unet --data-dir $(DATA_DIR) --output-dir $(DEMO_DIR)/run
 
 # The whole suite except tests marked slow; `make test-all` runs those too.
 test: $(STAMP)
