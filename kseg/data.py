@@ -266,7 +266,8 @@ def load(
             num_parallel_calls=tf.data.AUTOTUNE,
         )
     options = tf.data.Options()
-    options.deterministic = seed is not None
+    # Unshuffled reads keep the split's order (evaluation relies on it); a seed makes shuffling repeatable.
+    options.deterministic = (not shuffle) or seed is not None
     options.experimental_optimization.map_parallelization = True
     dataset = dataset.with_options(options)
     return dataset.prefetch(tf.data.AUTOTUNE)
