@@ -97,10 +97,18 @@ def _tfds_examples(name, split, data_dir, manual_dir) -> tf.data.Dataset:
     # kseg caches after resizing; TFDS's own auto-cache would hold a second, full-size copy.
     read_config = tfds.ReadConfig(try_autocache=False)
     dataset = builder.as_dataset(split=split, shuffle_files=False, read_config=read_config)
-    return dataset.map(
-        lambda ex: {"image": ex["image"], "mask": ex["segmentation_mask"], "image_id": ex["image_id"]},
-        num_parallel_calls=tf.data.AUTOTUNE,
-    )
+    features = builder.info.features
+    diagnoses = None
+    if "clinical_diagnosis" in features:  # PH2: kept so that evaluation can report Dice per diagnosis
+        diagnoses = tf.constant(features["clinical_diagnosis"].names)
+
+    def select(ex):
+        result = {"image": ex["image"], "mask": ex["segmentation_mask"], "image_id": ex["image_id"]}
+        if diagnoses is not None:
+            result["clinical_diagnosis"] = tf.gather(diagnoses, ex["clinical_diagnosis"])
+        return result
+
+    return dataset.map(select, num_parallel_calls=tf.data.AUTOTUNE)
 
 
 # ------------------------------------------------------------------------------------------ folders ---
@@ -195,7 +203,8 @@ def dataset_spec(name: str, *, data_dir=None, manual_dir=None, num_classes: int 
 
 def load_examples(name: str, split: str, *, data_dir=None, manual_dir=None, num_classes: int | None = None
                   ) -> tf.data.Dataset:
-    """Examples at their original size: ``{"image": uint8 [H,W,3], "mask": uint8 [H,W,1], "image_id"}``.
+    """Examples at their original size: ``{"image": uint8 [H,W,3], "mask": uint8 [H,W,1], "image_id"}``
+    (PH2 adds ``clinical_diagnosis``, its name as a string).
 
     Evaluation reads these to score predictions at each image's own resolution.
     """

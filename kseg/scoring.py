@@ -9,8 +9,11 @@ denominator is empty (e.g. Dice with both masks empty) is 1.0, never NaN.
 from __future__ import annotations
 
 import numpy as np
+from scipy import ndimage
 
 SCORE_NAMES = ("dice", "iou", "sensitivity", "specificity", "pixel_accuracy")
+#: Per-case columns of ``kseg.evaluate``'s CSV, after ``image_id``.
+CASE_COLUMNS = (*SCORE_NAMES, "hd95", "predicted_area", "true_area")
 
 
 def _ratio(numerator: float, denominator: float) -> float:
@@ -50,6 +53,40 @@ def multiclass_scores(pred: np.ndarray, true: np.ndarray, num_classes: int) -> d
     result = {name: float(np.mean([s[name] for s in per_class])) for name in SCORE_NAMES}
     result["pixel_accuracy"] = float(np.mean(pred == true))
     return result
+
+
+def _surface(mask: np.ndarray) -> np.ndarray:
+    """Foreground pixels with a 4-neighbour in the background (the image border counts as background)."""
+    return mask & ~ndimage.binary_erosion(mask, border_value=0)
+
+
+def hd95(pred: np.ndarray, true: np.ndarray) -> float:
+    """95th-percentile symmetric Hausdorff distance in pixels between the two masks' surfaces.
+
+    As in MedPy's ``hd95``: the distances from each surface pixel of one mask to the nearest surface pixel
+    of the other, both directions pooled, 95th percentile. Both masks empty: 0.0; exactly one empty: NaN
+    (undefined; summaries count these separately).
+    """
+    pred, true = np.asarray(pred).astype(bool), np.asarray(true).astype(bool)
+    if pred.shape != true.shape:
+        raise ValueError(f"prediction shape {pred.shape} differs from ground truth shape {true.shape}")
+    if not pred.any() and not true.any():
+        return 0.0
+    if not pred.any() or not true.any():
+        return float("nan")
+    pred_surface, true_surface = _surface(pred), _surface(true)
+    to_true = ndimage.distance_transform_edt(~true_surface)[pred_surface]
+    to_pred = ndimage.distance_transform_edt(~pred_surface)[true_surface]
+    return float(np.percentile(np.concatenate([to_true, to_pred]), 95))
+
+
+def case_scores(pred: np.ndarray, true: np.ndarray, num_classes: int = 1) -> dict[str, float]:
+    """Every per-case column of ``CASE_COLUMNS`` (multi-class: foreground classes averaged, areas of any
+    foreground class, HD95 of the foreground as one region)."""
+    pred, true = np.asarray(pred), np.asarray(true)
+    scores = binary_scores(pred, true) if num_classes == 1 else multiclass_scores(pred, true, num_classes)
+    return {**scores, "hd95": hd95(pred > 0, true > 0), "predicted_area": int(np.count_nonzero(pred)),
+            "true_area": int(np.count_nonzero(true))}
 
 
 def summarize(values) -> dict[str, float]:
