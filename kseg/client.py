@@ -1,0 +1,446 @@
+"""``python -m kseg.client``: masks and overlays from a model served by TensorFlow Serving.
+
+    python -m kseg.client --server http://localhost:8501 --model ph2-unet images/ photo.jpg --out masks/
+    python -m kseg.client --grpc localhost:8500 --model ph2-unet images/ --out masks/
+
+It sends the images to the export's ``serving_default`` signature (``image_bytes`` in; ``mask_bytes``,
+``height``, ``width``, ``foreground_fraction`` out; see ``kseg.export``) and writes ``NAME_mask.png`` and
+``NAME_overlay.png`` with ``kseg.outputs.write_prediction``, exactly as ``kseg.predict`` does for a local
+model. REST uses only the standard library; gRPC needs ``grpcio`` and ``tensorflow-serving-api``
+(``pip install grpcio && pip install --no-deps tensorflow-serving-api``), imported only when ``--grpc`` is used.
+
+Images go as their original bytes when the server decodes the format the way Pillow does (PNG, JPEG, GIF,
+WebP, 24-bit BMP); other files (TIFF, 1-bit or palette BMPs, 16-bit PNGs) are decoded here and sent as
+lossless PNG. ``--reencode`` sends every image as PNG decoded by Pillow, so that masks match
+``kseg.predict``'s exactly even for JPEGs (TensorFlow's and Pillow's JPEG decoders differ by a few levels).
+
+Files that cannot be read, and images the server rejects (INVALID_ARGUMENT), are reported by name and
+skipped; the exit status is then 1. Connection failures, unknown models or signatures and other server
+errors stop the run with exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import dataclasses
+import io
+import json
+import pathlib
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+
+import numpy as np
+from PIL import Image
+
+from kseg import imageio, outputs
+
+DEFAULT_SIGNATURE = "serving_default"
+INPUT_NAME = "image_bytes"
+OUTPUT_NAMES = ("mask_bytes", "height", "width", "foreground_fraction")
+GRPC_INSTALL_HINT = ("gRPC needs grpcio and tensorflow-serving-api: pip install grpcio && "
+                     "pip install --no-deps tensorflow-serving-api  (--no-deps: it would otherwise pull in the "
+                     "full tensorflow package next to tensorflow-cpu); or use REST with --server")
+
+
+class ServingError(RuntimeError):
+    """The server cannot be used at all (unreachable, unknown model or signature, internal error)."""
+
+
+class RequestRejected(ServingError):
+    """The server rejected a request's data (HTTP 400 / INVALID_ARGUMENT), e.g. an image it cannot decode."""
+
+
+@dataclasses.dataclass
+class Prediction:
+    mask_png: bytes
+    height: int
+    width: int
+    foreground_fraction: float
+
+
+def _fatal_if_not_about_images(message: str, where: str, hint: str = "") -> None:
+    """A rejected request whose message is about the request itself (a wrong signature, input name or
+    format) is fatal: retrying image by image would fail the same way."""
+    lowered = message.lower()
+    if "signature" in lowered or ("input" in lowered and INPUT_NAME not in lowered and "image" not in lowered):
+        raise ServingError(f"{where} rejected the request: {message}{hint}")
+
+
+# ---------------------------------------------------------------------------------------------- REST ---
+
+class RestClient:
+    """TF Serving's REST predict API: ``POST /v1/models/NAME[/versions/N]:predict``."""
+
+    def __init__(self, server: str, model: str, version: int | None = None, signature: str = DEFAULT_SIGNATURE,
+                 timeout: float = 120.0, request_format: str = "row"):
+        if "://" not in server:
+            server = "http://" + server
+        self.server = server.rstrip("/")
+        self.model, self.version, self.signature = model, version, signature
+        self.timeout, self.request_format = timeout, request_format
+        path = f"/v1/models/{urllib.parse.quote(model, safe='')}"
+        if version is not None:
+            path += f"/versions/{int(version)}"
+        self.url = self.server + path + ":predict"
+
+    def describe(self) -> str:
+        return f"{self.url} (signature {self.signature}, {self.request_format} format)"
+
+    def request_body(self, payloads) -> dict:
+        encoded = [{"b64": base64.b64encode(p).decode("ascii")} for p in payloads]
+        if self.request_format == "row":
+            body = {"instances": [{INPUT_NAME: item} for item in encoded]}
+        else:
+            body = {"inputs": {INPUT_NAME: encoded}}
+        return {"signature_name": self.signature, **body}
+
+    def predict(self, payloads) -> list[Prediction]:
+        data = json.dumps(self.request_body(payloads)).encode("utf-8")
+        request = urllib.request.Request(self.url, data=data, method="POST",
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                document = json.loads(response.read().decode("utf-8"))
+        except urllib.error.HTTPError as e:
+            raise self._http_error(e) from None
+        except urllib.error.URLError as e:
+            reason = getattr(e.reason, "strerror", None) or str(e.reason)
+            raise ServingError(f"cannot reach TF Serving at {self.server}: {reason}. Is the server running and "
+                               f"its REST port (default 8501) published? See export/README.md") from None
+        except (TimeoutError, ConnectionError) as e:
+            raise ServingError(f"no answer from {self.server} ({type(e).__name__}: {e}); try a larger "
+                               f"--timeout or a smaller --batch-size") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ServingError(f"{self.url} answered with something that is not JSON ({e})") from None
+        return self._parse(document, len(payloads))
+
+    def _http_error(self, error: urllib.error.HTTPError) -> ServingError:
+        body = error.read().decode("utf-8", "replace")
+        try:
+            message = json.loads(body)["error"]
+        except (ValueError, KeyError, TypeError):
+            message = body.strip()[:500] or error.reason
+        where = f"{self.url}"
+        if error.code == 404:
+            return ServingError(f"{where}: HTTP 404: {message}. Check --model"
+                                f"{' and --version' if self.version is not None else ''} against the server's "
+                                f"model config (GET {self.server}/v1/models/{self.model} shows its versions)")
+        if error.code == 400:
+            _fatal_if_not_about_images(message, where, f" (check --signature {self.signature!r})")
+            return RequestRejected(message)
+        return ServingError(f"{where}: HTTP {error.code} {error.reason}: {message}")
+
+    def _parse(self, document, count) -> list[Prediction]:
+        if not isinstance(document, dict):
+            raise ServingError(f"{self.url}: unexpected answer {str(document)[:200]}")
+        if "predictions" in document:
+            rows = document["predictions"]
+        elif "outputs" in document:
+            columns = document["outputs"]
+            if not isinstance(columns, dict):
+                raise ServingError(f"{self.url}: expected named outputs {OUTPUT_NAMES}, got {str(columns)[:200]}")
+            try:
+                rows = [{name: columns[name][i] for name in OUTPUT_NAMES} for i in range(count)]
+            except (KeyError, IndexError, TypeError) as e:
+                raise ServingError(f"{self.url}: outputs lack {e} (expected {OUTPUT_NAMES}); is this a kseg "
+                                   f"export and --signature its serving signature?") from None
+        else:
+            raise ServingError(f"{self.url}: answer has neither 'predictions' nor 'outputs': {str(document)[:200]}")
+        if not isinstance(rows, list) or len(rows) != count:
+            raise ServingError(f"{self.url}: expected {count} predictions, got {str(rows)[:200]}")
+        results = []
+        for row in rows:
+            try:
+                mask = row["mask_bytes"]
+                mask = base64.b64decode(mask["b64"]) if isinstance(mask, dict) else base64.b64decode(mask)
+                results.append(Prediction(mask, int(row["height"]), int(row["width"]),
+                                          float(row["foreground_fraction"])))
+            except (KeyError, TypeError, ValueError) as e:
+                raise ServingError(f"{self.url}: prediction lacks or garbles {e} (expected {OUTPUT_NAMES}); is "
+                                   f"this a kseg export and --signature its serving signature?") from None
+        return results
+
+
+# ---------------------------------------------------------------------------------------------- gRPC ---
+
+def _import_grpc():
+    try:
+        import grpc
+        from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+    except ImportError as e:
+        raise ServingError(f"--grpc: cannot import {e.name or e}. {GRPC_INSTALL_HINT}") from None
+    return grpc, predict_pb2, prediction_service_pb2_grpc
+
+
+def tensor_values(proto) -> list:
+    """The values of a ``TensorProto`` as a flat list (typed fields or packed ``tensor_content``)."""
+    from tensorflow.core.framework import types_pb2
+
+    if proto.dtype == types_pb2.DT_STRING:
+        return list(proto.string_val)
+    if proto.tensor_content:
+        dtype = {types_pb2.DT_INT32: "<i4", types_pb2.DT_INT64: "<i8", types_pb2.DT_FLOAT: "<f4",
+                 types_pb2.DT_DOUBLE: "<f8"}[proto.dtype]
+        return np.frombuffer(proto.tensor_content, dtype=dtype).tolist()
+    for field in ("int_val", "int64_val", "float_val", "double_val"):
+        values = list(getattr(proto, field))
+        if values:
+            return values
+    return []
+
+
+class GrpcClient:
+    """TF Serving's gRPC ``PredictionService.Predict``."""
+
+    def __init__(self, target: str, model: str, version: int | None = None, signature: str = DEFAULT_SIGNATURE,
+                 timeout: float = 120.0):
+        self.grpc, self.predict_pb2, services = _import_grpc()
+        self.target, self.model, self.version, self.signature, self.timeout = target, model, version, signature, timeout
+        # TF Serving accepts messages up to 2 GiB; the client's default limit (4 MiB) would refuse big batches.
+        options = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
+        self.channel = self.grpc.insecure_channel(target, options=options)
+        self.stub = services.PredictionServiceStub(self.channel)
+
+    def describe(self) -> str:
+        return f"grpc://{self.target} model {self.model} (signature {self.signature})"
+
+    def close(self):
+        self.channel.close()
+
+    def predict(self, payloads) -> list[Prediction]:
+        from tensorflow.core.framework import types_pb2
+
+        request = self.predict_pb2.PredictRequest()
+        request.model_spec.name = self.model
+        request.model_spec.signature_name = self.signature
+        if self.version is not None:
+            request.model_spec.version.value = int(self.version)
+        tensor = request.inputs[INPUT_NAME]
+        tensor.dtype = types_pb2.DT_STRING
+        tensor.tensor_shape.dim.add(size=len(payloads))
+        tensor.string_val.extend(payloads)
+        try:
+            response = self.stub.Predict(request, timeout=self.timeout)
+        except self.grpc.RpcError as e:
+            raise self._rpc_error(e) from None
+        try:
+            columns = {name: tensor_values(response.outputs[name]) for name in OUTPUT_NAMES}
+        except KeyError as e:
+            raise ServingError(f"{self.describe()}: the response lacks output {e} (it has "
+                               f"{sorted(response.outputs)}); is this a kseg export?") from None
+        if any(len(values) != len(payloads) for values in columns.values()):
+            raise ServingError(f"{self.describe()}: expected {len(payloads)} values per output")
+        return [Prediction(*(columns[name][i] for name in OUTPUT_NAMES)) for i in range(len(payloads))]
+
+    def _rpc_error(self, error) -> ServingError:
+        code = error.code()
+        details = error.details() or ""
+        codes = self.grpc.StatusCode
+        if code == codes.UNAVAILABLE:
+            return ServingError(f"cannot reach TF Serving at {self.target} over gRPC: {details}. Is the server "
+                                f"running and its gRPC port (default 8500) published? See export/README.md")
+        if code == codes.DEADLINE_EXCEEDED:
+            return ServingError(f"no answer from {self.target} within {self.timeout:g} s; try a larger --timeout "
+                                f"or a smaller --batch-size")
+        if code == codes.NOT_FOUND:
+            return ServingError(f"{self.describe()}: NOT_FOUND: {details}. Check --model"
+                                f"{' and --version' if self.version is not None else ''} against the server's "
+                                f"model config")
+        if code == codes.INVALID_ARGUMENT:
+            _fatal_if_not_about_images(details, self.describe(), f" (check --signature {self.signature!r})")
+            return RequestRejected(details)
+        return ServingError(f"{self.describe()}: {code.name}: {details}")
+
+
+# -------------------------------------------------------------------------------------------- inputs ---
+
+def expand_inputs(inputs) -> tuple[list[pathlib.Path], list[str]]:
+    """Image files named by ``inputs`` (folders expanded, not recursively), and errors for missing ones."""
+    files, errors = [], []
+    for item in inputs:
+        path = pathlib.Path(item)
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in imageio.IMAGE_SUFFIXES)
+            if not found:
+                errors.append(f"{path}: folder holds no images ({', '.join(imageio.IMAGE_SUFFIXES)})")
+            files.extend(found)
+        elif path.is_file():
+            files.append(path)
+        else:
+            errors.append(f"{path}: no such file or folder")
+    return files, errors
+
+
+def output_stems(files) -> list[str]:
+    """File stems, made unique by prefixing parent folder names where two inputs share a stem (as kseg.predict)."""
+    stems = [f.stem for f in files]
+    repeated = {s for s in stems if stems.count(s) > 1}
+    return [f"{f.parent.name}_{f.stem}" if f.stem in repeated else f.stem for f in files]
+
+
+def server_decodes_as_pillow(image: Image.Image) -> bool:
+    """Whether TensorFlow's ``decode_image`` gives the same RGB pixels as ``imageio.to_rgb_array`` (up to JPEG
+    decoder differences), so the file's own bytes can be sent."""
+    if image.format == "BMP":
+        return image.mode == "RGB"  # TF ignores BMP palettes and cannot read 1-bit BMPs
+    if image.format == "PNG":
+        return image.mode in ("RGB", "RGBA", "L", "LA", "P")  # not 16-bit (TF truncates, Pillow rounds)
+    if image.format == "JPEG":
+        return image.mode in ("RGB", "L")  # not CMYK
+    return image.format in ("GIF", "WEBP")
+
+
+def read_input(path, reencode: bool = False) -> tuple[np.ndarray, bytes]:
+    """``(rgb uint8 [H, W, 3], bytes to send)`` for an image file; ``ImageReadError`` names the file."""
+    path = pathlib.Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise imageio.ImageReadError(f"{path}: cannot read file ({e.strerror or e})") from None
+    if not data:
+        raise imageio.ImageReadError(f"{path}: file is empty, expected an encoded image (PNG, JPEG, BMP, ...)")
+    image = imageio.decode_pil(data, source=str(path))
+    rgb = imageio.to_rgb_array(image)
+    if reencode or not server_decodes_as_pillow(image):
+        buffer = io.BytesIO()
+        Image.fromarray(rgb).save(buffer, format="PNG", compress_level=1)
+        data = buffer.getvalue()
+    return rgb, data
+
+
+def decode_mask(prediction: Prediction, source: str) -> tuple[np.ndarray, bool]:
+    """``(mask, binary)`` from a served PNG: 0/255 means a binary mask, anything else class ids (a multi-class
+    mask never holds 255, and an all-zero mask is written the same either way)."""
+    try:
+        mask = np.asarray(Image.open(io.BytesIO(prediction.mask_png)).convert("L"))
+    except Exception as e:  # noqa: BLE001 - Pillow raises several types for a bad PNG
+        raise ServingError(f"{source}: the server's mask_bytes is not a PNG ({e})") from None
+    if mask.shape != (prediction.height, prediction.width):
+        raise ServingError(f"{source}: the mask is {mask.shape[1]}x{mask.shape[0]} but the server reported "
+                           f"{prediction.width}x{prediction.height}")
+    binary = bool(mask.max(initial=0) == 255)
+    return ((mask > 127).astype(np.uint8) if binary else mask), binary
+
+
+# -------------------------------------------------------------------------------------- the command ---
+
+def predict_files(client, files, output_dir, batch_size: int = 8, reencode: bool = False, log=print):
+    """Send ``files`` in batches and write their masks and overlays; returns ``(written, errors)``.
+
+    A batch the server rejects is retried image by image, so one bad image fails alone.
+    """
+    written, errors, batch = [], [], []
+
+    def write(item, prediction):
+        path, stem, rgb = item
+        mask, binary = decode_mask(prediction, str(path))
+        if mask.shape != rgb.shape[:2]:
+            errors.append(f"{path}: the server's mask is {mask.shape[1]}x{mask.shape[0]}, the image "
+                          f"{rgb.shape[1]}x{rgb.shape[0]} (the server decoded it differently; try --reencode)")
+            return
+        mask_path, overlay_path = outputs.write_prediction(output_dir, stem, rgb, mask, binary)
+        written.append((mask_path, overlay_path))
+        log(f"{path} -> {mask_path.name}, {overlay_path.name} (foreground {100 * prediction.foreground_fraction:.1f}%)")
+
+    def flush():
+        try:
+            predictions = client.predict([payload for _, payload in batch])
+        except RequestRejected as e:
+            if len(batch) == 1:
+                errors.append(f"{batch[0][0][0]}: the server rejected it: {e}")
+            else:
+                for entry in batch:
+                    try:
+                        write(entry[0], client.predict([entry[1]])[0])
+                    except RequestRejected as single:
+                        errors.append(f"{entry[0][0]}: the server rejected it: {single}")
+            batch.clear()
+            return
+        for (item, _), prediction in zip(batch, predictions):
+            write(item, prediction)
+        batch.clear()
+
+    for path, stem in zip(files, output_stems(files)):
+        try:
+            rgb, payload = read_input(path, reencode)
+        except imageio.ImageReadError as e:
+            errors.append(str(e))
+            continue
+        batch.append(((path, stem, rgb), payload))
+        if len(batch) == batch_size:
+            flush()
+    if batch:
+        flush()
+    return written, errors
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m kseg.client",
+        description="Masks and overlays (NAME_mask.png, NAME_overlay.png) from a kseg model served by TensorFlow "
+                    "Serving, over REST (--server) or gRPC (--grpc).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files (PNG, JPEG, BMP, ...) or folders")
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--server", help="REST address, e.g. http://localhost:8501")
+    where.add_argument("--grpc", metavar="HOST:PORT", help="gRPC address, e.g. localhost:8500")
+    parser.add_argument("--model", required=True, help="model name in the server's config")
+    parser.add_argument("--version", type=int, help="model version (default: the server's latest)")
+    parser.add_argument("--signature", default=DEFAULT_SIGNATURE, help="signature to call")
+    parser.add_argument("--out", "--output-dir", dest="out", required=True, help="where the PNGs go")
+    parser.add_argument("--batch-size", type=int, default=8, help="images per request")
+    parser.add_argument("--format", choices=("row", "columnar"), default="row",
+                        help="REST request format: row ('instances') or columnar ('inputs')")
+    parser.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for each answer")
+    parser.add_argument("--reencode", action="store_true",
+                        help="send every image as PNG decoded here (exactly kseg.predict's pixels, bigger requests)")
+    return parser
+
+
+def make_client(args):
+    if args.grpc:
+        return GrpcClient(args.grpc, args.model, args.version, args.signature, args.timeout)
+    return RestClient(args.server, args.model, args.version, args.signature, args.timeout, args.format)
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    for flag in ("batch_size", "timeout"):
+        if getattr(args, flag) <= 0:
+            print(f"kseg.client: error: --{flag.replace('_', '-')} must be positive", file=sys.stderr)
+            return 2
+    if args.version is not None and args.version < 0:
+        print("kseg.client: error: --version must be >= 0", file=sys.stderr)
+        return 2
+    files, errors = expand_inputs(args.inputs)
+    written = []
+    try:
+        client = make_client(args)
+        try:
+            if files:
+                written, send_errors = predict_files(client, files, args.out, args.batch_size, args.reencode,
+                                                     log=lambda line: print(line, flush=True))
+                errors += send_errors
+        finally:
+            if hasattr(client, "close"):
+                client.close()
+    except ServingError as e:
+        for error in errors:
+            print(f"kseg.client: skipped {error}", file=sys.stderr)
+        print(f"kseg.client: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # the output folder
+        print(f"kseg.client: error: cannot write to {args.out}: {e.strerror or e}", file=sys.stderr)
+        return 2
+    for error in errors:
+        print(f"kseg.client: skipped {error}", file=sys.stderr)
+    print(f"kseg.client: {len(written)} of {len(files)} images written to {args.out}; {len(errors)} problem(s)",
+          file=sys.stderr)
+    return 1 if errors or not written else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

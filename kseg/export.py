@@ -1,0 +1,356 @@
+"""Export a trained model as a SavedModel that TensorFlow Serving can load, post-processing included.
+
+    python -m kseg.export --model runs/ph2-unet                    # -> export/models/ph2-unet/1/
+    python -m kseg.export --model runs/ph2-unet/best.keras --name lesions --version 7
+
+The version folder holds ``saved_model.pb`` and ``variables/`` (what TF Serving polls for), plus
+``assets.extra/postprocessing.json`` (the model's stored threshold, TTA and clean-up, read back by
+``kseg.inference``) and ``assets.extra/kseg.json`` (image size, classes, source model, versions). Versions
+count up from 1 unless ``--version`` is given; an existing version is never overwritten. The SavedModel is
+written to a hidden, non-numeric sibling folder and renamed into place, so a polling server never sees half
+a model.
+
+Two signatures, both core TensorFlow ops only (no ``py_function``, NumPy or Pillow), so the SavedModel runs
+in ``tensorflow_model_server``:
+
+``serving_default``
+    ``image_bytes``: ``tf.string [N]``, encoded PNG, JPEG, BMP (8/24/32-bit), GIF (first frame) or WebP
+    images of any sizes, mixed in one batch. Outputs (all ``[N]``): ``mask_bytes`` (an 8-bit grayscale PNG
+    at each image's original size: 0/255 for binary models, class ids for multi-class ones, as written by
+    ``kseg.predict``), ``height`` and ``width`` (int32, the original size) and ``foreground_fraction``
+    (float32, the share of non-background pixels). Each image is decoded and resized exactly as
+    ``kseg.inference`` does (bilinear, antialiased, rounded to uint8), the batch goes through the model once
+    (with test-time augmentation if chosen), and ``kseg.postprocess.final_mask`` brings each probability map
+    back to its image's size with the model's threshold, hole filling and largest-component selection.
+    Bad inputs fail the request with INVALID_ARGUMENT naming the image (``image_bytes[2] is empty``, ``is
+    not a PNG, JPEG, BMP, GIF or WebP image``, ``is a truncated PNG``, ``is a 1-bit BMP``, too many pixels).
+
+``predict_images``
+    ``images``: float32 ``[N, H, W, 3]`` in [0, 1] at the model's size -> ``probabilities`` ``[N, H, W, C]``
+    (sigmoid or softmax; no TTA). ``kseg.inference.load_predictor`` uses this one, so ``kseg.evaluate`` and
+    ``kseg.predict`` accept an export (and apply TTA and post-processing themselves).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import pathlib
+import re
+import shutil
+import sys
+import uuid
+
+import kseg  # noqa: F401  (sets the Keras backend and quiets TensorFlow before they are imported)
+import tensorflow as tf
+
+from kseg import inference, postprocess
+from kseg.data import resize_image
+
+SERVING_SIGNATURE = "serving_default"
+IMAGE_BYTES = "image_bytes"
+PROBABILITIES_SIGNATURE = inference.PROBABILITIES_SIGNATURE
+#: Metadata written next to the post-processing in an exported version (TF Serving ignores assets.extra).
+KSEG_FILE = "assets.extra/kseg.json"
+DEFAULT_EXPORT_DIR = pathlib.Path("export/models")
+DEFAULT_NAME = "kseg"
+#: Images with more pixels are refused before decoding (a 6000x4000 photo is 24 megapixels).
+DEFAULT_MAX_MEGAPIXELS = 50.0
+#: TF Serving loads version folders named by integers; anything else in a model folder is ignored.
+STAGING_PREFIX = ".export-"
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_HEADER_BYTES = 32
+_TAIL_BYTES = 65536  # where the end marker of a PNG (IEND) or JPEG (EOI) is looked for
+
+
+class ExportError(ValueError):
+    """The export cannot be written where asked; the message names the path and what to do."""
+
+
+# -------------------------------------------------------------------------------- the serving graph ---
+
+def _little_endian(byte_values, signed=False):
+    """Integer (int64) from little-endian bytes (a uint8 vector)."""
+    values = tf.cast(byte_values, tf.int64)
+    result = tf.reduce_sum(values * tf.bitwise.left_shift(tf.constant(1, tf.int64),
+                                                          8 * tf.range(tf.size(values, tf.int64))))
+    if signed:
+        bits = 8 * tf.size(values, tf.int64)
+        result = tf.where(result >= tf.bitwise.left_shift(tf.constant(1, tf.int64), bits - 1),
+                          result - tf.bitwise.left_shift(tf.constant(1, tf.int64), bits), result)
+    return result
+
+
+def _header_field(header, offset, length, big_endian=False, signed=False):
+    values = tf.io.decode_raw(tf.strings.substr(header, offset, length), tf.uint8)
+    return _little_endian(values[::-1] if big_endian else values, signed)
+
+
+def _ends_with_marker(data, length, marker: bytes):
+    """Whether ``marker`` occurs in the last ``_TAIL_BYTES`` of ``data`` (a truncated file lacks its end marker)."""
+    tail = tf.strings.substr(data, tf.maximum(length - _TAIL_BYTES, 0), _TAIL_BYTES)
+    return tf.size(tf.strings.split(tail, sep=marker)) > 1
+
+
+def _check(condition, index, template, *values, after=()):
+    """An assertion that fails the request with INVALID_ARGUMENT and ``template`` formatted with
+    ``image_bytes[index]`` and ``values``; it runs after the ops in ``after``."""
+    with tf.control_dependencies(list(after)):
+        message = tf.strings.format("image_bytes[{}] " + template, (index, *values))
+        return tf.debugging.Assert(condition, [message], summarize=1)
+
+
+def decode_checked(data, index, max_pixels: int):
+    """Decode one encoded image to uint8 ``[h, w, 3]``, failing with a message that names ``index`` and the
+    problem (empty, unknown format, truncated, unsupported BMP depth, too large) before TF's own decoders,
+    whose errors name neither."""
+    length = tf.strings.length(data)
+    header = tf.strings.substr(tf.strings.join([tf.strings.substr(data, 0, _HEADER_BYTES),
+                                                b"\0" * _HEADER_BYTES]), 0, _HEADER_BYTES)
+    is_png = tf.equal(tf.strings.substr(header, 0, 8), _PNG_SIGNATURE)
+    is_jpeg = tf.equal(tf.strings.substr(header, 0, 3), b"\xff\xd8\xff")
+    is_gif = tf.equal(tf.strings.substr(header, 0, 4), b"GIF8")
+    is_bmp = tf.equal(tf.strings.substr(header, 0, 2), b"BM")
+    is_webp = tf.equal(tf.strings.substr(header, 0, 4), b"RIFF") & tf.equal(tf.strings.substr(header, 8, 4), b"WEBP")
+    known = is_png | is_jpeg | is_gif | is_bmp | is_webp
+
+    checks = [_check(length > 0, index, "is empty; expected an encoded PNG, JPEG, BMP, GIF or WebP image")]
+    checks.append(_check((length == 0) | known, index,
+                         "is not a PNG, JPEG, BMP, GIF or WebP image ({} bytes starting with {}); "
+                         "convert other formats (e.g. TIFF) to PNG", length,
+                         tf.strings.substr(data, 0, 8), after=checks))
+    checks.append(_check(~is_png | _ends_with_marker(data, length, b"IEND"), index,
+                         "is a truncated PNG ({} bytes, no IEND chunk at its end)", length, after=checks))
+    checks.append(_check(~is_jpeg | _ends_with_marker(data, length, b"\xff\xd9"), index,
+                         "is a truncated JPEG ({} bytes, no end-of-image marker)", length, after=checks))
+    bmp_bits = _header_field(header, 28, 2)
+    checks.append(_check(~is_bmp | tf.reduce_any(tf.equal(bmp_bits, [8, 24, 32])), index,
+                         "is a {}-bit BMP; TensorFlow decodes 8-, 24- and 32-bit BMPs only: convert it to PNG",
+                         bmp_bits, after=checks))
+
+    # The size from the header, so that a huge image is refused before it is decoded (-1: not in the header).
+    png_size = tf.stack([_header_field(header, 20, 4, big_endian=True), _header_field(header, 16, 4, big_endian=True)])
+    gif_size = tf.stack([_header_field(header, 8, 2), _header_field(header, 6, 2)])
+    bmp_size = tf.stack([tf.abs(_header_field(header, 22, 4, signed=True)), _header_field(header, 18, 4, signed=True)])
+    with tf.control_dependencies(checks):
+        jpeg_size = tf.cond(is_jpeg, lambda: tf.io.extract_jpeg_shape(data, output_type=tf.int32)[:2],
+                            lambda: tf.constant([-1, -1], tf.int32))
+    size = tf.where(is_png, png_size, tf.where(is_gif, gif_size, tf.where(
+        is_bmp, bmp_size, tf.where(is_jpeg, tf.cast(jpeg_size, tf.int64), tf.constant([-1, -1], tf.int64)))))
+    pixels = size[0] * size[1]
+    checks.append(_check(pixels <= max_pixels, index,
+                         "is {}x{} pixels, more than the {}-pixel limit of this export; resize it first",
+                         size[1], size[0], max_pixels, after=checks + [jpeg_size]))
+
+    with tf.control_dependencies(checks):
+        image = tf.io.decode_image(data, channels=3, dtype=tf.uint8, expand_animations=False)
+    image = tf.ensure_shape(image, [None, None, 3])
+    shape = tf.shape(image)
+    # WebP carries its size outside the fixed header: check after decoding.
+    decoded_check = _check(tf.cast(shape[0], tf.int64) * tf.cast(shape[1], tf.int64) <= max_pixels, index,
+                           "is {}x{} pixels, more than the {}-pixel limit of this export; resize it first",
+                           shape[1], shape[0], max_pixels)
+    with tf.control_dependencies([decoded_check]):
+        return tf.identity(image)
+
+
+def serving_functions(model, postprocessing: postprocess.PostProcessing,
+                      max_pixels: int = int(DEFAULT_MAX_MEGAPIXELS * 1e6)):
+    """``(serve, predict_images)``: the two endpoints for ``model``, as plain functions to trace."""
+    height, width = inference.model_image_size(model)
+    num_classes = int(model.outputs[0].shape[-1])
+    binary = num_classes == 1
+
+    def probabilities(batch):
+        logits = tf.cast(model(batch, training=False), tf.float32)
+        return tf.sigmoid(logits) if binary else tf.nn.softmax(logits, axis=-1)
+
+    def predict_images(images):
+        return {"probabilities": probabilities(images)}
+
+    def serve(image_bytes):
+        count = tf.shape(image_bytes)[0]
+
+        def prepare(args):
+            index, data = args
+            image = decode_checked(data, index, max_pixels)
+            return resize_image(image, (height, width)), tf.shape(image)[:2]
+
+        resized, sizes = tf.map_fn(prepare, (tf.range(count), image_bytes), fn_output_signature=(
+            tf.TensorSpec([height, width, 3], tf.uint8), tf.TensorSpec([2], tf.int32)))
+        batch = tf.cast(resized, tf.float32) / 255.0  # as inference.to_model_input
+        if postprocessing.tta:
+            probs = postprocess.tta_probabilities(probabilities, batch)
+        else:
+            probs = probabilities(batch)
+
+        def finish(args):
+            prob, size = args
+            mask = postprocess.final_mask(prob, size, postprocessing)
+            png = tf.io.encode_png((mask * 255 if binary else mask)[..., None])
+            return png, tf.reduce_mean(tf.cast(mask > 0, tf.float32))
+
+        masks, fractions = tf.map_fn(finish, (probs, sizes), fn_output_signature=(
+            tf.TensorSpec([], tf.string), tf.TensorSpec([], tf.float32)))
+        return {"mask_bytes": masks, "height": sizes[:, 0], "width": sizes[:, 1], "foreground_fraction": fractions}
+
+    return serve, predict_images
+
+
+# ----------------------------------------------------------------------------------------- the files ---
+
+def default_name(model_path) -> str:
+    """A TF Serving model name from a model path: the run directory's name, else the file's stem."""
+    path = pathlib.Path(model_path).resolve()
+    if path.is_file() and path.stem not in ("best", "last", "model"):
+        candidate = path.stem
+    else:
+        candidate = (path.parent if path.is_file() else path).name
+    candidate = re.sub(r"[^A-Za-z0-9._-]+", "-", candidate).strip("-.")
+    return candidate or DEFAULT_NAME
+
+
+def check_name(name: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name or ""):
+        raise ExportError(f"--name {name!r}: use letters, digits, '.', '_' and '-' (it becomes part of the "
+                          f"serving URL /v1/models/NAME)")
+    return name
+
+
+def existing_versions(model_dir) -> list[int]:
+    model_dir = pathlib.Path(model_dir)
+    if not model_dir.is_dir():
+        return []
+    return sorted(int(p.name) for p in model_dir.iterdir() if p.name.isdigit() and p.is_dir())
+
+
+def next_version(model_dir) -> int:
+    """One more than the highest numbered version folder, or 1."""
+    versions = existing_versions(model_dir)
+    return versions[-1] + 1 if versions else 1
+
+
+def _describe_os_error(e: OSError) -> str:
+    return e.strerror or type(e).__name__
+
+
+def export_model(model_path, export_dir=DEFAULT_EXPORT_DIR, name: str | None = None, version: int | None = None,
+                 postprocessing: postprocess.PostProcessing | None = None,
+                 max_megapixels: float = DEFAULT_MAX_MEGAPIXELS) -> pathlib.Path:
+    """Export the Keras model at ``model_path`` (a ``.keras`` file or a run directory) to
+    ``export_dir/name/version`` and return that folder. ``postprocessing`` defaults to the model's stored
+    choice (its ``best.postprocessing.json`` sidecar, else a plain 0.5 threshold)."""
+    import keras
+
+    predictor = inference.load_predictor(model_path)
+    if predictor.keras_model is None:
+        raise ExportError(f"{model_path}: this is already an exported SavedModel; export the .keras model (or "
+                          f"run directory) it came from")
+    postprocessing = postprocessing or predictor.postprocessing
+    name = check_name(name or default_name(model_path))
+    if version is not None and (isinstance(version, bool) or int(version) < 1):
+        raise ExportError(f"--version must be a positive integer, got {version!r}")
+    if max_megapixels <= 0:
+        raise ExportError(f"--max-megapixels must be positive, got {max_megapixels!r}")
+
+    model_dir = pathlib.Path(export_dir) / name
+    try:
+        model_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ExportError(f"cannot create the export folder {model_dir}: {_describe_os_error(e)}") from None
+    if not os.access(model_dir, os.W_OK | os.X_OK):
+        raise ExportError(f"cannot write to the export folder {model_dir}: permission denied")
+    version = int(version) if version is not None else next_version(model_dir)
+    target = model_dir / str(version)
+    if target.exists():
+        raise ExportError(f"{target} already exists; versions are never overwritten. Leave out --version to "
+                          f"export as version {next_version(model_dir)}, or pass another one")
+
+    model = predictor.keras_model
+    height, width = predictor.image_size
+    serve, predict_images = serving_functions(model, postprocessing, int(max_megapixels * 1e6))
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(SERVING_SIGNATURE, serve,
+                         input_signature=[tf.TensorSpec([None], tf.string, name=IMAGE_BYTES)])
+    archive.add_endpoint(PROBABILITIES_SIGNATURE, predict_images,
+                         input_signature=[tf.TensorSpec([None, height, width, 3], tf.float32, name="images")])
+
+    staging = model_dir / f"{STAGING_PREFIX}{version}-{uuid.uuid4().hex[:8]}"  # not a number: TF Serving skips it
+    try:
+        archive.write_out(str(staging), verbose=False)
+        postprocess.write(staging / postprocess.SAVEDMODEL_FILE, postprocessing)
+        metadata = {
+            "image_size": [height, width],
+            "num_classes": predictor.num_classes,
+            "binary": predictor.num_classes == 1,
+            "postprocessing": postprocessing.to_dict(),
+            "max_megapixels": max_megapixels,
+            "signatures": {
+                SERVING_SIGNATURE: {"inputs": {IMAGE_BYTES: "string [N]"},
+                                    "outputs": {"mask_bytes": "string [N] (PNG)", "height": "int32 [N]",
+                                                "width": "int32 [N]", "foreground_fraction": "float32 [N]"}},
+                PROBABILITIES_SIGNATURE: {"inputs": {"images": f"float32 [N, {height}, {width}, 3]"},
+                                          "outputs": {"probabilities":
+                                                      f"float32 [N, {height}, {width}, {predictor.num_classes}]"}},
+            },
+            "source_model": str(pathlib.Path(predictor.path).resolve()),
+            "exported_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "kseg_version": kseg.__version__,
+            "tensorflow_version": tf.__version__,
+            "keras_version": keras.__version__,
+        }
+        (staging / KSEG_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
+        if target.exists():  # another export took this version meanwhile
+            raise ExportError(f"{target} already exists; versions are never overwritten")
+        os.rename(staging, target)  # atomic: a polling server sees no version or a complete one
+    except OSError as e:
+        raise ExportError(f"cannot write the export to {model_dir}: {_describe_os_error(e)}") from None
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+# ------------------------------------------------------------------------------------ command line ---
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        prog="python -m kseg.export",
+        description="Export a trained kseg model as a TensorFlow Serving SavedModel (EXPORT_DIR/NAME/VERSION).")
+    parser.add_argument("--model", required=True,
+                        help="a .keras file or a training run directory (its best.keras)")
+    parser.add_argument("--export-dir", type=pathlib.Path, default=DEFAULT_EXPORT_DIR,
+                        help=f"folder of served models (default: {DEFAULT_EXPORT_DIR})")
+    parser.add_argument("--name", help="model name in TF Serving (default: the run directory's name)")
+    parser.add_argument("--version", type=int,
+                        help="version number (default: one more than the highest existing version, or 1)")
+    parser.add_argument("--max-megapixels", type=float, default=DEFAULT_MAX_MEGAPIXELS,
+                        help=f"refuse larger images with INVALID_ARGUMENT (default: {DEFAULT_MAX_MEGAPIXELS:g})")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        target = export_model(args.model, args.export_dir, args.name, args.version,
+                              max_megapixels=args.max_megapixels)
+    except (inference.ModelLoadError, ExportError, postprocess.PostProcessingError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    metadata = json.loads((target / KSEG_FILE).read_text())
+    postprocessing = postprocess.PostProcessing.from_dict(metadata["postprocessing"])
+    print(f"exported {args.model} to {target}\n"
+          f"  signatures: {SERVING_SIGNATURE} (image_bytes -> mask_bytes, height, width, foreground_fraction), "
+          f"{PROBABILITIES_SIGNATURE} (images -> probabilities)\n"
+          f"  model input {metadata['image_size'][0]}x{metadata['image_size'][1]}, "
+          f"{metadata['num_classes']} output channel(s); post-processing in the graph: {postprocessing.describe()}\n"
+          f"  serve it: see export/README.md (model base path {target.parent.resolve()})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
