@@ -263,7 +263,8 @@ def plot_threshold_curve(path, curve: dict, chosen: float) -> None:
     plots.plt.close(fig)
 
 
-def print_table(summary: dict, postprocessing: PostProcessing, file=sys.stdout) -> None:
+def print_table(summary: dict, postprocessing: PostProcessing, file=None) -> None:
+    file = file or sys.stdout
     print(f"\npost-processing: {postprocessing.describe()}", file=file)
     print(f"{'metric':<16}" + "".join(f"{k:>11}" for k in ("mean", "std", "median", "q1", "q3")), file=file)
     for column in scoring.CASE_COLUMNS:
@@ -271,7 +272,7 @@ def print_table(summary: dict, postprocessing: PostProcessing, file=sys.stdout) 
         print(f"{column:<16}" + "".join(f"{s[k]:>11.5g}" for k in ("mean", "std", "median", "q1", "q3"))
               + (f"  ({s['undefined']} undefined)" if s.get("undefined") else ""), file=file)
     if "pooled_dice" in summary:
-        print(f"{'pooled dice':<16}{summary["pooled_dice"]:>11.4f}", file=file)
+        print(f"{'pooled dice':<16}{summary['pooled_dice']:>11.4f}", file=file)
     for diagnosis, values in summary.get("dice_by_diagnosis", {}).items():
         print(f"dice | {diagnosis:<20}{values['mean']:.4f}  ({values['images']} images)", file=file)
     for name, dice in summary.get("ablation", {}).items():
