@@ -27,6 +27,7 @@ import dataclasses
 import io
 import json
 import pathlib
+import re
 import sys
 import urllib.error
 import urllib.parse
@@ -61,11 +62,15 @@ class Prediction:
     foreground_fraction: float
 
 
+#: TF Serving's messages for a request that does not fit the signature (as opposed to one image's data).
+_REQUEST_PROBLEM = re.compile(r'signature (name|key):? "|does not match signature|input tensor alias not found|'
+                              r'Missing .* in (the )?request', re.IGNORECASE)
+
+
 def _fatal_if_not_about_images(message: str, where: str, hint: str = "") -> None:
-    """A rejected request whose message is about the request itself (a wrong signature, input name or
-    format) is fatal: retrying image by image would fail the same way."""
-    lowered = message.lower()
-    if "signature" in lowered or ("input" in lowered and INPUT_NAME not in lowered and "image" not in lowered):
+    """A rejected request whose message is about the request itself (a wrong signature or input name) is
+    fatal: retrying image by image would fail the same way."""
+    if _REQUEST_PROBLEM.search(message):
         raise ServingError(f"{where} rejected the request: {message}{hint}")
 
 

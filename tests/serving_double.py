@@ -53,9 +53,10 @@ class ServingFailure(Exception):
 def _tf_error_text(error: tf.errors.OpError) -> str:
     """TF's message without the Python-side "Detected at node ... File ..." decoration that only eager
     execution adds (the C++ server reports the op's message and node)."""
-    parts = [p for p in error.message.split("\n\n")
-             if p.strip() and not p.startswith(("Graph execution error", "Detected at node", "  File "))]
-    return "\n\n".join(parts) or error.message
+    lines = [line for line in error.message.splitlines()
+             if line.strip() and not line.startswith(("Graph execution error", "Detected at node", "  File ",
+                                                      "<stack traces unavailable>"))]
+    return "\n".join(lines) or error.message
 
 
 class ServingDouble:
@@ -132,7 +133,12 @@ class ServingDouble:
         if ("instances" in request) == ("inputs" in request):
             raise ServingFailure("INVALID_ARGUMENT", "JSON Value: must have exactly one of 'instances' (row format) "
                                  "or 'inputs' (columnar format)")
-        _, signature = self.signature(name, version, request.get("signature_name"))
+        signature_name = request.get("signature_name") or "serving_default"
+        _, loaded = self._servable(name, version)
+        if signature_name not in loaded.signatures:  # the REST handler looks the inputs up first
+            raise ServingFailure("INVALID_ARGUMENT", f'Serving signature name: "{signature_name}" not found in '
+                                 f'signature def')
+        _, signature = self.signature(name, version, signature_name)
         specs = self.input_specs(signature)
         row_format = "instances" in request
         inputs = self._rows_to_inputs(request["instances"], specs) if row_format \
@@ -414,3 +420,36 @@ def decode_png(data: bytes) -> np.ndarray:
 def mismatch(a: np.ndarray, b: np.ndarray) -> int:
     assert a.shape == b.shape, (a.shape, b.shape)
     return int(np.count_nonzero(a != b))
+
+
+def bad_inputs(image: np.ndarray) -> dict:
+    """name -> (bytes, the INVALID_ARGUMENT text expected when sent as the second image of a request, or None
+    where the image must work)."""
+    from PIL import Image
+
+    png = encode(image, "PNG")
+    jpeg = encode(image, "JPEG")
+    huge_header = bytearray(encode(image[:1, :1], "PNG"))
+    huge_header[16:24] = (10000).to_bytes(4, "big") + (9000).to_bytes(4, "big")  # IHDR width, height
+    big = np.zeros((4000, 6000, 3), np.uint8)
+    big[1000:3000, 2000:4500] = (120, 60, 40)
+    return {
+        "not_an_image": (b"this is not an image at all", "image_bytes[1] is not a PNG, JPEG, BMP, GIF or WebP image"),
+        "empty": (b"", "image_bytes[1] is empty"),
+        "truncated_png": (png[: len(png) // 2], "image_bytes[1] is a truncated PNG"),
+        "truncated_jpeg": (jpeg[: len(jpeg) // 2], "image_bytes[1] is a truncated JPEG"),
+        "tiff": (encode(image, "TIFF"), "image_bytes[1] is not a PNG, JPEG, BMP, GIF or WebP image"),
+        "bmp_1bit": (encode(image[..., 0] > 100, "BMP"), "image_bytes[1] is a 1-bit BMP"),
+        "too_many_pixels": (bytes(huge_header), "image_bytes[1] is 10000x9000 pixels, more than the 50000000-pixel"),
+        "png_16bit": (encode(image[..., 1].astype(np.uint16) * 257, "PNG"), None),
+        "png_gray": (encode(image[..., 1], "PNG"), None),
+        "png_rgba": (encode(np.dstack([image, np.full(image.shape[:2], 128, np.uint8)]), "PNG"), None),
+        "png_palette": (encode(np.asarray(Image.fromarray(image).convert("P")), "PNG"), None),
+        "gif": (encode(image, "GIF"), None),
+        "photo_6000x4000": (encode(big, "PNG", compress_level=1), None),
+    }
+
+
+#: The cases of ``bad_inputs``: all either work or fail with INVALID_ARGUMENT naming image_bytes[1].
+BAD_INPUT_CASES = ["not_an_image", "empty", "truncated_png", "truncated_jpeg", "tiff", "bmp_1bit", "too_many_pixels",
+                   "png_16bit", "png_gray", "png_rgba", "png_palette", "gif", "photo_6000x4000"]

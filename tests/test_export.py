@@ -284,37 +284,14 @@ def test_multiclass_models_return_class_id_masks(tmp_path, ph2):
 
 # ------------------------------------------------------------------------------------------ bad inputs ---
 
-def bad_inputs(image: np.ndarray) -> dict:
-    """name -> (bytes, the INVALID_ARGUMENT text expected, or None where the image must work)."""
-    png = sd.encode(image, "PNG")
-    jpeg = sd.encode(image, "JPEG")
-    huge_header = bytearray(sd.encode(image[:1, :1], "PNG"))
-    huge_header[16:24] = (10000).to_bytes(4, "big") + (9000).to_bytes(4, "big")  # IHDR width, height
-    big = np.zeros((4000, 6000, 3), np.uint8)
-    big[1000:3000, 2000:4500] = (120, 60, 40)
-    return {
-        "not_an_image": (b"this is not an image at all", "image_bytes[1] is not a PNG, JPEG, BMP, GIF or WebP image"),
-        "empty": (b"", "image_bytes[1] is empty"),
-        "truncated_png": (png[: len(png) // 2], "image_bytes[1] is a truncated PNG"),
-        "truncated_jpeg": (jpeg[: len(jpeg) // 2], "image_bytes[1] is a truncated JPEG"),
-        "tiff": (sd.encode(image, "TIFF"), "image_bytes[1] is not a PNG, JPEG, BMP, GIF or WebP image"),
-        "bmp_1bit": (sd.encode(image[..., 0] > 100, "BMP"), "image_bytes[1] is a 1-bit BMP"),
-        "too_many_pixels": (bytes(huge_header), "image_bytes[1] is 10000x9000 pixels, more than the 50000000-pixel"),
-        "png_16bit": (sd.encode(image[..., 1].astype(np.uint16) * 257, "PNG"), None),
-        "png_gray": (sd.encode(image[..., 1], "PNG"), None),
-        "png_rgba": (sd.encode(np.dstack([image, np.full(image.shape[:2], 128, np.uint8)]), "PNG"), None),
-        "png_palette": (sd.encode(np.asarray(Image.fromarray(image).convert("P")), "PNG"), None),
-        "gif": (sd.encode(image, "GIF"), None),
-        "photo_6000x4000": (sd.encode(big, "PNG", compress_level=1), None),
-    }
-
-
-BAD_INPUT_CASES = list(bad_inputs(np.zeros((8, 8, 3), np.uint8)))
+BAD_INPUT_CASES = sd.BAD_INPUT_CASES
 
 
 @pytest.fixture(scope="module")
 def bad_cases(small_image):
-    return bad_inputs(small_image)
+    cases = sd.bad_inputs(small_image)
+    assert list(cases) == sd.BAD_INPUT_CASES
+    return cases
 
 
 @pytest.mark.parametrize("case", BAD_INPUT_CASES)
