@@ -14,10 +14,13 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 setup: $(STAMP)
 
+# tensorflow-serving-api (gRPC stubs for kseg.client --grpc and its tests) goes in with --no-deps: it requires
+# the full `tensorflow`, which would land next to tensorflow-cpu; grpcio and protobuf come with the extras.
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet --no-deps 'tensorflow-serving-api==2.21.*'
 	touch $(STAMP)
 
 # The main job on the synthetic set (no download): build the TFDS config, look at it, train briefly

@@ -1,12 +1,14 @@
 """Export a trained model as a SavedModel that TensorFlow Serving can load, post-processing included.
 
-    python -m kseg.export --model runs/ph2-unet                    # -> export/models/ph2-unet/1/
+    python -m kseg.export --model runs/ph2-unet                    # -> export/models/kseg/1/ (then 2, 3, ...)
     python -m kseg.export --model runs/ph2-unet/best.keras --name lesions --version 7
 
 The version folder holds ``saved_model.pb`` and ``variables/`` (what TF Serving polls for), plus
 ``assets.extra/postprocessing.json`` (the model's stored threshold, TTA and clean-up, read back by
-``kseg.inference``) and ``assets.extra/kseg.json`` (image size, classes, source model, versions). Versions
-count up from 1 unless ``--version`` is given; an existing version is never overwritten. The SavedModel is
+``kseg.inference``) and ``assets.extra/kseg.json`` (image size, classes, source model, versions). The model
+name defaults to ``kseg``, the name in ``export/models.config``, so a newly trained model becomes the next
+version of the served one. Versions count up from 1 unless ``--version`` is given; an existing version is
+never overwritten. The SavedModel is
 written to a hidden, non-numeric sibling folder and renamed into place, so a polling server never sees half
 a model.
 
@@ -202,17 +204,6 @@ def serving_functions(model, postprocessing: postprocess.PostProcessing,
 
 # ----------------------------------------------------------------------------------------- the files ---
 
-def default_name(model_path) -> str:
-    """A TF Serving model name from a model path: the run directory's name, else the file's stem."""
-    path = pathlib.Path(model_path).resolve()
-    if path.is_file() and path.stem not in ("best", "last", "model"):
-        candidate = path.stem
-    else:
-        candidate = (path.parent if path.is_file() else path).name
-    candidate = re.sub(r"[^A-Za-z0-9._-]+", "-", candidate).strip("-.")
-    return candidate or DEFAULT_NAME
-
-
 def check_name(name: str) -> str:
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name or ""):
         raise ExportError(f"--name {name!r}: use letters, digits, '.', '_' and '-' (it becomes part of the "
@@ -250,7 +241,7 @@ def export_model(model_path, export_dir=DEFAULT_EXPORT_DIR, name: str | None = N
         raise ExportError(f"{model_path}: this is already an exported SavedModel; export the .keras model (or "
                           f"run directory) it came from")
     postprocessing = postprocessing or predictor.postprocessing
-    name = check_name(name or default_name(model_path))
+    name = check_name(name or DEFAULT_NAME)
     if version is not None and (isinstance(version, bool) or int(version) < 1):
         raise ExportError(f"--version must be a positive integer, got {version!r}")
     if max_megapixels <= 0:
@@ -325,7 +316,9 @@ def parse_args(argv=None):
                         help="a .keras file or a training run directory (its best.keras)")
     parser.add_argument("--export-dir", type=pathlib.Path, default=DEFAULT_EXPORT_DIR,
                         help=f"folder of served models (default: {DEFAULT_EXPORT_DIR})")
-    parser.add_argument("--name", help="model name in TF Serving (default: the run directory's name)")
+    parser.add_argument("--name", default=DEFAULT_NAME,
+                        help=f"model name in TF Serving: the folder under --export-dir and the name in "
+                             f"/v1/models/NAME (default: {DEFAULT_NAME}, as in export/models.config)")
     parser.add_argument("--version", type=int,
                         help="version number (default: one more than the highest existing version, or 1)")
     parser.add_argument("--max-megapixels", type=float, default=DEFAULT_MAX_MEGAPIXELS,

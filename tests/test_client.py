@@ -36,7 +36,7 @@ def run_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def double(run_dir, tmp_path_factory):
     models = tmp_path_factory.mktemp("export")
-    export.export_model(run_dir, models)  # lesions/1
+    export.export_model(run_dir, models, name="lesions")  # lesions/1
     export.export_model(run_dir, models, name="small-limit", max_megapixels=0.3)  # refuses 765x572 images
     server = sd.ServingDouble({"lesions": models / "lesions", "small-limit": models / "small-limit"}).start()
     yield server

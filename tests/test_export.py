@@ -88,7 +88,7 @@ def small_image(ph2):
 # ------------------------------------------------------------------------------------------ layout ---
 
 def test_export_layout_metadata_and_postprocessing(exported, export_dir, run_dir):
-    assert exported == export_dir / "lesion-run" / "1"  # name from the run directory, versions from 1
+    assert exported == export_dir / "kseg" / "1"  # the name in export/models.config, versions from 1
     assert (exported / "saved_model.pb").is_file() and (exported / "variables").is_dir()
     assert postprocess.read(exported / postprocess.SAVEDMODEL_FILE) == SIDECAR_CHOICE
     metadata = json.loads((exported / export.KSEG_FILE).read_text())
@@ -159,7 +159,7 @@ def test_cli_errors_are_one_clear_line(case, run_dir, exported, export_dir, tmp_
     assert export.main(args) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: ") and expected in err and "Traceback" not in err
-    assert sorted(p.name for p in (export_dir / "lesion-run").iterdir()) == ["1"]
+    assert sorted(p.name for p in (export_dir / "kseg").iterdir()) == ["1"]
 
 
 @pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root ignores directory permissions")
