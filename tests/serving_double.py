@@ -446,10 +446,11 @@ def bad_inputs(image: np.ndarray) -> dict:
         "png_rgba": (encode(np.dstack([image, np.full(image.shape[:2], 128, np.uint8)]), "PNG"), None),
         "png_palette": (encode(np.asarray(Image.fromarray(image).convert("P")), "PNG"), None),
         "gif": (encode(image, "GIF"), None),
+        "webp_lossless": (encode(image, "WEBP", lossless=True), None),
         "photo_6000x4000": (encode(big, "PNG", compress_level=1), None),
     }
 
 
 #: The cases of ``bad_inputs``: all either work or fail with INVALID_ARGUMENT naming image_bytes[1].
 BAD_INPUT_CASES = ["not_an_image", "empty", "truncated_png", "truncated_jpeg", "tiff", "bmp_1bit", "too_many_pixels",
-                   "png_16bit", "png_gray", "png_rgba", "png_palette", "gif", "photo_6000x4000"]
+                   "png_16bit", "png_gray", "png_rgba", "png_palette", "gif", "webp_lossless", "photo_6000x4000"]

@@ -104,10 +104,13 @@ def test_grpc_client_writes_the_same_masks(double, predictor, inputs, tmp_path, 
     check_outputs(tmp_path, predictor, inputs, exact_jpeg=True)
 
 
-def test_sends_original_bytes_only_where_tensorflow_decodes_like_pillow(inputs):
+def test_sends_original_bytes_only_where_tensorflow_decodes_like_pillow(inputs, tmp_path):
     assert client.read_input(inputs / "IMD002.bmp")[1] == (inputs / "IMD002.bmp").read_bytes()
     assert client.read_input(inputs / "IMD004.jpg")[1] == (inputs / "IMD004.jpg").read_bytes()
-    for path, reencode in ((inputs / "IMD004-palette.bmp", False), (inputs / "IMD004.jpg", True)):
+    Image.open(inputs / "IMD004.jpg").convert("1").save(tmp_path / "one-bit.bmp")  # like PH2's masks
+    Image.open(inputs / "IMD004.jpg").save(tmp_path / "photo.tiff")
+    for path, reencode in ((inputs / "IMD004-palette.bmp", False), (inputs / "IMD004.jpg", True),
+                           (tmp_path / "one-bit.bmp", False), (tmp_path / "photo.tiff", False)):
         rgb, payload = client.read_input(path, reencode=reencode)
         assert payload.startswith(b"\x89PNG") and sd.mismatch(sd.decode_png(payload), rgb) == 0
 

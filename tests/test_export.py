@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from PIL import Image
+from tensorflow.core.protobuf import saved_model_pb2
 
 import serving_double as sd
 from kseg import export, imageio, inference, postprocess
@@ -98,6 +99,13 @@ def test_export_layout_metadata_and_postprocessing(exported, export_dir, run_dir
     assert metadata["kseg_version"] and metadata["tensorflow_version"] == tf.__version__
     assert sorted(p.name for p in exported.parent.iterdir()) == ["1"]  # no staging folder left behind
 
+    # Core TensorFlow ops only: nothing that needs a Python interpreter in the model server.
+    saved_model = saved_model_pb2.SavedModel.FromString((exported / "saved_model.pb").read_bytes())
+    graph = saved_model.meta_graphs[0].graph_def
+    ops = {n.op for n in graph.node} | {n.op for f in graph.library.function for n in f.node_def}
+    assert {"DecodeImage", "EncodePng", "Conv2D", "Assert"} <= ops
+    assert not ops & {"PyFunc", "PyFuncStateless", "EagerPyFunc"}
+
     loaded = tf.saved_model.load(str(exported))
     assert set(loaded.signatures) == {"serving_default", "predict_images"}
     serving = loaded.signatures["serving_default"]
@@ -160,6 +168,22 @@ def test_cli_errors_are_one_clear_line(case, run_dir, exported, export_dir, tmp_
     err = capsys.readouterr().err
     assert err.startswith("error: ") and expected in err and "Traceback" not in err
     assert sorted(p.name for p in (export_dir / "kseg").iterdir()) == ["1"]
+
+
+def test_cli_exports_and_says_what_it_did(run_dir, tmp_path, capsys):
+    assert export.main(["--model", str(run_dir / "best.keras"), "--export-dir", str(tmp_path), "--name", "cli"]) == 0
+    out = capsys.readouterr().out
+    assert f"to {tmp_path / 'cli' / '1'}" in out
+    assert "post-processing in the graph: threshold 0.45, fill_holes" in out
+    assert (tmp_path / "cli" / "1" / "saved_model.pb").is_file()
+
+
+def test_cli_error_as_a_process_has_no_traceback(tmp_path):
+    result = _run([sys.executable, "-m", "kseg.export", "--model", str(tmp_path / "missing"),
+                   "--export-dir", str(tmp_path / "models")])
+    assert result.returncode == 1
+    assert "error: " in result.stderr and "no such file or directory" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "models").exists()
 
 
 @pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root ignores directory permissions")
