@@ -171,10 +171,15 @@ def serving_functions(model, postprocessing: postprocess.PostProcessing,
         return tf.sigmoid(logits) if binary else tf.nn.softmax(logits, axis=-1)
 
     def predict_images(images):
-        return {"probabilities": probabilities(images)}
+        nonempty = tf.debugging.Assert(tf.shape(images)[0] > 0, ["images holds no images; send at least one"])
+        with tf.control_dependencies([nonempty]):
+            return {"probabilities": probabilities(tf.identity(images))}
 
     def serve(image_bytes):
         count = tf.shape(image_bytes)[0]
+        nonempty = tf.debugging.Assert(count > 0, ["image_bytes holds no images; send at least one encoded image"])
+        with tf.control_dependencies([nonempty]):
+            image_bytes = tf.identity(image_bytes)
 
         def prepare(args):
             index, data = args

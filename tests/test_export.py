@@ -288,6 +288,14 @@ def test_tta_and_largest_component_are_in_the_graph(run_dir, tmp_path, keras_pre
         assert sd.mismatch(reference, untouched) > 100  # the choice changes the masks, so the match means something
 
 
+def test_an_empty_request_is_refused_clearly(exported):
+    loaded = tf.saved_model.load(str(exported))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="image_bytes holds no images"):
+        loaded.signatures["serving_default"](image_bytes=tf.constant([], tf.string))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="images holds no images"):
+        loaded.signatures["predict_images"](images=tf.zeros([0, 64, 96, 3]))
+
+
 def test_multiclass_models_return_class_id_masks(tmp_path, ph2):
     run = tmp_path / "run"
     sd.save_test_model(run / "best.keras", num_classes=3)
