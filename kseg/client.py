@@ -2,6 +2,7 @@
 
     python -m kseg.client --server http://localhost:8501 --model ph2-unet images/ photo.jpg --out masks/
     python -m kseg.client --grpc localhost:8500 --model ph2-unet images/ --out masks/
+    python -m kseg.client --saved-model export/models/kseg images/ --out masks/   # no server: same graph
 
 It sends the images to the export's ``serving_default`` signature (``image_bytes`` in; ``mask_bytes``,
 ``height``, ``width``, ``foreground_fraction`` out; see ``kseg.export``) and writes ``NAME_mask.png`` and
@@ -260,31 +261,45 @@ class GrpcClient:
         return ServingError(f"{self.describe()}: {code.name}: {details}")
 
 
+# ---------------------------------------------------------------------------------------- in process ---
+
+class LocalClient:
+    """The export's signature run in this process with ``tf.saved_model.load``: the graph TF Serving would
+    run, without a server (for ``make demo``, smoke tests and machines without Docker)."""
+
+    def __init__(self, path, signature: str = DEFAULT_SIGNATURE):
+        import tensorflow as tf
+
+        self._tf = tf
+        path = pathlib.Path(path)
+        if path.is_dir() and not (path / "saved_model.pb").exists():
+            versions = sorted((int(p.name), p) for p in path.iterdir()
+                              if p.name.isdigit() and (p / "saved_model.pb").exists())
+            if versions:
+                path = versions[-1][1]
+        if not (path / "saved_model.pb").exists():
+            raise ServingError(f"{path}: not an exported SavedModel (no saved_model.pb; expected "
+                               f"export/models/NAME or export/models/NAME/VERSION from python -m kseg.export)")
+        self.path, self.signature = path, signature
+        loaded = tf.saved_model.load(str(path))
+        if signature not in loaded.signatures:
+            raise ServingError(f"{path}: no signature {signature!r}; it has {sorted(loaded.signatures)}")
+        self._loaded, self._function = loaded, loaded.signatures[signature]
+
+    def describe(self) -> str:
+        return f"{self.path} (signature {self.signature}, in process)"
+
+    def predict(self, payloads) -> list[Prediction]:
+        tf = self._tf
+        try:
+            result = self._function(**{INPUT_NAME: tf.constant(list(payloads), tf.string)})
+        except tf.errors.InvalidArgumentError as e:
+            raise RequestRejected(e.message) from None
+        return [Prediction(result["mask_bytes"][i].numpy(), int(result["height"][i]), int(result["width"][i]),
+                           float(result["foreground_fraction"][i])) for i in range(len(payloads))]
+
+
 # -------------------------------------------------------------------------------------------- inputs ---
-
-def expand_inputs(inputs) -> tuple[list[pathlib.Path], list[str]]:
-    """Image files named by ``inputs`` (folders expanded, not recursively), and errors for missing ones."""
-    files, errors = [], []
-    for item in inputs:
-        path = pathlib.Path(item)
-        if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in imageio.IMAGE_SUFFIXES)
-            if not found:
-                errors.append(f"{path}: folder holds no images ({', '.join(imageio.IMAGE_SUFFIXES)})")
-            files.extend(found)
-        elif path.is_file():
-            files.append(path)
-        else:
-            errors.append(f"{path}: no such file or folder")
-    return files, errors
-
-
-def output_stems(files) -> list[str]:
-    """File stems, made unique by prefixing parent folder names where two inputs share a stem (as kseg.predict)."""
-    stems = [f.stem for f in files]
-    repeated = {s for s in stems if stems.count(s) > 1}
-    return [f"{f.parent.name}_{f.stem}" if f.stem in repeated else f.stem for f in files]
-
 
 def server_decodes_as_pillow(image: Image.Image) -> bool:
     """Whether TensorFlow's ``decode_image`` gives the same RGB pixels as ``imageio.to_rgb_array`` (up to JPEG
@@ -368,7 +383,7 @@ def predict_files(client, files, output_dir, batch_size: int = 8, reencode: bool
             write(item, prediction)
         batch.clear()
 
-    for path, stem in zip(files, output_stems(files)):
+    for path, stem in zip(files, imageio.output_stems(files)):
         try:
             rgb, payload = read_input(path, reencode)
         except imageio.ImageReadError as e:
@@ -392,7 +407,9 @@ def build_parser() -> argparse.ArgumentParser:
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--server", help="REST address, e.g. http://localhost:8501")
     where.add_argument("--grpc", metavar="HOST:PORT", help="gRPC address, e.g. localhost:8500")
-    parser.add_argument("--model", required=True, help="model name in the server's config")
+    where.add_argument("--saved-model", metavar="PATH",
+                       help="no server: run an export's signature in this process (export/models/NAME[/VERSION])")
+    parser.add_argument("--model", help="model name in the server's config (with --server or --grpc)")
     parser.add_argument("--version", type=int, help="model version (default: the server's latest)")
     parser.add_argument("--signature", default=DEFAULT_SIGNATURE, help="signature to call")
     parser.add_argument("--out", "--output-dir", dest="out", required=True, help="where the PNGs go")
@@ -406,6 +423,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def make_client(args):
+    if args.saved_model:
+        return LocalClient(args.saved_model, args.signature)
+    if not args.model:
+        raise ServingError("--model NAME is required with --server and --grpc (the name in models.config)")
     if args.grpc:
         return GrpcClient(args.grpc, args.model, args.version, args.signature, args.timeout)
     return RestClient(args.server, args.model, args.version, args.signature, args.timeout, args.format)
@@ -420,7 +441,7 @@ def main(argv=None) -> int:
     if args.version is not None and args.version < 0:
         print("kseg.client: error: --version must be >= 0", file=sys.stderr)
         return 2
-    files, errors = expand_inputs(args.inputs)
+    files, errors = imageio.expand_inputs(args.inputs)
     written = []
     try:
         client = make_client(args)

@@ -10,34 +10,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import pathlib
 import sys
 
 from kseg import imageio, inference, outputs, postprocess
-
-
-def expand_inputs(inputs) -> tuple[list[pathlib.Path], list[str]]:
-    """Image files named by ``inputs`` (folders expanded), and errors for inputs that do not exist."""
-    files, errors = [], []
-    for item in inputs:
-        path = pathlib.Path(item)
-        if path.is_dir():
-            found = [pathlib.Path(p) for p in imageio.list_images(path)]
-            if not found:
-                errors.append(f"{path}: folder holds no images ({', '.join(imageio.IMAGE_SUFFIXES)})")
-            files.extend(found)
-        elif path.is_file():
-            files.append(path)
-        else:
-            errors.append(f"{path}: no such file or folder")
-    return files, errors
-
-
-def output_stems(files) -> list[str]:
-    """File stems, made unique by prefixing parent folder names where two inputs share a stem."""
-    stems = [f.stem for f in files]
-    repeated = {s for s in stems if stems.count(s) > 1}
-    return [f"{f.parent.name}_{f.stem}" if f.stem in repeated else f.stem for f in files]
 
 
 def predict_files(predictor: inference.Predictor, files, output_dir, *, batch_size: int = 8,
@@ -54,7 +29,7 @@ def predict_files(predictor: inference.Predictor, files, output_dir, *, batch_si
         if progress:
             progress(len(written) + len(errors))
 
-    for path, stem in zip(files, output_stems(files)):
+    for path, stem in zip(files, imageio.output_stems(files)):
         try:
             batch.append((path, stem, imageio.read_image(path)))
         except imageio.ImageReadError as e:
@@ -88,7 +63,7 @@ def main(argv=None) -> int:
     if args.batch_size < 1:
         print("kseg.predict: error: --batch-size must be >= 1", file=sys.stderr)
         return 2
-    files, errors = expand_inputs(args.inputs)
+    files, errors = imageio.expand_inputs(args.inputs)
     try:
         predictor = inference.load_predictor(args.model)
         overrides = {n: getattr(args, n) for n in ("tta", "threshold", "fill_holes", "largest_component")

@@ -104,6 +104,19 @@ def test_grpc_client_writes_the_same_masks(double, predictor, inputs, tmp_path, 
     check_outputs(tmp_path, predictor, inputs, exact_jpeg=True)
 
 
+def test_saved_model_in_process_gives_the_same_masks(run_dir, predictor, inputs, tmp_path, capsys):
+    export.export_model(run_dir, tmp_path / "models", name="lesions")
+    out = tmp_path / "out"
+    code = client.main([str(inputs), "--saved-model", str(tmp_path / "models" / "lesions"), "--out", str(out),
+                        "--reencode"])
+    assert code == 0, capsys.readouterr().err
+    check_outputs(out, predictor, inputs, exact_jpeg=True)
+    assert client.main([str(inputs), "--saved-model", str(tmp_path), "--out", str(out)]) == 2
+    assert "not an exported SavedModel" in capsys.readouterr().err
+    assert client.main([str(inputs), "--server", "http://127.0.0.1:1", "--out", str(out)]) == 2
+    assert "--model NAME is required" in capsys.readouterr().err
+
+
 def test_sends_original_bytes_only_where_tensorflow_decodes_like_pillow(inputs, tmp_path):
     assert client.read_input(inputs / "IMD002.bmp")[1] == (inputs / "IMD002.bmp").read_bytes()
     assert client.read_input(inputs / "IMD004.jpg")[1] == (inputs / "IMD004.jpg").read_bytes()

@@ -61,7 +61,7 @@ def test_stored_postprocessing_is_applied(ph2_dir, trained_synthetic_run, tmp_pa
 
 def test_repeated_names_do_not_overwrite(tmp_path):
     files = [tmp_path / "a" / "x.png", tmp_path / "b" / "x.png", tmp_path / "b" / "y.png"]
-    assert predict.output_stems(files) == ["a_x", "b_x", "y"]
+    assert imageio.output_stems(files) == ["a_x", "b_x", "y"]
 
 
 def test_bad_model_and_empty_folder(tmp_path, capsys):
