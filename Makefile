@@ -23,12 +23,20 @@ $(STAMP): setup.cfg pyproject.toml
 	$(BIN)/pip install --quiet --no-deps 'tensorflow-serving-api==2.21.*'
 	touch $(STAMP)
 
-# The main job on the synthetic set (no download): build the TFDS config, look at it, train briefly
-# (the run directory holds the model, curves, predictions and metrics at original resolution).
+# The main job on the synthetic set (no download): build the TFDS config and look at it, train briefly
+# (the run directory holds the model, curves, predictions and metrics at original resolution), choose the
+# post-processing on validation and evaluate on test, export a SavedModel for TF Serving, and predict
+# through its serving signature (the graph TF Serving runs, here in-process: no server needed).
 demo: $(STAMP)
 	$(BIN)/tfds build tfds_ph2 --config synthetic --data_dir $(DATA_DIR)
-	$(BIN)/python -m kseg.show tfds_ph2/synthetic --split train -n 12 --data-dir $(DATA_DIR) --out $(DEMO_DIR)/synthetic_samples.png
+	$(BIN)/python -m kseg.show tfds_ph2/synthetic --split test -n 8 --data-dir $(DATA_DIR) \
+		--out $(DEMO_DIR)/synthetic_samples.png --save-images $(DEMO_DIR)/images
 	$(BIN)/python -m kseg.train --preset synthetic-unet --data-dir $(DATA_DIR) --output-dir $(DEMO_DIR)/run
+	$(BIN)/python -m kseg.evaluate --model $(DEMO_DIR)/run --dataset tfds_ph2/synthetic --split test \
+		--data-dir $(DATA_DIR) --choose-postprocessing --output-dir $(DEMO_DIR)/evaluation
+	$(BIN)/python -m kseg.export --model $(DEMO_DIR)/run --export-dir $(DEMO_DIR)/models --name synthetic
+	$(BIN)/python -m kseg.client --saved-model $(DEMO_DIR)/models/synthetic $(DEMO_DIR)/images \
+		--out $(DEMO_DIR)/predictions
 
 # The whole suite except tests marked slow; `make test-all` runs those too.
 test: $(STAMP)
@@ -41,6 +49,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/build_dataset.py
 	$(BIN)/python bench/pipeline.py
 	$(BIN)/python bench/models.py
+	$(BIN)/python bench/serving.py
 
 dummy-data: $(STAMP)
 	$(BIN)/python tfds_ph2/make_dummy_data.py

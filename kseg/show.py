@@ -19,6 +19,8 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default="samples.png", help="PNG file to write")
     parser.add_argument("--data-dir", help="TFDS data dir")
     parser.add_argument("--manual-dir", help="manual download folder, to build a TFDS config on first use")
+    parser.add_argument("--save-images", metavar="DIR",
+                        help="also write the examples' images as IMAGE_ID.png (inputs for kseg.predict / kseg.client)")
     args = parser.parse_args(argv)
     try:
         examples = list(data.load_examples(args.dataset, args.split, data_dir=args.data_dir,
@@ -34,6 +36,16 @@ def main(argv=None) -> int:
         title=f"{args.dataset} [{args.split}]: masks outlined in green",
     )
     print(f"wrote {args.out} ({len(examples)} examples of {args.dataset} {args.split})")
+    if args.save_images:
+        import pathlib
+
+        from PIL import Image
+
+        folder = pathlib.Path(args.save_images)
+        folder.mkdir(parents=True, exist_ok=True)
+        for ex in examples:
+            Image.fromarray(ex["image"]).save(folder / f"{ex['image_id'].decode()}.png")
+        print(f"wrote {len(examples)} images to {folder}")
     return 0
 
 
