@@ -100,6 +100,20 @@ def aggregate(rows, key) -> dict | None:
             "min": min(values), "max": max(values)}
 
 
+def ablation_over_seeds(rows) -> dict:
+    """Mean test Dice of each post-processing variant over seeds, and its change from the plain mask.
+    Variant names that carry a seed's own choice ("chosen (...)", "threshold T") are merged."""
+    merged: dict[str, list] = {}
+    for row in rows:
+        for step, dice in (row.get("ablation") or {}).items():
+            key = "chosen on validation" if step.startswith("chosen") else (
+                "chosen threshold alone" if step.startswith("threshold") else step)
+            merged.setdefault(key, []).append(dice)
+    plain = statistics.fmean(merged["plain (threshold 0.5)"]) if "plain (threshold 0.5)" in merged else None
+    return {key: {"mean": statistics.fmean(v), "change": statistics.fmean(v) - plain if plain else 0.0,
+                  "seeds": len(v)} for key, v in merged.items()}
+
+
 def main() -> int:
     argv = sys.argv[1:]
     extra = argv[argv.index("--") + 1:] if "--" in argv else []
@@ -130,9 +144,12 @@ def main() -> int:
     for row in rows:
         for step, dice in (row.get("ablation") or {}).items():
             print(f"seed {row['seed']} test Dice | {step:<44} {dice:.4f}")
+    ablation = ablation_over_seeds(rows)
+    for step, values in ablation.items():
+        print(f"mean over seeds, test Dice | {step:<36} {values['mean']:.4f} (change {values['change']:+.4f})")
     path = common.write_results(common.RESULTS_DIR / f"train_{args.tag}.json", rows,
-                                extra={"summary_over_seeds": summary, "preset": args.preset,
-                                       "train_overrides": extra}, benchmark="train")
+                                extra={"summary_over_seeds": summary, "ablation_over_seeds": ablation,
+                                       "preset": args.preset, "train_overrides": extra}, benchmark="train")
     print(f"wrote {path}")
     return 0
 
