@@ -121,7 +121,7 @@ PRESETS: dict[str, dict] = {
     "ph2-segnet": dict(dataset="tfds_ph2/ph2", model="segnet", image_size=(256, 256), batch_size=8, epochs=100,
                        learning_rate=2e-3, loss="bce_dice", augmentation="strong", output_dir="runs/ph2-segnet"),
     # MADS frames come in both orientations, so the input is square.
-    "mads-unet": dict(dataset="tfds_ph2/mads", model="unet-small", image_size=(256, 256), batch_size=8, epochs=40,
+    "mads-unet": dict(dataset="tfds_ph2/mads", model="unet-small", image_size=(256, 256), batch_size=8, epochs=30,
                       learning_rate=3e-3, loss="bce_dice", augmentation="medium", mixed_precision=True,
                       output_dir="runs/mads-unet"),
     "synthetic-unet": dict(dataset="tfds_ph2/synthetic", model="unet-small", image_size=(128, 128), batch_size=16,
