@@ -137,9 +137,10 @@ def main() -> int:
                ("test_iou", "IoU"), ("pp_test_dice", "Dice +TTA/pp"), ("pp_test_iou", "IoU +TTA/pp"),
                ("pp_test_hd95", "HD95 px"), ("train_minutes", "train min"), ("images_per_second", "img/s"),
                ("best_epoch", "best ep")]
-    table_rows = [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()} for r in rows]
+    cell = lambda v: f"{v:.4f}" if isinstance(v, float) and abs(v) < 2 else (f"{v:.1f}" if isinstance(v, float) else v)
+    table_rows = [{k: cell(v) for k, v in r.items()} for r in rows]
     for name in ("mean", "std"):
-        table_rows.append({"seed": name, **{k: round(v[name], 4) for k, v in summary.items() if v}})
+        table_rows.append({"seed": name, **{k: cell(v[name]) for k, v in summary.items() if v}})
     common.print_table(table_rows, columns, markdown=args.markdown)
     for row in rows:
         for step, dice in (row.get("ablation") or {}).items():
