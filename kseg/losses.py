@@ -109,12 +109,14 @@ class BinaryCrossentropyLoss(_SegLoss):
 class DiceLoss(_SegLoss):
     """``1 - soft Dice`` per image; ``smooth`` makes an empty truth with an empty prediction cost ~0, not NaN."""
 
+    _inputs = staticmethod(_binary_inputs)
+
     def __init__(self, smooth=1.0, name="dice", reduction="sum_over_batch_size"):
         super().__init__(name=name, reduction=reduction)
         self.smooth = float(smooth)
 
     def call(self, y_true, y_pred):
-        target, prob = _binary_inputs(y_true, y_pred)
+        target, prob = self._inputs(y_true, y_pred)
         return 1.0 - _soft_dice(target, prob, self.smooth)
 
     def get_config(self):
@@ -175,6 +177,8 @@ class TverskyLoss(_SegLoss):
     which suits small lesions; ``alpha == beta == 0.5`` is exactly the Dice loss.
     """
 
+    _inputs = staticmethod(_binary_inputs)
+
     def __init__(self, alpha=0.3, beta=0.7, smooth=1.0, name="tversky", reduction="sum_over_batch_size"):
         super().__init__(name=name, reduction=reduction)
         self.alpha = float(alpha)
@@ -182,7 +186,7 @@ class TverskyLoss(_SegLoss):
         self.smooth = float(smooth)
 
     def call(self, y_true, y_pred):
-        target, prob = _binary_inputs(y_true, y_pred)
+        target, prob = self._inputs(y_true, y_pred)
         return 1.0 - _soft_tversky(target, prob, self.alpha, self.beta, self.smooth)
 
     def get_config(self):
@@ -206,19 +210,10 @@ class SparseCategoricalCrossentropyLoss(_SegLoss):
 
 
 @keras.saving.register_keras_serializable(package="kseg")
-class CategoricalDiceLoss(_SegLoss):
+class CategoricalDiceLoss(DiceLoss):
     """``1 - soft Dice`` per image, Dice computed per class over the one-hot truth and averaged over classes."""
 
-    def __init__(self, smooth=1.0, name="dice", reduction="sum_over_batch_size"):
-        super().__init__(name=name, reduction=reduction)
-        self.smooth = float(smooth)
-
-    def call(self, y_true, y_pred):
-        target, prob = _categorical_inputs(y_true, y_pred)
-        return 1.0 - _soft_dice(target, prob, self.smooth)
-
-    def get_config(self):
-        return {**super().get_config(), "smooth": self.smooth}
+    _inputs = staticmethod(_categorical_inputs)
 
 
 @keras.saving.register_keras_serializable(package="kseg")
@@ -263,21 +258,10 @@ class CategoricalFocalLoss(_SegLoss):
 
 
 @keras.saving.register_keras_serializable(package="kseg")
-class CategoricalTverskyLoss(_SegLoss):
+class CategoricalTverskyLoss(TverskyLoss):
     """``1 - soft Tversky`` per image, computed per class and averaged over classes (see :class:`TverskyLoss`)."""
 
-    def __init__(self, alpha=0.3, beta=0.7, smooth=1.0, name="tversky", reduction="sum_over_batch_size"):
-        super().__init__(name=name, reduction=reduction)
-        self.alpha = float(alpha)
-        self.beta = float(beta)
-        self.smooth = float(smooth)
-
-    def call(self, y_true, y_pred):
-        target, prob = _categorical_inputs(y_true, y_pred)
-        return 1.0 - _soft_tversky(target, prob, self.alpha, self.beta, self.smooth)
-
-    def get_config(self):
-        return {**super().get_config(), "alpha": self.alpha, "beta": self.beta, "smooth": self.smooth}
+    _inputs = staticmethod(_categorical_inputs)
 
 
 # --------------------------------------------------------------------------------------------------
