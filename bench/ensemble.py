@@ -1,0 +1,84 @@
+"""How far averaging several trained models goes: a ceiling check for a training recipe.
+
+Averages the model-size probabilities of several runs (e.g. the seeds of ``bench/train.py``) on a split,
+with and without test-time augmentation, and scores every post-processing variant at each image's original
+resolution, as ``kseg.evaluate`` does. Averaging independent seeds removes the seed-to-seed part of the
+error; what remains is what the recipe itself cannot get right. The thresholds here are swept on the split
+being scored, so the best row is an optimistic ceiling, not a result to report as a model's score.
+
+    .venv/bin/python bench/ensemble.py bench/runs/ph2-unet-bf16-seed{0,1,2}
+
+Prints a table and writes JSON (machine, versions, command, one row per variant).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import itertools
+import json
+import shlex
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import common  # noqa: E402
+import kseg  # noqa: E402,F401  (sets KERAS_BACKEND before keras is imported)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("runs", nargs="+", help="run directories, .keras files or exported models")
+    parser.add_argument("--dataset", default="tfds_ph2/ph2", help="TFDS name or folder:PATH (default: tfds_ph2/ph2)")
+    parser.add_argument("--split", default="test", help="split to score (default: test)")
+    parser.add_argument("--thresholds", type=float, nargs="+", default=[0.5, 0.6], help="(default: 0.5 0.6)")
+    parser.add_argument("--data-dir", default=None, help="TFDS data dir")
+    parser.add_argument("--output", type=Path, default=common.RESULTS_DIR / "ensemble.json", help="JSON results file")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    import numpy as np
+
+    from kseg import data, evaluate, inference
+    from kseg.postprocess import PostProcessing
+
+    examples = data.load_examples(args.dataset, args.split, data_dir=args.data_dir)
+    per_model = [evaluate.collect_cases(inference.load_predictor(run), examples, [False, True], label=str(run))
+                 for run in args.runs]
+    make_mask = evaluate.MaskMaker(num_classes=1)
+    rows = []
+    for tta, largest, threshold in itertools.product((False, True), (False, True), args.thresholds):
+        postprocessing = PostProcessing(threshold=threshold, tta=tta, fill_holes=True, largest_component=largest)
+        singles = [evaluate.mean_dice(cases, postprocessing, make_mask) for cases in per_model]
+        averaged = [evaluate.Case(c.image_id, c.true_mask, {tta: np.mean([m[i].probs[tta] for m in per_model], 0)})
+                    for i, c in enumerate(per_model[0])]
+        rows.append({"tta": tta, "fill_holes": True, "largest_component": largest, "threshold": threshold,
+                     "single_model_mean_dice": float(np.mean(singles)),
+                     "ensemble_dice": evaluate.mean_dice(averaged, postprocessing, make_mask)})
+
+    print(f"\n{len(args.runs)} models on {args.dataset} {args.split}; mean Dice over images, original resolution\n")
+    print("| TTA | largest component | threshold | single models (mean) | ensemble |")
+    print("|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {'yes' if r['tta'] else 'no'} | {'yes' if r['largest_component'] else 'no'} | {r['threshold']:.2f} "
+              f"| {r['single_model_mean_dice']:.4f} | {r['ensemble_dice']:.4f} |")
+    result = {
+        "benchmark": "ensemble",
+        "command": "bench/ensemble.py " + shlex.join(sys.argv[1:] if argv is None else argv),
+        "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "environment": common.environment(),
+        "runs": [str(run) for run in args.runs], "dataset": args.dataset, "split": args.split,
+        "note": "Holes are always filled. Thresholds are swept on the scored split: the best row is a ceiling.",
+        "results": rows,
+    }
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"\nwrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,197 @@
+"""What the whole ``kseg.train`` loop costs over the bare training step, per training preset.
+
+For each preset (its model, batch, precision, optimizer, loss, metrics and augmentation, at the image size
+given, 256x256 by default) it measures:
+
+- **loop**: ``kseg.train.run`` itself (the code behind ``python -m kseg.train``) on the preset's real
+  dataset: the ``tf.data`` pipeline with augmentation, ``model.fit`` with kseg's callbacks (NaN stop,
+  epoch checkpoint and best model, CSV log, TensorBoard). Each epoch is timed from its start to its end,
+  callbacks and checkpoint writes included, with the validation pass taken out (validation is not training).
+  The first epoch (tracing) is dropped; the figure is the median of the others.
+- **bare step**: the same compiled model's ``train_on_batch`` on one batch of real images already in memory.
+
+``overhead = 1 - loop images/s / bare images/s``: the share of training throughput the loop costs. Epochs
+are whole passes over the training split in full batches (``--steps-per-epoch``), so both sides run the same
+batch shape.
+
+    .venv/bin/python bench/loop.py                          # every training preset, 256x256
+    .venv/bin/python bench/loop.py --presets ph2-unet --image-size 192x256
+
+Prints a table and writes JSON (machine, versions, command, one row per preset). Needs the presets' datasets
+built or their files under ``../shared/data`` (``KSEG_DATA_DIR``). Run on a quiet machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import common  # noqa: E402
+import kseg  # noqa: E402,F401  (sets KERAS_BACKEND before keras is imported)
+
+# Manual download folders under the real-data dir, as bench/train.py passes them.
+MANUAL_DIRS = {"tfds_ph2/ph2": ".", "tfds_ph2/mads": "bodies"}
+
+
+def parse_args(argv=None):
+    from kseg import config as config_lib
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--presets", nargs="+", default=list(config_lib.PRESETS), choices=list(config_lib.PRESETS),
+                        metavar="PRESET", help="training presets (default: all)")
+    parser.add_argument("--image-size", default="256", help="HxW or one number (default: 256)")
+    parser.add_argument("--epochs", type=int, default=3, help="epochs per loop run; the first is dropped (default: 3)")
+    parser.add_argument("--steps-per-epoch", type=int, default=None,
+                        help="full batches per epoch (default: one pass over the preset's training split)")
+    parser.add_argument("--bare-steps", type=int, default=16, help="timed bare steps (default: 16)")
+    parser.add_argument("--data-dir", type=Path, default=None, help="TFDS data dir (default: TFDS's own)")
+    parser.add_argument("--output", type=Path, default=common.RESULTS_DIR / "loop.json", help="JSON results file")
+    args = parser.parse_args(argv)
+    if args.epochs < 2:
+        parser.error("--epochs must be >= 2 (the first epoch is dropped)")
+    size = [int(v) for v in args.image_size.lower().split("x")]
+    args.image_size = (size[0], size[-1])
+    return args
+
+
+class EpochClock:
+    """Wall time of each epoch, start to end (callbacks included), less its validation pass."""
+
+    def __init__(self):
+        import keras
+
+        clock = self
+
+        class _Callback(keras.callbacks.Callback):
+            def on_epoch_begin(self, epoch, logs=None):
+                clock.start, clock.validation = time.perf_counter(), 0.0
+
+            def on_test_begin(self, logs=None):
+                clock.test_start = time.perf_counter()
+
+            def on_test_end(self, logs=None):
+                clock.validation += time.perf_counter() - clock.test_start
+
+            def on_epoch_end(self, epoch, logs=None):
+                # Runs last (appended after kseg's callbacks), so checkpoint and log writes are inside.
+                clock.train_seconds.append(time.perf_counter() - clock.start - clock.validation)
+
+        self.train_seconds: list[float] = []
+        self.callback = _Callback()
+
+
+def measure_loop(config) -> tuple[float, list[float]]:
+    """Images/s of kseg.train's loop; ``kseg.train`` is run as is, with one timing callback added last."""
+    from kseg import train
+
+    clock = EpochClock()
+    original_callbacks, original_finish = train._callbacks, train.finish_run
+
+    def callbacks_with_clock(*args, **kwargs):
+        callbacks, timer = original_callbacks(*args, **kwargs)
+        return callbacks + [clock.callback], timer
+
+    train._callbacks = callbacks_with_clock
+    train.finish_run = lambda *args, **kwargs: {}  # scoring at original size is evaluation, not the loop
+    try:
+        train.run(config, verbose=0)
+    finally:
+        train._callbacks, train.finish_run = original_callbacks, original_finish
+    epoch_seconds = statistics.median(clock.train_seconds[1:])
+    return config.steps_per_epoch * config.batch_size / epoch_seconds, clock.train_seconds
+
+
+def measure_bare(config, num_classes: int, steps: int) -> float:
+    """Images/s of ``train_on_batch`` on one real, augmented batch held in memory, same compiled model."""
+    import keras
+
+    from kseg import data, distribute, train
+
+    keras.utils.set_random_seed(config.seed)
+    previous = keras.mixed_precision.global_policy().name
+    keras.mixed_precision.set_global_policy(distribute.precision_policy(config.mixed_precision))
+    try:
+        batch = next(iter(data.load(config.dataset, "train", image_size=config.image_size,
+                                    batch_size=config.batch_size, seed=config.seed, data_dir=config.data_dir,
+                                    manual_dir=config.manual_dir, augmentation=config.augmentation,
+                                    shuffle=True, repeat=True)))
+        model = train.build_model(config, num_classes)
+        train.compile_model(model, config, num_classes, config.steps_per_epoch)
+        images, masks = batch[0], batch[1]
+        for _ in range(3):
+            model.train_on_batch(images, masks)
+        start = time.perf_counter()
+        for _ in range(steps):
+            model.train_on_batch(images, masks)
+        return steps * config.batch_size / (time.perf_counter() - start)
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    import keras
+
+    from kseg import config as config_lib
+    from kseg import data
+
+    rows = []
+    for preset in args.presets:
+        base = config_lib.PRESETS[preset]
+        manual = MANUAL_DIRS.get(base["dataset"])
+        manual_dir = str((common.real_data_dir() / manual).resolve()) if manual else None
+        data_dir = str(args.data_dir) if args.data_dir else None
+        spec = data.dataset_spec(base["dataset"], data_dir=data_dir, manual_dir=manual_dir)
+        steps = args.steps_per_epoch or max(1, spec.split_sizes["train"] // base["batch_size"])
+        with tempfile.TemporaryDirectory(prefix=f"kseg-loop-{preset}-") as run_dir:
+            config = config_lib.resolve(preset, overrides=dict(
+                image_size=args.image_size, epochs=args.epochs, steps_per_epoch=steps,
+                output_dir=run_dir, manual_dir=manual_dir, data_dir=data_dir))
+            keras.backend.clear_session()
+            loop_rate, epoch_seconds = measure_loop(config)
+            keras.backend.clear_session()
+            bare_rate = measure_bare(config, spec.num_classes, args.bare_steps)
+        row = {
+            "preset": preset, "model": config.model, "dataset": config.dataset,
+            "image_size": list(config.image_size), "batch_size": config.batch_size,
+            "mixed_precision": config.mixed_precision, "augmentation": config.augmentation,
+            "steps_per_epoch": config.steps_per_epoch, "epoch_train_seconds": [round(s, 3) for s in epoch_seconds],
+            "loop_images_per_s": round(loop_rate, 3), "bare_images_per_s": round(bare_rate, 3),
+            "overhead": round(1 - loop_rate / bare_rate, 4),
+        }
+        rows.append(row)
+        print(f"{preset}: loop {loop_rate:.2f} img/s, bare {bare_rate:.2f} img/s, "
+              f"overhead {100 * row['overhead']:+.1f}%", flush=True)
+
+    print()
+    print("| preset | model | input | precision | loop img/s | bare step img/s | loop overhead |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        precision = "bfloat16" if r["mixed_precision"] else "float32"
+        print(f"| {r['preset']} | {r['model']} | {r['image_size'][0]}x{r['image_size'][1]} | {precision} | "
+              f"{r['loop_images_per_s']:.2f} | {r['bare_images_per_s']:.2f} | {100 * r['overhead']:+.1f}% |")
+    result = {
+        "benchmark": "loop",
+        "command": "bench/loop.py " + shlex.join(sys.argv[1:] if argv is None else argv),
+        "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "environment": common.environment(),
+        "note": common.NOISE_NOTE + " Overhead can come out negative within that noise.",
+        "results": rows,
+    }
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"\nwrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
