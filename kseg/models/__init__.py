@@ -16,6 +16,7 @@ MODELS = {"unet": unet, "segnet": segnet}
 #: parameters and MACs differ by about 4x; "segnet-large" has the paper's VGG16 widths.
 PRESETS = {
     "unet-small": ("unet", dict(base_filters=16, depth=4)),
+    "unet-small-deep": ("unet", dict(base_filters=16, depth=5)),
     "unet": ("unet", dict(base_filters=32, depth=4)),
     "unet-large": ("unet", dict(base_filters=64, depth=4)),
     "segnet-small": ("segnet", dict(base_filters=16, depth=5)),
