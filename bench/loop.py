@@ -8,7 +8,8 @@ given, 256x256 by default) it measures:
   epoch checkpoint and best model, CSV log, TensorBoard). Each epoch is timed from its start to its end,
   callbacks and checkpoint writes included, with the validation pass taken out (validation is not training).
   The first epoch (tracing) is dropped; the figure is the median of the others.
-- **bare step**: the same compiled model's ``train_on_batch`` on one batch of real images already in memory.
+- **bare step**: the same compiled model's ``train_on_batch`` on one batch of real images already in memory,
+  timed in blocks of one epoch's steps before and after the loop (median).
 
 ``overhead = 1 - loop images/s / bare images/s``: the share of training throughput the loop costs. Epochs
 are whole passes over the training split in full batches (``--steps-per-epoch``), so both sides run the same
@@ -49,10 +50,13 @@ def parse_args(argv=None):
     parser.add_argument("--presets", nargs="+", default=list(config_lib.PRESETS), choices=list(config_lib.PRESETS),
                         metavar="PRESET", help="training presets (default: all)")
     parser.add_argument("--image-size", default="256", help="HxW or one number (default: 256)")
-    parser.add_argument("--epochs", type=int, default=3, help="epochs per loop run; the first is dropped (default: 3)")
+    parser.add_argument("--epochs", type=int, default=5, help="epochs per loop run; the first is dropped (default: 5)")
     parser.add_argument("--steps-per-epoch", type=int, default=None,
                         help="full batches per epoch (default: one pass over the preset's training split)")
-    parser.add_argument("--bare-steps", type=int, default=16, help="timed bare steps (default: 16)")
+    parser.add_argument("--bare-epochs", type=int, default=2,
+                        help="bare blocks of one epoch's steps, timed before and after the loop (default: 2)")
+    parser.add_argument("--augmentation", default=None,
+                        help="override every preset's augmentation, e.g. none to see what augmentation costs")
     parser.add_argument("--data-dir", type=Path, default=None, help="TFDS data dir (default: TFDS's own)")
     parser.add_argument("--output", type=Path, default=common.RESULTS_DIR / "loop.json", help="JSON results file")
     args = parser.parse_args(argv)
@@ -110,8 +114,9 @@ def measure_loop(config) -> tuple[float, list[float]]:
     return config.steps_per_epoch * config.batch_size / epoch_seconds, clock.train_seconds
 
 
-def measure_bare(config, num_classes: int, steps: int) -> float:
-    """Images/s of ``train_on_batch`` on one real, augmented batch held in memory, same compiled model."""
+def bare_stepper(config, num_classes: int):
+    """A function that times ``steps`` calls of ``train_on_batch`` on one real, augmented batch held in
+    memory, with the model, optimizer, loss and metrics that ``kseg.train`` compiles; returns images/s."""
     import keras
 
     from kseg import data, distribute, train
@@ -120,21 +125,24 @@ def measure_bare(config, num_classes: int, steps: int) -> float:
     previous = keras.mixed_precision.global_policy().name
     keras.mixed_precision.set_global_policy(distribute.precision_policy(config.mixed_precision))
     try:
-        batch = next(iter(data.load(config.dataset, "train", image_size=config.image_size,
-                                    batch_size=config.batch_size, seed=config.seed, data_dir=config.data_dir,
-                                    manual_dir=config.manual_dir, augmentation=config.augmentation,
-                                    shuffle=True, repeat=True)))
+        images, masks = next(iter(data.load(
+            config.dataset, "train", image_size=config.image_size, batch_size=config.batch_size, seed=config.seed,
+            data_dir=config.data_dir, manual_dir=config.manual_dir, augmentation=config.augmentation,
+            shuffle=True, repeat=True)))
         model = train.build_model(config, num_classes)
         train.compile_model(model, config, num_classes, config.steps_per_epoch)
-        images, masks = batch[0], batch[1]
-        for _ in range(3):
-            model.train_on_batch(images, masks)
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+    for _ in range(3):
+        model.train_on_batch(images, masks)
+
+    def run(steps: int) -> float:
         start = time.perf_counter()
         for _ in range(steps):
             model.train_on_batch(images, masks)
         return steps * config.batch_size / (time.perf_counter() - start)
-    finally:
-        keras.mixed_precision.set_global_policy(previous)
+
+    return run
 
 
 def main(argv=None) -> int:
@@ -155,16 +163,21 @@ def main(argv=None) -> int:
         with tempfile.TemporaryDirectory(prefix=f"kseg-loop-{preset}-") as run_dir:
             config = config_lib.resolve(preset, overrides=dict(
                 image_size=args.image_size, epochs=args.epochs, steps_per_epoch=steps,
-                output_dir=run_dir, manual_dir=manual_dir, data_dir=data_dir))
+                output_dir=run_dir, manual_dir=manual_dir, data_dir=data_dir, augmentation=args.augmentation))
             keras.backend.clear_session()
+            # Bare blocks of one epoch's steps before and after the loop, so slow phases of a shared
+            # machine hit both sides alike; medians on both sides.
+            bare = bare_stepper(config, spec.num_classes)
+            bare_rates = [bare(steps) for _ in range(args.bare_epochs)]
             loop_rate, epoch_seconds = measure_loop(config)
-            keras.backend.clear_session()
-            bare_rate = measure_bare(config, spec.num_classes, args.bare_steps)
+            bare_rates += [bare(steps) for _ in range(args.bare_epochs)]
+            bare_rate = statistics.median(bare_rates)
         row = {
             "preset": preset, "model": config.model, "dataset": config.dataset,
             "image_size": list(config.image_size), "batch_size": config.batch_size,
             "mixed_precision": config.mixed_precision, "augmentation": config.augmentation,
             "steps_per_epoch": config.steps_per_epoch, "epoch_train_seconds": [round(s, 3) for s in epoch_seconds],
+            "bare_block_images_per_s": [round(r, 3) for r in bare_rates],
             "loop_images_per_s": round(loop_rate, 3), "bare_images_per_s": round(bare_rate, 3),
             "overhead": round(1 - loop_rate / bare_rate, 4),
         }

@@ -118,18 +118,26 @@ def _transform(images, transforms, interpolation, fill_mode):
 
 
 def _jitter_colour(aug: Augmentation, images, seeds, batch):
+    """Brightness, contrast, saturation and hue, in that order, applied as ONE per-image affine colour map.
+
+    Each step is affine in RGB (hue rotates the chroma plane of YIQ, which keeps luma), so their composition
+    is ``x -> K x + v`` per image: one pass over the pixels instead of one per step. On a 2-core CPU the
+    pipeline's work is taken from the training step, so this matters (see ``bench/loop.py``). Clipping to
+    [0, 1] happens once, at the end, as it would after the separate steps.
+    """
     images = tf.cast(images, tf.float32)
-    per_image = lambda t: tf.reshape(t, [batch, 1, 1, 1])
-    if aug.brightness:
-        images += per_image(_uniform(seeds[6], batch, -aug.brightness, aug.brightness))
-    if aug.contrast:
-        mean = tf.reduce_mean(images, axis=[1, 2, 3], keepdims=True)
-        images = (images - mean) * per_image(_uniform(seeds[7], batch, 1 - aug.contrast, 1 + aug.contrast)) + mean
+    ones = tf.ones([batch])
+    identity = tf.eye(3, batch_shape=[batch])
+    brightness = _uniform(seeds[6], batch, -aug.brightness, aug.brightness) if aug.brightness else tf.zeros([batch])
+    contrast = _uniform(seeds[7], batch, 1 - aug.contrast, 1 + aug.contrast) if aug.contrast else ones
+    matrix = identity
     if aug.saturation:
-        grey = tf.reduce_sum(images * [0.299, 0.587, 0.114], axis=-1, keepdims=True)
-        images = grey + (images - grey) * per_image(_uniform(seeds[8], batch, 1 - aug.saturation, 1 + aug.saturation))
+        # grey + (x - grey) * s  ==  (s I + (1 - s) 1 w^T) x, with w the luma weights.
+        saturation = _uniform(seeds[8], batch, 1 - aug.saturation, 1 + aug.saturation)[:, None, None]
+        luma = tf.constant([[0.299, 0.587, 0.114]] * 3)
+        matrix = saturation * identity + (1.0 - saturation) * luma
     if aug.hue:
-        # Rotate the chroma plane of YIQ: a hue shift that keeps luma, vectorised over the batch.
+        # Rotate the chroma plane of YIQ by theta: a hue shift that keeps luma.
         theta = _uniform(seeds[9], batch, -aug.hue, aug.hue) * (2 * math.pi)
         to_yiq = tf.constant([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
         to_rgb = tf.linalg.inv(to_yiq)
@@ -137,8 +145,14 @@ def _jitter_colour(aug: Augmentation, images, seeds, batch):
         one, zero = tf.ones_like(c), tf.zeros_like(c)
         rotation = tf.stack([tf.stack([one, zero, zero], -1), tf.stack([zero, c, -s], -1),
                              tf.stack([zero, s, c], -1)], 1)  # [B, 3, 3]
-        matrix = tf.einsum("ij,bjk,kl->bil", to_rgb, rotation, to_yiq)
-        images = tf.einsum("bhwc,bdc->bhwd", images, matrix)
+        matrix = tf.einsum("ij,bjk,kl,blm->bim", to_rgb, rotation, to_yiq, matrix)
+    # Brightness then contrast: c (x + b - m') + m' with m' = mean(x) + b, i.e. c x + b + (1 - c) mean(x).
+    offset = brightness
+    if aug.contrast:
+        offset += (1.0 - contrast) * tf.reduce_mean(images, axis=[1, 2, 3])
+    scaled = matrix * contrast[:, None, None]
+    shift = offset[:, None] * tf.reduce_sum(matrix, axis=-1)  # [B, 3]: the matrix applied to (v, v, v)
+    images = tf.einsum("bhwc,bdc->bhwd", images, scaled) + shift[:, None, None, :]
     return tf.clip_by_value(images, 0.0, 1.0)
 
 

@@ -1,5 +1,7 @@
 """Paired augmentation: image and mask move together, masks keep exact labels, seeds repeat."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -64,6 +66,39 @@ def test_colour_jitter_leaves_mask_and_stays_in_range():
     np.testing.assert_array_equal(out_masks.numpy(), masks.numpy())
     assert 0.0 <= out_images.numpy().min() and out_images.numpy().max() <= 1.0
     assert np.abs(out_images.numpy() - images.numpy()).mean() > 0.01
+
+
+def _colour_reference(images, seed, aug):
+    """The colour steps one after another in NumPy, as the textbook describes them (same random draws)."""
+    from kseg.augment import _uniform
+
+    seeds = tf.unstack(tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 10))
+    batch = images.shape[0]
+    b = _uniform(seeds[6], batch, -aug.brightness, aug.brightness).numpy()
+    c = _uniform(seeds[7], batch, 1 - aug.contrast, 1 + aug.contrast).numpy()
+    s = _uniform(seeds[8], batch, 1 - aug.saturation, 1 + aug.saturation).numpy()
+    theta = _uniform(seeds[9], batch, -aug.hue, aug.hue).numpy() * 2 * np.pi
+    to_yiq = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+    out = []
+    for x, bi, ci, si, ti in zip(images.astype(np.float64), b, c, s, theta):
+        x = x + bi
+        x = (x - x.mean()) * ci + x.mean()
+        grey = (x @ np.array([0.299, 0.587, 0.114]))[..., None]
+        x = grey + (x - grey) * si
+        yiq = x @ to_yiq.T
+        i, q = yiq[..., 1].copy(), yiq[..., 2].copy()
+        yiq[..., 1], yiq[..., 2] = np.cos(ti) * i - np.sin(ti) * q, np.sin(ti) * i + np.cos(ti) * q
+        out.append(np.clip(yiq @ np.linalg.inv(to_yiq).T, 0, 1))
+    return np.stack(out)
+
+
+@pytest.mark.parametrize("name", ["light", "medium", "strong"])
+def test_colour_jitter_matches_step_by_step_reference(name):
+    colour = dataclasses.replace(PRESETS[name], flip=False, rotate90=False, scale=0, rotate_degrees=0, translate=0)
+    images, masks = _batch()
+    seed = tf.constant([3, 7])
+    out_images, _ = augment_batch(images, masks, seed, colour)
+    np.testing.assert_allclose(out_images.numpy(), _colour_reference(images.numpy(), seed, colour), atol=2e-5)
 
 
 def test_validation_and_names():
