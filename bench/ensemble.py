@@ -14,10 +14,7 @@ Prints a table and writes JSON (machine, versions, command, one row per variant)
 from __future__ import annotations
 
 import argparse
-import datetime
 import itertools
-import json
-import shlex
 import sys
 from pathlib import Path
 
@@ -60,23 +57,15 @@ def main(argv=None) -> int:
                      "ensemble_dice": evaluate.mean_dice(averaged, postprocessing, make_mask)})
 
     print(f"\n{len(args.runs)} models on {args.dataset} {args.split}; mean Dice over images, original resolution\n")
-    print("| TTA | largest component | threshold | single models (mean) | ensemble |")
-    print("|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {'yes' if r['tta'] else 'no'} | {'yes' if r['largest_component'] else 'no'} | {r['threshold']:.2f} "
-              f"| {r['single_model_mean_dice']:.4f} | {r['ensemble_dice']:.4f} |")
-    result = {
-        "benchmark": "ensemble",
-        "command": "bench/ensemble.py " + shlex.join(sys.argv[1:] if argv is None else argv),
-        "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "environment": common.environment(),
+    yes_no = lambda flag: "yes" if flag else "no"
+    table = [{"tta": yes_no(r["tta"]), "largest": yes_no(r["largest_component"]), "threshold": r["threshold"],
+              "single": f"{r['single_model_mean_dice']:.4f}", "ensemble": f"{r['ensemble_dice']:.4f}"} for r in rows]
+    common.print_table(table, [("tta", "TTA"), ("largest", "largest component"), "threshold",
+                               ("single", "single models (mean)"), "ensemble"], markdown=True)
+    path = common.write_results(args.output, rows, benchmark="ensemble", extra={
         "runs": [str(run) for run in args.runs], "dataset": args.dataset, "split": args.split,
-        "note": "Holes are always filled. Thresholds are swept on the scored split: the best row is a ceiling.",
-        "results": rows,
-    }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\nwrote {args.output}")
+        "note": "Holes are always filled. Thresholds are swept on the scored split: the best row is a ceiling."})
+    print(f"\nwrote {path}")
     return 0
 
 

@@ -25,9 +25,6 @@ built or their files under ``../shared/data`` (``KSEG_DATA_DIR``). Run on a quie
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import shlex
 import statistics
 import sys
 import tempfile
@@ -185,24 +182,16 @@ def main(argv=None) -> int:
         print(f"{preset}: loop {loop_rate:.2f} img/s, bare {bare_rate:.2f} img/s, "
               f"overhead {100 * row['overhead']:+.1f}%", flush=True)
 
+    table = [{**r, "input": "x".join(map(str, r["image_size"])),
+              "precision": "bfloat16" if r["mixed_precision"] else "float32",
+              "overhead_pct": f"{100 * r['overhead']:+.1f}%"} for r in rows]
     print()
-    print("| preset | model | input | precision | loop img/s | bare step img/s | loop overhead |")
-    print("|---|---|---|---|---|---|---|")
-    for r in rows:
-        precision = "bfloat16" if r["mixed_precision"] else "float32"
-        print(f"| {r['preset']} | {r['model']} | {r['image_size'][0]}x{r['image_size'][1]} | {precision} | "
-              f"{r['loop_images_per_s']:.2f} | {r['bare_images_per_s']:.2f} | {100 * r['overhead']:+.1f}% |")
-    result = {
-        "benchmark": "loop",
-        "command": "bench/loop.py " + shlex.join(sys.argv[1:] if argv is None else argv),
-        "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "environment": common.environment(),
-        "note": common.NOISE_NOTE + " Overhead can come out negative within that noise.",
-        "results": rows,
-    }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\nwrote {args.output}")
+    common.print_table(table, ["preset", "model", "input", "precision", ("loop_images_per_s", "loop img/s"),
+                               ("bare_images_per_s", "bare step img/s"), ("overhead_pct", "loop overhead")],
+                       markdown=True)
+    path = common.write_results(args.output, rows, benchmark="loop",
+                                extra={"note": common.NOISE_NOTE + " Overhead can come out negative within that noise."})
+    print(f"\nwrote {path}")
     return 0
 
 
