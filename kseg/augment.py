@@ -126,10 +126,9 @@ def _jitter_colour(aug: Augmentation, images, seeds, batch):
     [0, 1] happens once, at the end, as it would after the separate steps.
     """
     images = tf.cast(images, tf.float32)
-    ones = tf.ones([batch])
     identity = tf.eye(3, batch_shape=[batch])
     brightness = _uniform(seeds[6], batch, -aug.brightness, aug.brightness) if aug.brightness else tf.zeros([batch])
-    contrast = _uniform(seeds[7], batch, 1 - aug.contrast, 1 + aug.contrast) if aug.contrast else ones
+    contrast = _uniform(seeds[7], batch, 1 - aug.contrast, 1 + aug.contrast) if aug.contrast else tf.ones([batch])
     matrix = identity
     if aug.saturation:
         # grey + (x - grey) * s  ==  (s I + (1 - s) 1 w^T) x, with w the luma weights.
