@@ -44,7 +44,7 @@ def parse_args(argv=None):
     from kseg import config as config_lib
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--presets", nargs="+", default=list(config_lib.PRESETS), choices=list(config_lib.PRESETS),
+    parser.add_argument("--presets", nargs="+", default=list(config_lib.TRAINING_PRESETS), choices=list(config_lib.TRAINING_PRESETS),
                         metavar="PRESET", help="training presets (default: all)")
     parser.add_argument("--image-size", default="256", help="HxW or one number (default: 256)")
     parser.add_argument("--epochs", type=int, default=5, help="epochs per loop run; the first is dropped (default: 5)")
@@ -151,7 +151,7 @@ def main(argv=None) -> int:
 
     rows = []
     for preset in args.presets:
-        base = config_lib.PRESETS[preset]
+        base = config_lib.TRAINING_PRESETS[preset]
         manual = MANUAL_DIRS.get(base["dataset"])
         manual_dir = str((common.real_data_dir() / manual).resolve()) if manual else None
         data_dir = str(args.data_dir) if args.data_dir else None

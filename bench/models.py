@@ -27,13 +27,13 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from kseg.models import PRESETS, build_preset, count_macs, count_params  # noqa: E402
+from kseg.models import MODEL_PRESETS, build_preset, count_macs, count_params  # noqa: E402
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--presets", nargs="+", default=list(PRESETS), choices=list(PRESETS), metavar="PRESET",
-                        help=f"presets to run (default: all of {', '.join(PRESETS)})")
+    parser.add_argument("--presets", nargs="+", default=list(MODEL_PRESETS), choices=list(MODEL_PRESETS), metavar="PRESET",
+                        help=f"presets to run (default: all of {', '.join(MODEL_PRESETS)})")
     parser.add_argument("--image-size", type=int, default=256, help="square input size (default: 256)")
     parser.add_argument("--batch-size", type=int, default=8, help="images per step (default: 8)")
     parser.add_argument("--steps", type=int, default=10, help="timed steps per measurement (default: 10)")
@@ -122,8 +122,8 @@ def bench_preset(preset, policy, args):
         return {
             "preset": preset,
             "policy": policy,
-            "model": PRESETS[preset][0],
-            "kwargs": PRESETS[preset][1],
+            "model": MODEL_PRESETS[preset][0],
+            "kwargs": MODEL_PRESETS[preset][1],
             "params": count_params(model),
             "macs_per_image": macs,
             "gmacs_per_image": macs / 1e9,

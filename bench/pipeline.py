@@ -40,7 +40,7 @@ import tensorflow as tf  # noqa: E402
 from kseg import data as kdata  # noqa: E402
 from kseg.losses import get_loss  # noqa: E402
 from kseg.metrics import default_metrics  # noqa: E402
-from kseg.models import PRESETS, build_preset  # noqa: E402
+from kseg.models import MODEL_PRESETS, build_preset  # noqa: E402
 
 DEFAULT_DATASETS = ("tfds_ph2/synthetic", "tfds_ph2/ph2", "folder:bodies")
 MANUAL_DIRS = {"tfds_ph2/ph2": "PH2Dataset", "tfds_ph2/mads": "bodies"}  # sub-folders of the real data dir
@@ -60,7 +60,7 @@ def parse_args(argv=None):
     parser.add_argument("--datasets", nargs="+", default=list(DEFAULT_DATASETS), metavar="NAME",
                         help="kseg dataset names; folder:NAME with a relative NAME is looked up in the real data "
                              f"dir (default: {' '.join(DEFAULT_DATASETS)})")
-    parser.add_argument("--presets", nargs="+", default=["unet-small", "unet"], choices=list(PRESETS),
+    parser.add_argument("--presets", nargs="+", default=["unet-small", "unet"], choices=list(MODEL_PRESETS),
                         metavar="PRESET", help="model presets for the training step (default: unet-small unet)")
     parser.add_argument("--batches", type=int, default=100, help="timed pipeline batches per dataset (default: 100)")
     parser.add_argument("--steps", type=int, default=10, help="timed training steps per preset (default: 10)")

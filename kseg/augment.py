@@ -50,7 +50,7 @@ class Augmentation:
 
 
 #: Named strengths for configs and the command line.
-PRESETS = {
+AUGMENTATIONS = {
     "none": Augmentation(flip=False, rotate90=False, scale=0, rotate_degrees=0, translate=0,
                          brightness=0, contrast=0, saturation=0, hue=0),
     "flips": Augmentation(scale=0, rotate_degrees=0, translate=0, brightness=0, contrast=0, saturation=0, hue=0),
@@ -65,9 +65,9 @@ PRESETS = {
 def get_augmentation(name_or_augmentation) -> Augmentation:
     if isinstance(name_or_augmentation, Augmentation):
         return name_or_augmentation
-    if name_or_augmentation not in PRESETS:
-        raise ValueError(f"unknown augmentation {name_or_augmentation!r}; choose one of {sorted(PRESETS)}")
-    return PRESETS[name_or_augmentation]
+    if name_or_augmentation not in AUGMENTATIONS:
+        raise ValueError(f"unknown augmentation {name_or_augmentation!r}; choose one of {sorted(AUGMENTATIONS)}")
+    return AUGMENTATIONS[name_or_augmentation]
 
 
 def _uniform(seed, batch, low, high):

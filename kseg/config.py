@@ -7,9 +7,9 @@ import dataclasses
 import json
 import pathlib
 
-from kseg.augment import PRESETS as AUGMENTATIONS
+from kseg.augment import AUGMENTATIONS
 from kseg.losses import LOSS_NAMES
-from kseg.models import PRESETS as MODEL_PRESETS
+from kseg.models import MODEL_PRESETS
 
 STRATEGIES = ("auto", "default", "one_device", "mirrored", "multiworker", "tpu")
 OPTIMIZERS = ("adamw", "adam", "sgd")
@@ -112,7 +112,7 @@ class TrainConfig:
 
 
 #: Named starting points; ``kseg.train --preset NAME`` then any flag on top.
-PRESETS: dict[str, dict] = {
+TRAINING_PRESETS: dict[str, dict] = {
     # PH2 images are 4:3; 192x256 keeps their shape. unet-small in bfloat16 trains 120 epochs in about
     # 25 minutes on 2 CPU cores (bench/train.py); the base-32 unet costs 4x as much per epoch.
     "ph2-unet": dict(dataset="tfds_ph2/ph2", model="unet-small", image_size=(192, 256), batch_size=8, epochs=120,
@@ -164,9 +164,9 @@ def resolve(preset: str | None = None, file_values: dict | None = None, override
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     name = overrides.pop("preset", None) or preset or file_values.pop("preset", None) or DEFAULT_PRESET
     file_values.pop("preset", None)
-    if name not in PRESETS:
-        raise ConfigError(f"preset: expected one of {sorted(PRESETS)}, got {name!r}")
-    values = {**PRESETS[name], **file_values, **overrides, "preset": name}
+    if name not in TRAINING_PRESETS:
+        raise ConfigError(f"preset: expected one of {sorted(TRAINING_PRESETS)}, got {name!r}")
+    values = {**TRAINING_PRESETS[name], **file_values, **overrides, "preset": name}
     try:
         return TrainConfig(**values)
     except TypeError as e:

@@ -34,7 +34,7 @@ class OutputDirError(OSError):
 # ------------------------------------------------------------------------------------------- flags ---
 
 def build_parser() -> argparse.ArgumentParser:
-    presets = ", ".join(config_lib.PRESETS)
+    presets = ", ".join(config_lib.TRAINING_PRESETS)
     parser = argparse.ArgumentParser(
         prog="python -m kseg.train",
         description="Train a U-Net or SegNet. A preset sets good defaults; a --config file and then flags "

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kseg.augment import PRESETS, Augmentation, augment_batch, get_augmentation
+from kseg.augment import AUGMENTATIONS, Augmentation, augment_batch, get_augmentation
 
 
 def _batch(size=32, batch=6):
@@ -33,7 +33,7 @@ def test_geometry_moves_image_and_mask_together():
 
 def test_flips_and_quarter_turns_are_exact_permutations():
     images, masks = _batch()
-    aug = PRESETS["flips"]
+    aug = AUGMENTATIONS["flips"]
     out_images, out_masks = augment_batch(images, masks, tf.constant([3, 4]), aug)
     for i in range(images.shape[0]):
         candidates = [np.rot90(m, k) for m in (masks[i].numpy(), masks[i].numpy()[:, ::-1]) for k in range(4)]
@@ -45,15 +45,15 @@ def test_flips_and_quarter_turns_are_exact_permutations():
 def test_multiclass_masks_keep_integer_labels():
     images, masks = _batch()
     labels = tf.cast(masks, tf.int32) * 3
-    _, out = augment_batch(images, labels, tf.constant([5, 6]), PRESETS["strong"])
+    _, out = augment_batch(images, labels, tf.constant([5, 6]), AUGMENTATIONS["strong"])
     assert out.dtype == tf.int32 and set(np.unique(out.numpy())) <= {0, 3}
 
 
 def test_same_seed_same_result_different_seed_differs():
     images, masks = _batch()
-    a = augment_batch(images, masks, tf.constant([7, 8]), PRESETS["medium"])
-    b = augment_batch(images, masks, tf.constant([7, 8]), PRESETS["medium"])
-    c = augment_batch(images, masks, tf.constant([7, 9]), PRESETS["medium"])
+    a = augment_batch(images, masks, tf.constant([7, 8]), AUGMENTATIONS["medium"])
+    b = augment_batch(images, masks, tf.constant([7, 8]), AUGMENTATIONS["medium"])
+    c = augment_batch(images, masks, tf.constant([7, 9]), AUGMENTATIONS["medium"])
     np.testing.assert_array_equal(a[0].numpy(), b[0].numpy())
     assert not np.array_equal(a[0].numpy(), c[0].numpy())
 
@@ -94,7 +94,7 @@ def _colour_reference(images, seed, aug):
 
 @pytest.mark.parametrize("name", ["light", "medium", "strong"])
 def test_colour_jitter_matches_step_by_step_reference(name):
-    colour = dataclasses.replace(PRESETS[name], flip=False, rotate90=False, scale=0, rotate_degrees=0, translate=0)
+    colour = dataclasses.replace(AUGMENTATIONS[name], flip=False, rotate90=False, scale=0, rotate_degrees=0, translate=0)
     images, masks = _batch()
     seed = tf.constant([3, 7])
     out_images, _ = augment_batch(images, masks, seed, colour)
@@ -106,4 +106,4 @@ def test_validation_and_names():
         Augmentation(scale=-1)
     with pytest.raises(ValueError, match="unknown augmentation 'wild'"):
         get_augmentation("wild")
-    assert get_augmentation("none") == PRESETS["none"]
+    assert get_augmentation("none") == AUGMENTATIONS["none"]

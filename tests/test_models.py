@@ -9,7 +9,7 @@ import keras
 import tensorflow as tf
 
 from kseg.models import (
-    PRESETS,
+    MODEL_PRESETS,
     MaxUnpooling2D,
     build_preset,
     count_macs,
@@ -145,14 +145,14 @@ def test_registry_and_presets():
     with pytest.raises(ValueError, match="known presets: .*unet-small.*segnet"):
         build_preset("unet-huge")
 
-    assert {"unet-small", "unet", "unet-large", "segnet-small", "segnet"} <= set(PRESETS)
+    assert {"unet-small", "unet", "unet-large", "segnet-small", "segnet"} <= set(MODEL_PRESETS)
     small = build_preset("unet-small", image_size=(32, 32), num_classes=2, depth=2)
     assert small.name == "unet_small"
-    assert small.get_layer("enc1_conv1").filters == PRESETS["unet-small"][1]["base_filters"]
+    assert small.get_layer("enc1_conv1").filters == MODEL_PRESETS["unet-small"][1]["base_filters"]
     assert tuple(small.output.shape) == (None, 32, 32, 2)
     assert "enc3_conv1" not in {layer.name for layer in small.layers}  # override beat the preset's depth=4
     seg = build_preset("segnet-small", image_size=(64, 64))
-    assert seg.get_layer("enc1_conv1").filters == PRESETS["segnet-small"][1]["base_filters"]
+    assert seg.get_layer("enc1_conv1").filters == MODEL_PRESETS["segnet-small"][1]["base_filters"]
 
 
 # --- serialization ----------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ MODELS = {"unet": unet, "segnet": segnet}
 
 #: Named sizes: preset name -> (builder name, builder kwargs). Widths differ by 2x between sizes, so
 #: parameters and MACs differ by about 4x; "segnet-large" has the paper's VGG16 widths.
-PRESETS = {
+MODEL_PRESETS = {
     "unet-small": ("unet", dict(base_filters=16, depth=4)),
     # One more pooling than unet-small (more context, 4x the parameters); on PH2 it scored lower (README).
     "unet-small-deep": ("unet", dict(base_filters=16, depth=5)),
@@ -41,16 +41,16 @@ def build_preset(preset_name, image_size=(256, 256), num_classes=1, **overrides)
 
     The model is named after the preset, so saved files and logs say which size was trained.
     """
-    if preset_name not in PRESETS:
-        raise ValueError(f"unknown preset {preset_name!r}; known presets: {', '.join(PRESETS)}")
-    model_name, preset_kwargs = PRESETS[preset_name]
+    if preset_name not in MODEL_PRESETS:
+        raise ValueError(f"unknown preset {preset_name!r}; known presets: {', '.join(MODEL_PRESETS)}")
+    model_name, preset_kwargs = MODEL_PRESETS[preset_name]
     kwargs = {"name": preset_name.replace("-", "_"), **preset_kwargs, **overrides}
     return get_model(model_name, image_size=image_size, num_classes=num_classes, **kwargs)
 
 
 __all__ = [
     "MODELS",
-    "PRESETS",
+    "MODEL_PRESETS",
     "MaxUnpooling2D",
     "build_preset",
     "count_macs",
