@@ -14,7 +14,8 @@ import functools
 
 import tensorflow as tf
 
-from kseg import imageio, splits
+from kseg import imageio
+from segio import splits
 from kseg.augment import Augmentation, augment_batch, get_augmentation
 from kseg.defaults import IMAGE_SIZE
 

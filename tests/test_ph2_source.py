@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from kseg.imageio import ImageReadError
+from segio.images import ImageReadError
 from tfds_ph2 import ph2_source
 from tfds_ph2.common import DatasetError
 
@@ -117,12 +117,24 @@ def test_unreadable_image_names_the_file(dummy_ph2):
         ph2_source.load_example(dummy_ph2, cases["IMD103"])
 
 
-def test_mask_of_another_size_names_both_files(dummy_ph2):
+def test_mask_of_another_aspect_names_both_files(dummy_ph2):
     cases = ph2_source.parse_metadata(_metadata(dummy_ph2))
-    _, mask_path = ph2_source.case_files(dummy_ph2, "IMD104")
-    Image.new("1", (5, 5)).save(mask_path)
-    with pytest.raises(DatasetError, match=r"IMD104_lesion\.bmp is 5x5 but its image .*IMD104\.bmp is"):
+    _, mask_path = ph2_source.case_files(dummy_ph2, "IMD104")  # the image is 24x19
+    Image.new("1", (10, 16)).save(mask_path)
+    with pytest.raises(DatasetError, match=r"IMD104_lesion\.bmp is 10x16 but its image .*IMD104\.bmp is 24x19: "
+                                           r"expected the same size, or the same aspect ratio within one pixel"):
         ph2_source.load_example(dummy_ph2, cases["IMD104"])
+
+
+def test_mask_at_another_scale_is_resized_nearest_like_mads(dummy_ph2):
+    cases = ph2_source.parse_metadata(_metadata(dummy_ph2))
+    _, mask_path = ph2_source.case_files(dummy_ph2, "IMD108")  # the image is 24x20
+    small = np.zeros((10, 12), np.uint8)
+    small[2:6, 3:9] = 1
+    Image.fromarray(small * 255).convert("1").save(mask_path)
+    mask = ph2_source.load_example(dummy_ph2, cases["IMD108"])["segmentation_mask"]
+    assert mask.shape == (20, 24, 1)
+    np.testing.assert_array_equal(mask[::2, ::2, 0], small)
 
 
 def test_row_without_image(dummy_ph2):

@@ -10,14 +10,12 @@ import re
 import numpy as np
 from etils import epath
 
-from kseg import imageio
-from kseg.splits import split_of_name
-from tfds_ph2.common import DatasetError, require_dir, subdirs
+from segio import images
+from segio.splits import split_of_name
+from tfds_ph2.common import DatasetError, fit_mask, require_dir, subdirs
 
 SPLIT_SHARES = {"train": 0.8, "validation": 0.1, "test": 0.1}
 SUFFIXES = (".png", ".jpg", ".jpeg")
-#: Largest relative difference between image and mask aspect ratios for a mask to be resized.
-ASPECT_TOLERANCE = 0.02
 _FRAME_NAME = re.compile(r"^(?P<recording>.+)_C(?P<camera>\d+)_(?P<frame>\d+)$")
 
 INSTRUCTIONS = """\
@@ -109,16 +107,8 @@ def split_of(stem: str) -> str:
 
 
 def load_example(stem: str, image_path: epath.Path, mask_path: epath.Path) -> dict:
-    image = imageio.read_image(image_path)
-    mask = imageio.read_binary_mask(mask_path)
-    (height, width), (mask_height, mask_width) = image.shape[:2], mask.shape
-    if (mask_height, mask_width) != (height, width):
-        aspect_gap = abs((mask_width / mask_height) / (width / height) - 1.0)
-        if mask_height > height or mask_width > width or aspect_gap > ASPECT_TOLERANCE:
-            raise DatasetError(
-                f"{mask_path} is {mask_width}x{mask_height} but its image {image_path} is {width}x{height}: "
-                f"expected the same size, or a smaller mask with the same aspect ratio (within "
-                f"{ASPECT_TOLERANCE:.0%})"
-            )
-        mask = imageio.resize_mask_nearest(mask, height, width)
+    """Decode one frame; most real masks are stored smaller than their frame and are resized (nearest) by the
+    one rule of ``segio.images.fit_mask_to_image``."""
+    image = images.read_image(image_path)
+    mask = fit_mask(images.read_binary_mask(mask_path), image.shape, image_path, mask_path)
     return {"image": image, "segmentation_mask": mask[..., None].astype(np.uint8), "image_id": stem}

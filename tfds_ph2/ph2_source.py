@@ -11,9 +11,9 @@ import re
 import numpy as np
 from etils import epath
 
-from kseg import imageio
-from kseg.splits import stable_fraction
-from tfds_ph2.common import DatasetError, require_dir, subdirs
+from segio import images
+from segio.splits import stable_fraction
+from tfds_ph2.common import DatasetError, fit_mask, require_dir, subdirs
 
 ROOT_FOLDER = "PH2Dataset"
 IMAGES_FOLDER = "PH2 Dataset images"
@@ -192,18 +192,13 @@ def assign_splits(cases: dict[str, Case]) -> dict[str, str]:
 
 
 def load_example(root: epath.Path, case: Case) -> dict:
-    """Decode one case into the builder's features; a mask that does not fit its image is an error."""
+    """Decode one case into the builder's features; a mask that does not fit its image (``fit_mask``) is an error."""
     image_path, mask_path = case_files(root, case.image_id)
     for path, what in ((image_path, "dermoscopic image"), (mask_path, "lesion mask")):
         if not path.exists():
             raise DatasetError(f"{path}: {what} of {case.image_id} is missing")
-    image = imageio.read_image(image_path)
-    mask = imageio.read_binary_mask(mask_path)
-    if mask.shape != image.shape[:2]:
-        raise DatasetError(
-            f"{mask_path} is {mask.shape[1]}x{mask.shape[0]} but its image {image_path} is "
-            f"{image.shape[1]}x{image.shape[0]}: a PH2 mask must have its image's size"
-        )
+    image = images.read_image(image_path)
+    mask = fit_mask(images.read_binary_mask(mask_path), image.shape, image_path, mask_path)
     return {
         "image": image,
         "segmentation_mask": mask[..., None].astype(np.uint8),

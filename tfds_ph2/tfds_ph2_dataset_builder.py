@@ -62,9 +62,12 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "Initial release: ph2, mads and synthetic configs."}
     BUILDER_CONFIGS = [
-        tfds.core.BuilderConfig(name="ph2", description="PH2: 200 dermoscopic images with lesion masks (manual download)."),
-        tfds.core.BuilderConfig(name="mads", description="Segmentation Full Body MADS: people with body masks (manual download)."),
-        tfds.core.BuilderConfig(name="synthetic", description="Procedural dermoscopy-like images with exact masks (no download)."),
+        tfds.core.BuilderConfig(
+            name="ph2", description="PH2: 200 dermoscopic images with lesion masks (manual download)."),
+        tfds.core.BuilderConfig(
+            name="mads", description="Segmentation Full Body MADS: people with body masks (manual download)."),
+        tfds.core.BuilderConfig(
+            name="synthetic", description="Procedural dermoscopy-like images with exact masks (no download)."),
     ]
     DEFAULT_BUILDER_CONFIG_NAME = "ph2"
     MANUAL_DOWNLOAD_INSTRUCTIONS = (

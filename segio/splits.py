@@ -1,6 +1,6 @@
 """Deterministic train/validation/test assignment from a stable hash of a name.
 
-Used by the MADS builder and by ``folder:`` datasets, so that a file's split depends only on its own name:
+Used by the MADS and PH2 builders and by ``folder:`` datasets, so that a file's split depends only on its own name:
 adding, removing or reordering other files never moves it (Python's ``hash`` is salted per process, so it
 cannot be used).
 """
