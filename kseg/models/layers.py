@@ -150,14 +150,20 @@ def check_common_args(image_size, num_classes, depth, base_filters, dropout, ups
                       batch_norm=True):
     """Fail at build time with a message that says what to change, instead of a shape error deep in Keras.
 
-    Returns ``image_size`` normalised to a ``(height, width)`` tuple of ints (an int means a square image).
+    Returns ``image_size`` normalised by :func:`check_image_size` (divisible by ``2**depth``).
     """
     if not _is_int(depth) or depth < 1:
         raise ValueError(f"depth must be an int >= 1, got {depth!r}")
-    if not _is_int(num_classes) or num_classes < 1:
-        raise ValueError(f"num_classes must be an int >= 1 (1 for binary segmentation), got {num_classes!r}")
     if not _is_int(base_filters) or base_filters < 1:
         raise ValueError(f"base_filters must be an int >= 1, got {base_filters!r}")
+    check_decoder_args(num_classes, dropout, upsampling, allowed_upsampling, batch_norm)
+    return check_image_size(image_size, 2**depth, f"2**{depth}={2**depth}")
+
+
+def check_decoder_args(num_classes, dropout, upsampling, allowed_upsampling, batch_norm=True):
+    """The arguments every kseg model has, with or without a pretrained encoder."""
+    if not _is_int(num_classes) or num_classes < 1:
+        raise ValueError(f"num_classes must be an int >= 1 (1 for binary segmentation), got {num_classes!r}")
     if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout must be a number with 0 <= dropout < 1, got {dropout!r}")
     if batch_norm not in (True, False, "sync"):
@@ -165,6 +171,11 @@ def check_common_args(image_size, num_classes, depth, base_filters, dropout, ups
     if upsampling not in allowed_upsampling:
         raise ValueError(f"upsampling must be one of {list(allowed_upsampling)}, got {upsampling!r}")
 
+
+def check_image_size(image_size, multiple, multiple_text=None):
+    """``image_size`` as a ``(height, width)`` tuple of ints (an int means a square image), each divisible by
+    ``multiple``; otherwise a ValueError that names the nearest sizes that work. ``multiple_text`` says where
+    the multiple comes from in the message (e.g. ``"2**4=16"``)."""
     if _is_int(image_size):
         image_size = (image_size, image_size)
     try:
@@ -174,10 +185,10 @@ def check_common_args(image_size, num_classes, depth, base_filters, dropout, ups
     if len(size) != 2 or not all(_is_int(s) and s > 0 for s in size):
         raise ValueError(f"image_size must be (height, width) with positive ints, got {image_size!r}")
 
-    multiple = 2**depth
     bad = {axis: s for axis, s in zip(("height", "width"), size) if s % multiple}
     if bad:
-        message = f"image_size {size} is not divisible by 2**{depth}={multiple}; use a multiple of {multiple}"
+        message = (f"image_size {size} is not divisible by {multiple_text or multiple}; "
+                   f"use a multiple of {multiple}")
         if len(set(bad.values())) == 1:
             message += f" such as {_nearest_multiples(next(iter(bad.values())), multiple)}"
         else:
