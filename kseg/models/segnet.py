@@ -116,4 +116,3 @@ def segnet(
     if encoder is not None and encoder_weights == "pretrained":
         backbones.load_pretrained_encoder(model, encoder)
     return model
-

@@ -57,8 +57,13 @@ def unet(
         mixed-precision policy, so losses and thresholds see float32 outputs.
     """
     if encoder is not None:
-        return _encoder_unet(image_size, num_classes, depth, base_filters, batch_norm, dropout, upsampling, name,
-                             encoder, encoder_weights, decoder_filters)
+        size = backbones.check_encoder_model_args("unet", encoder, encoder_weights, image_size, depth, base_filters)
+        check_decoder_args(num_classes, dropout, upsampling, UPSAMPLING_MODES, batch_norm)
+        widths = _check_decoder_filters(decoder_filters)
+        model = _encoder_unet(size, encoder, widths, num_classes, batch_norm, dropout, upsampling, name)
+        if encoder_weights == "pretrained":
+            backbones.load_pretrained_encoder(model, encoder)
+        return model
     if decoder_filters is not None:
         raise ValueError("decoder_filters is for a U-Net with a pretrained encoder; without one use base_filters")
     depth = 4 if depth is None else depth
@@ -91,19 +96,19 @@ def unet(
     return keras.Model(image, logits, name=name)
 
 
-def _encoder_unet(image_size, num_classes, depth, base_filters, batch_norm, dropout, upsampling, name, encoder,
-                  encoder_weights, decoder_filters):
-    """U-Net decoder on a pretrained encoder's feature taps: at each level, upsample 2x, concatenate the tap
-    at that stride (EfficientNet-Lite0 has none at full resolution), two conv-BN-ReLU. Decoder level ``i``
-    outputs stride ``2**(i-1)``, as in the plain U-Net, so names read the same: ``dec5_up`` ... ``dec1_conv2``."""
-    size = backbones.check_encoder_model_args("unet", encoder, encoder_weights, image_size, depth, base_filters)
-    check_decoder_args(num_classes, dropout, upsampling, UPSAMPLING_MODES, batch_norm)
-    decoder_filters = ENCODER_DECODER_FILTERS if decoder_filters is None else tuple(decoder_filters)
-    if len(decoder_filters) != 5 or not all(isinstance(f, int) and f >= 1 for f in decoder_filters):
+def _check_decoder_filters(decoder_filters):
+    widths = ENCODER_DECODER_FILTERS if decoder_filters is None else tuple(decoder_filters)
+    if len(widths) != 5 or not all(isinstance(f, int) and not isinstance(f, bool) and f >= 1 for f in widths):
         raise ValueError(
             f"decoder_filters must be 5 ints >= 1 (stride 16 up to full resolution), got {decoder_filters!r}"
         )
+    return widths
 
+
+def _encoder_unet(size, encoder, decoder_filters, num_classes, batch_norm, dropout, upsampling, name):
+    """U-Net decoder on a pretrained encoder's feature taps: at each level, upsample 2x, concatenate the tap
+    at that stride (EfficientNet-Lite0 has none at full resolution), two conv-BN-ReLU. Decoder level ``i``
+    outputs stride ``2**(i-1)``, as in the plain U-Net, so names read the same: ``dec5_up`` ... ``dec1_conv2``."""
     image = keras.Input(shape=(size[0], size[1], 3), name="image")
     features = backbones.encoder_features(encoder, image, synchronized=batch_norm == "sync")
     x = bottleneck_dropout(features["stride32"], dropout)
@@ -118,7 +123,4 @@ def _encoder_unet(image_size, num_classes, depth, base_filters, batch_norm, drop
         x = conv_block(x, filters, 2, f"dec{level}", batch_norm)
 
     logits = layers.Conv2D(num_classes, 1, dtype="float32", name="logits")(x)
-    model = keras.Model(image, logits, name=name)
-    if encoder_weights == "pretrained":
-        backbones.load_pretrained_encoder(model, encoder)
-    return model
+    return keras.Model(image, logits, name=name)
