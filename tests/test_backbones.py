@@ -279,6 +279,28 @@ def test_lite0_loading_assigns_every_needed_tensor(lite0_classifier):
     }
 
 
+def test_loading_names_the_first_tensor_that_does_not_fit(lite0_tensors, monkeypatch):
+    path = pretrained_weights.locate_weight_file("efficientnet_lite0")
+    model = efficientnet_lite0((64, 64), weights=None)
+    before = model.get_weights()
+
+    def load_with(changes):
+        tensors = {**lite0_tensors, **changes}
+        tensors = {name: array for name, array in tensors.items() if array is not None}
+        monkeypatch.setattr(pretrained_weights, "load_encoder_tensors", lambda encoder: (path, tensors))
+        return load_pretrained_encoder(model, "efficientnet_lite0")
+
+    swapped = np.swapaxes(lite0_tensors["_blocks.3._depthwise_conv.weight"], 0, 1)  # (1, 144, 5, 5)
+    with pytest.raises(PretrainedWeightsError, match=r"'_blocks.3._depthwise_conv.weight' has shape \(5, 5, 1, 144\)"):
+        load_with({"_blocks.3._depthwise_conv.weight": swapped})
+    with pytest.raises(PretrainedWeightsError, match="needs tensor '_blocks.7._bn2.running_var'"):
+        load_with({"_blocks.7._bn2.running_var": None})
+    with pytest.raises(PretrainedWeightsError, match="'_blocks.16._project_conv.weight' .* needed by no encoder"):
+        load_with({"_blocks.16._project_conv.weight": np.zeros((320, 320, 1, 1), np.float32)})
+    for old, new in zip(before, model.get_weights()):  # a failed load changes nothing
+        np.testing.assert_array_equal(old, new)
+
+
 def test_lite0_classifies_grace_hopper_as_military_uniform(lite0_classifier):
     logits = lite0_classifier.predict(_center_crop(GRACE_HOPPER)[None], verbose=0)["imagenet_logits"]
     assert int(np.argmax(logits[0])) == MILITARY_UNIFORM

@@ -100,6 +100,10 @@ LITE0_HEAD_FILTERS = 1280
 LITE0_IMAGENET_CLASSES = 1000
 #: The TF original's epsilon; Keras' default (1e-3) happens to be the same, but the weights need this one.
 LITE0_BN_EPSILON = 1e-3
+#: Keras' default momentum (also the TF original's), not the decoder's faster ``layers.BN_MOMENTUM``: these
+#: moving statistics start from ImageNet's instead of from 0 and 1, so there is no long warm-up to shorten,
+#: and a slow average keeps a few fine-tuning batches from overwriting them.
+LITE0_BN_MOMENTUM = 0.99
 
 
 def lite0_blocks():
@@ -129,7 +133,9 @@ def _conv_bn_relu6(x, filters, kernel, stride, name, relu=True, synchronized=Fal
     else:
         x = layers.Conv2D(filters, kernel, strides=stride, padding="same", use_bias=False, name=f"{name}_conv")(x)
         bn_name, relu_name = f"{name}_bn", f"{name}_relu"
-    x = layers.BatchNormalization(epsilon=LITE0_BN_EPSILON, synchronized=synchronized, name=bn_name)(x)
+    x = layers.BatchNormalization(
+        momentum=LITE0_BN_MOMENTUM, epsilon=LITE0_BN_EPSILON, synchronized=synchronized, name=bn_name
+    )(x)
     if relu:
         x = layers.ReLU(6.0, name=relu_name)(x)
     return x
@@ -167,9 +173,8 @@ def lite0_features(image, include_top=False, synchronized=False):
     if include_top:
         x = _conv_bn_relu6(x, LITE0_HEAD_FILTERS, 1, 1, f"{p}head")
         x = layers.GlobalAveragePooling2D(name=f"{p}avg_pool")(x)
-        features["imagenet_logits"] = layers.Dense(LITE0_IMAGENET_CLASSES, dtype="float32", name=f"{p}imagenet_logits")(
-            x
-        )
+        classifier = layers.Dense(LITE0_IMAGENET_CLASSES, dtype="float32", name=f"{p}imagenet_logits")
+        features["imagenet_logits"] = classifier(x)
     return features
 
 
@@ -223,9 +228,10 @@ def torch_to_keras_layout(layer, module, tensors):
     return entries
 
 
-def _lite0_is_unused_by_design(name):
+def _lite0_is_unused_by_design(name, has_top):
     """Tensors that no Keras weight takes: BN's step counters, and the classifier when the model has none."""
-    return name.endswith(".num_batches_tracked") or name.split(".")[0] in ("_conv_head", "_bn1", "_fc")
+    is_top = name.split(".")[0] in ("_conv_head", "_bn1", "_fc")
+    return name.endswith(".num_batches_tracked") or (is_top and not has_top)
 
 
 # --- VGG16 ------------------------------------------------------------------------------------------------
@@ -252,7 +258,7 @@ def vgg16_features(image, synchronized=False):
     return features
 
 
-def _vgg16_is_unused_by_design(name, arrays):
+def _vgg16_is_unused_by_design(arrays):
     """HED's side outputs and fusion layer: 1x1 convs to one channel, which an encoder does not use."""
     return arrays[0].ndim == 4 and arrays[0].shape[:2] == (1, 1) and arrays[0].shape[-1] == 1
 
@@ -398,14 +404,25 @@ def _file_tensor_names(encoder, tensors):
     return [f"{layer}/{kind}" for layer, arrays in tensors.items() for kind in ("kernel", "bias")[: len(arrays)]]
 
 
-def _unused_by_design(encoder, name, tensors, model):
+def _unused_by_design(encoder, names, tensors, model):
+    """The file tensors in ``names`` that the encoder does not need by design (see the two predicates)."""
     if encoder == "efficientnet_lite0":
         has_top = any(layer.name == f"{ENCODER_PREFIX}imagenet_logits" for layer in model.layers)
-        if has_top:
-            return name.endswith(".num_batches_tracked")
-        return _lite0_is_unused_by_design(name)
-    layer_name = name.split("/")[0]
-    return _vgg16_is_unused_by_design(layer_name, tensors[layer_name])
+        return {name for name in names if _lite0_is_unused_by_design(name, has_top)}
+    return {name for name in names if _vgg16_is_unused_by_design(tensors[name.split("/")[0]])}
+
+
+def _check_shapes(path, layer, entries):
+    if len(entries) != len(layer.weights):
+        raise pretrained_weights.PretrainedWeightsError(
+            f"{path}: layer {layer.name!r} has {len(layer.weights)} weights, the file gives {len(entries)}"
+        )
+    for variable, (tensor_name, array) in zip(layer.weights, entries):
+        if tuple(array.shape) != tuple(variable.shape):
+            raise pretrained_weights.PretrainedWeightsError(
+                f"{path}: tensor {tensor_name!r} has shape {tuple(array.shape)} in Keras layout, but "
+                f"{variable.path} has shape {tuple(variable.shape)}"
+            )
 
 
 def load_pretrained_encoder(model, encoder):
@@ -426,31 +443,22 @@ def load_pretrained_encoder(model, encoder):
     if not assignments:
         raise ValueError(f"model {model.name!r} has no {ENCODER_PREFIX}* layers with weights to load {encoder} into")
 
-    assigned = set()
+    # Check everything before assigning anything, so a mismatch leaves the model as it was.
     for layer_name, entries in assignments.items():
-        layer = model.get_layer(layer_name)
-        if len(entries) != len(layer.weights):
-            raise pretrained_weights.PretrainedWeightsError(
-                f"{path}: layer {layer_name!r} has {len(layer.weights)} weights, the file gives {len(entries)}"
-            )
-        for variable, (tensor_name, array) in zip(layer.weights, entries):
-            if tuple(array.shape) != tuple(variable.shape):
-                raise pretrained_weights.PretrainedWeightsError(
-                    f"{path}: tensor {tensor_name!r} has shape {tuple(array.shape)} in Keras layout, but "
-                    f"{variable.path} has shape {tuple(variable.shape)}"
-                )
-        for variable, (tensor_name, array) in zip(layer.weights, entries):
-            variable.assign(array.astype(variable.dtype))
-            assigned.add(tensor_name)
-
+        _check_shapes(path, model.get_layer(layer_name), entries)
+    assigned = {tensor_name for entries in assignments.values() for tensor_name, _ in entries}
     names = _file_tensor_names(encoder, tensors)
     unused = [name for name in names if name not in assigned]
-    unexpected = [name for name in unused if not _unused_by_design(encoder, name, tensors, model)]
+    unexpected = [name for name in unused if name not in _unused_by_design(encoder, unused, tensors, model)]
     if unexpected:
         raise pretrained_weights.PretrainedWeightsError(
             f"{path}: tensor {unexpected[0]!r} (and {len(unexpected) - 1} more) is needed by no encoder layer; "
             f"the file does not match the {encoder} architecture built here"
         )
+
+    for layer_name, entries in assignments.items():
+        for variable, (_, array) in zip(model.get_layer(layer_name).weights, entries):
+            variable.assign(array.astype(variable.dtype))
     return {
         "file": str(path),
         "file_tensors": len(names),
