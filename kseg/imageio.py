@@ -12,6 +12,7 @@ from segio.images import (  # noqa: F401  (re-exported)
     IMAGE_SUFFIXES,
     ImageReadError,
     MaskSizeError,
+    check_mask_fits,
     decode_pil,
     fit_mask_to_image,
     list_images,
@@ -49,5 +50,9 @@ def output_stems(files) -> list[str]:
     """File stems for output names, made unique by prefixing the parent folder where two inputs share one."""
     stems = [pathlib.Path(f).stem for f in files]
     repeated = {s for s in stems if stems.count(s) > 1}
-    return [f"{pathlib.Path(f).parent.name}_{pathlib.Path(f).stem}" if pathlib.Path(f).stem in repeated
-            else pathlib.Path(f).stem for f in files]
+    return [
+        f"{pathlib.Path(f).parent.name}_{pathlib.Path(f).stem}"
+        if pathlib.Path(f).stem in repeated
+        else pathlib.Path(f).stem
+        for f in files
+    ]

@@ -145,22 +145,29 @@ def mask_fits_image(mask_size: tuple[int, int], image_size: tuple[int, int]) -> 
     return low <= high + 1e-12
 
 
-def fit_mask_to_image(mask: np.ndarray, image_shape, image_path, mask_path) -> np.ndarray:
-    """``mask`` (2-D labels) at the height and width of ``image_shape``: unchanged when the sizes agree,
-    resized with nearest neighbour when the aspect ratios agree within one pixel (``mask_fits_image``).
-
-    Anything else is a ``MaskSizeError`` naming both files and their sizes: stretching a mask of another
-    shape over its image would silently misplace every label.
-    """
-    height, width = (int(s) for s in tuple(image_shape)[:2])
-    mask_height, mask_width = mask.shape[:2]
-    if (mask_height, mask_width) == (height, width):
-        return mask
+def check_mask_fits(mask_size, image_size, image_path, mask_path) -> None:
+    """Raise a ``MaskSizeError`` naming both files and sizes unless a mask of ``(height, width)`` ``mask_size``
+    can stand for its image of ``image_size`` (``mask_fits_image``)."""
+    (mask_height, mask_width), (height, width) = tuple(mask_size)[:2], tuple(image_size)[:2]
     if not mask_fits_image((mask_height, mask_width), (height, width)):
         raise MaskSizeError(
             f"{mask_path} is {mask_width}x{mask_height} but its image {image_path} is {width}x{height}: "
             f"expected the same size, or the same aspect ratio within one pixel (a mask stored at another scale)"
         )
+
+
+def fit_mask_to_image(mask: np.ndarray, image_shape, image_path, mask_path) -> np.ndarray:
+    """``mask`` (2-D labels) at the height and width of ``image_shape``: unchanged when the sizes agree,
+    resized with nearest neighbour when the aspect ratios agree within one pixel (``mask_fits_image``).
+
+    Anything else is a ``MaskSizeError`` naming both files and their sizes: stretching a mask of another
+    shape over its image would silently misplace every label. The TFDS builder (PH2, MADS) and kseg's
+    folder datasets all go through here, so one rule holds everywhere.
+    """
+    height, width = (int(s) for s in tuple(image_shape)[:2])
+    if mask.shape[:2] == (height, width):
+        return mask
+    check_mask_fits(mask.shape[:2], (height, width), image_path, mask_path)
     return resize_mask_nearest(mask, height, width)
 
 

@@ -2,9 +2,9 @@
 from the real files in ``../shared/data``."""
 
 import collections
+import pathlib
 import subprocess
 import sys
-import pathlib
 
 import numpy as np
 import pytest
@@ -20,9 +20,21 @@ def ph2_built(ph2_dir, tmp_path_factory):
     data_dir = tmp_path_factory.mktemp("tfds_cli")
     tfds_cli = pathlib.Path(sys.executable).parent / "tfds"
     result = subprocess.run(
-        [str(tfds_cli), "build", "tfds_ph2", "--config", "ph2", "--manual_dir", str(ph2_dir),
-         "--data_dir", str(data_dir)],
-        cwd=REPO, capture_output=True, text=True, timeout=600,
+        [
+            str(tfds_cli),
+            "build",
+            "tfds_ph2",
+            "--config",
+            "ph2",
+            "--manual_dir",
+            str(ph2_dir),
+            "--data_dir",
+            str(data_dir),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return tfds.builder("tfds_ph2/ph2", data_dir=str(data_dir))
@@ -30,7 +42,10 @@ def ph2_built(ph2_dir, tmp_path_factory):
 
 def test_cli_build_ph2_splits(ph2_built):
     assert {name: split.num_examples for name, split in ph2_built.info.splits.items()} == {
-        "train": 140, "validation": 20, "test": 40}
+        "train": 140,
+        "validation": 20,
+        "test": 40,
+    }
 
 
 def test_ph2_examples(ph2_built):

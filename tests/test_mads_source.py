@@ -110,3 +110,11 @@ def test_truncated_frame_is_named(dummy_mads):
     path.write_bytes(path.read_bytes()[:60])
     with pytest.raises(ValueError, match=r"person_0002\.png: cannot decode image"):
         mads_source.load_example("person_0002", path, root / "masks" / "person_0002.png")
+
+
+def test_split_left_empty_is_named_instead_of_tfds_no_examples(dummy_mads):
+    root = _root(dummy_mads)
+    pairs = mads_source.pair_files(root)
+    without_test = {stem: files for stem, files in pairs.items() if mads_source.split_of(stem) != "test"}
+    with pytest.raises(DatasetError, match=r"no frame falls into the test split: the 7 frames come from \d+ recording"):
+        mads_source.pairs_by_split(root, without_test)

@@ -1,6 +1,7 @@
 """PH2 reading: the real download's quirks and every kind of bad input, each with an error naming it."""
 
 import collections
+import logging
 import shutil
 
 import numpy as np
@@ -27,16 +28,28 @@ def test_real_ph2_cases_and_split(ph2_dir):
     root, cases, splits = ph2_source.read_cases(ph2_dir)
     assert len(cases) == 200
     assert collections.Counter(c.clinical_diagnosis for c in cases.values()) == {
-        "common_nevus": 80, "atypical_nevus": 80, "melanoma": 40}
+        "common_nevus": 80,
+        "atypical_nevus": 80,
+        "melanoma": 40,
+    }
     counts = collections.Counter((splits[i], cases[i].clinical_diagnosis) for i in cases)
     assert counts == {
-        ("train", "common_nevus"): 56, ("train", "atypical_nevus"): 56, ("train", "melanoma"): 28,
-        ("validation", "common_nevus"): 8, ("validation", "atypical_nevus"): 8, ("validation", "melanoma"): 4,
-        ("test", "common_nevus"): 16, ("test", "atypical_nevus"): 16, ("test", "melanoma"): 8,
+        ("train", "common_nevus"): 56,
+        ("train", "atypical_nevus"): 56,
+        ("train", "melanoma"): 28,
+        ("validation", "common_nevus"): 8,
+        ("validation", "atypical_nevus"): 8,
+        ("validation", "melanoma"): 4,
+        ("test", "common_nevus"): 16,
+        ("test", "atypical_nevus"): 16,
+        ("test", "melanoma"): 8,
     }
     imd003 = cases["IMD003"]
     assert (imd003.asymmetry, imd003.criteria["pigment_network"], imd003.colors) == (
-        "fully_symmetric", "typical", (False, False, False, True, False, False))
+        "fully_symmetric",
+        "typical",
+        (False, False, False, True, False, False),
+    )
     assert cases["IMD435"].histological_diagnosis == "Lentigo Maligna"
 
 
@@ -121,8 +134,11 @@ def test_mask_of_another_aspect_names_both_files(dummy_ph2):
     cases = ph2_source.parse_metadata(_metadata(dummy_ph2))
     _, mask_path = ph2_source.case_files(dummy_ph2, "IMD104")  # the image is 24x19
     Image.new("1", (10, 16)).save(mask_path)
-    with pytest.raises(DatasetError, match=r"IMD104_lesion\.bmp is 10x16 but its image .*IMD104\.bmp is 24x19: "
-                                           r"expected the same size, or the same aspect ratio within one pixel"):
+    with pytest.raises(
+        DatasetError,
+        match=r"IMD104_lesion\.bmp is 10x16 but its image .*IMD104\.bmp is 24x19: "
+        r"expected the same size, or the same aspect ratio within one pixel",
+    ):
         ph2_source.load_example(dummy_ph2, cases["IMD104"])
 
 
@@ -137,13 +153,88 @@ def test_mask_at_another_scale_is_resized_nearest_like_mads(dummy_ph2):
     np.testing.assert_array_equal(mask[::2, ::2, 0], small)
 
 
-def test_row_without_image(dummy_ph2):
-    shutil.rmtree(dummy_ph2 / "PH2 Dataset images" / "IMD105")
-    with pytest.raises(DatasetError, match=r"line \d+: IMD105 has no folder"):
+def test_missing_cases_are_named_by_split_with_the_folder_expected(dummy_ph2):
+    for case_id in ("IMD103", "IMD108", "IMD105"):  # two of the three validation cases, one train case
+        shutil.rmtree(dummy_ph2 / "PH2 Dataset images" / case_id)
+    images = dummy_ph2 / "PH2 Dataset images"
+    with pytest.raises(
+        DatasetError,
+        match=(
+            rf"(?s)PH2 copy in .* is incomplete: 1 of the 9 train cases is missing: IMD105; "
+            rf"2 of the 3 validation cases are missing: IMD103, IMD108\. "
+            rf"Expected a folder per case in {images}, e.g. {images}/IMD105 holding "
+            rf"IMD105_Dermoscopic_Image/IMD105\.bmp and IMD105_lesion/IMD105_lesion\.bmp\.$"
+        ),
+    ):
         ph2_source.read_cases(dummy_ph2)
 
 
-def test_image_without_row(dummy_ph2):
+def _official_stub(ph2_dir, target, drop=()):
+    """A copy of the real PH2_dataset.txt without the rows of ``drop``, with an empty folder per remaining case
+    (enough for ``read_cases``, which does not open images)."""
+    lines = (ph2_dir / "PH2_dataset.txt").read_text().splitlines()
+    (target / "PH2 Dataset images").mkdir(parents=True)
+    (target / "PH2_dataset.txt").write_text(
+        "\n".join(line for line in lines if not any(f"|| {d} " in line for d in drop))
+    )
+    for case in (ph2_dir / "PH2 Dataset images").iterdir():
+        if case.name not in drop:
+            (target / "PH2 Dataset images" / case.name).mkdir()
+    return target
+
+
+def test_official_copy_lacking_whole_cases_names_them_instead_of_an_empty_split(ph2_dir, tmp_path):
+    validation = ph2_source.OFFICIAL_SPLITS["validation"]
+    root = _official_stub(ph2_dir, tmp_path / "PH2Dataset", drop=validation[:3])
+    with pytest.raises(
+        DatasetError,
+        match=(
+            rf"incomplete: 3 of the 20 validation cases are missing: {', '.join(validation[:3])}\. Expected a folder "
+            rf"per case in .*PH2 Dataset images, e.g. .*/{validation[0]} holding .*; 3 of the missing cases have no "
+            rf"row in .*PH2_dataset.txt either"
+        ),
+    ):
+        ph2_source.read_cases(root)
+    # A whole split gone: formerly TFDS's "No examples were yielded"; now every missing case is named.
+    root = _official_stub(ph2_dir, tmp_path / "other" / "PH2Dataset", drop=validation)
+    with pytest.raises(
+        DatasetError, match=rf"20 of the 20 validation cases are missing: {validation[0]}, .*and 8 more"
+    ):
+        ph2_source.read_cases(root)
+
+
+def test_official_splits_are_those_of_the_real_download(ph2_dir):
+    _, cases, splits = ph2_source.read_cases(ph2_dir)
+    assert {s: sorted(i for i in cases if splits[i] == s) for s in ph2_source.OFFICIAL_SPLITS} == {
+        s: sorted(ids) for s, ids in ph2_source.OFFICIAL_SPLITS.items()
+    }
+
+
+def test_too_few_cases_for_a_split_is_named(dummy_ph2):
+    for case in ("IMD103", "IMD108", "IMD114"):  # the validation cases, rows and folders
+        _replace_in_metadata(dummy_ph2, f"|| {case} ||", "|| IMD999 ||")
+        text = _metadata(dummy_ph2).read_text().splitlines()
+        _metadata(dummy_ph2).write_text("\n".join(line for line in text if "IMD999" not in line))
+        shutil.rmtree(dummy_ph2 / "PH2 Dataset images" / case)
+    with pytest.raises(DatasetError, match=r"PH2_dataset.txt: the validation split would be empty: 12 cases are too"):
+        ph2_source.read_cases(dummy_ph2)
+
+
+def test_script_next_to_case_folders_is_skipped_with_one_warning(dummy_ph2, caplog):
+    images = dummy_ph2 / "PH2 Dataset images"
+    (images / "convertIms.sh").write_text("#!/bin/sh\nfor f in */*/*.bmp; do convert $f ${f%.bmp}.jpg; done\n")
+    (images / "readme.txt").write_text("converted copies")
+    with caplog.at_level(logging.WARNING):
+        _, cases, _ = ph2_source.read_cases(dummy_ph2)
+    assert len(cases) == 15
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert warnings[0] == f"{images}: skipping 2 file(s) that are not case folders: convertIms.sh, readme.txt"
+
+
+def test_folder_without_row_stays_an_error_next_to_a_script(dummy_ph2):
+    (dummy_ph2 / "PH2 Dataset images" / "convertIms.sh").write_text("#!/bin/sh\n")
+
     shutil.copytree(dummy_ph2 / "PH2 Dataset images" / "IMD105", dummy_ph2 / "PH2 Dataset images" / "IMD999")
     with pytest.raises(DatasetError, match=r"IMD999 has no row in .*PH2_dataset.txt"):
         ph2_source.read_cases(dummy_ph2)
@@ -171,3 +262,35 @@ def test_duplicate_row(dummy_ph2):
     _replace_in_metadata(dummy_ph2, "|| IMD101 ||", "|| IMD100 ||")
     with pytest.raises(DatasetError, match=r"IMD100 is listed twice \(first on line 2\)"):
         ph2_source.read_cases(dummy_ph2)
+
+
+def test_jpeg_mask_copies_and_roi_folders_are_not_picked(dummy_ph2):
+    """Copies in circulation hold ``IMDxxx_lesion.jpg`` beside the BMP; the official database has ``IMDxxx_roi/``."""
+    cases = ph2_source.parse_metadata(_metadata(dummy_ph2))
+    image_path, mask_path = ph2_source.case_files(dummy_ph2, "IMD106")
+    bmp = (np.asarray(Image.open(mask_path).convert("L")) > 127).astype(np.uint8)
+    Image.fromarray((1 - bmp) * 255).save(mask_path.with_suffix(".jpg"))  # the opposite mask: must not be used
+    Image.fromarray(np.asarray(Image.open(image_path))[::-1]).save(image_path.with_suffix(".jpg"))
+    roi = mask_path.parent.parent / "IMD106_roi"
+    roi.mkdir()
+    Image.fromarray(bmp * 255).save(roi / "IMD106_R1_Label4.bmp")
+    example = ph2_source.load_example(dummy_ph2, cases["IMD106"])
+    np.testing.assert_array_equal(example["segmentation_mask"][..., 0], bmp)
+    np.testing.assert_array_equal(example["image"], np.asarray(Image.open(image_path).convert("RGB")))
+
+
+def test_build_of_a_copy_with_script_jpeg_masks_and_roi_folders(dummy_ph2, tmp_path):
+    import tensorflow_datasets as tfds
+
+    import tfds_ph2  # noqa: F401  (registers the builder)
+
+    images = dummy_ph2 / "PH2 Dataset images"
+    (images / "convertIms.sh").write_text("#!/bin/sh\n")
+    for case in images.iterdir():
+        if case.is_dir():
+            (case / f"{case.name}_roi").mkdir()
+            mask = case / f"{case.name}_lesion" / f"{case.name}_lesion.bmp"
+            Image.open(mask).convert("L").save(mask.with_suffix(".jpg"))
+    builder = tfds.builder("tfds_ph2/ph2", data_dir=str(tmp_path / "tfds"))
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(dummy_ph2)))
+    assert {s: i.num_examples for s, i in builder.info.splits.items()} == {"train": 9, "validation": 3, "test": 3}

@@ -196,4 +196,3 @@ def test_rejects_negative_index_or_seed():
         synthetic.generate_example(-1)
     with pytest.raises(ValueError):
         synthetic.generate_example(0, seed=-2)
-

@@ -49,9 +49,11 @@ def _env(site: pathlib.Path) -> dict:
 
 @pytest.mark.slow
 def test_wheel_holds_the_packages_and_importing_tfds_ph2_registers_the_builder(installed_wheel, tmp_path):
-    probe = ("import json, segio.images, tfds_ph2, tensorflow_datasets as tfds; "
-             "print(json.dumps({'tfds_ph2': tfds_ph2.__file__, 'segio': segio.images.__file__, "
-             "'registered': 'tfds_ph2' in tfds.list_builders(with_community_datasets=False)}))")
+    probe = (
+        "import json, segio.images, tfds_ph2, tensorflow_datasets as tfds; "
+        "print(json.dumps({'tfds_ph2': tfds_ph2.__file__, 'segio': segio.images.__file__, "
+        "'registered': 'tfds_ph2' in tfds.list_builders(with_community_datasets=False)}))"
+    )
     result = _run([sys.executable, "-c", probe], cwd=tmp_path, env=_env(installed_wheel))
     found = json.loads(result.stdout.strip().splitlines()[-1])
     assert pathlib.Path(found["tfds_ph2"]).is_relative_to(installed_wheel), found
@@ -75,8 +77,23 @@ finally:
 def test_tfds_cli_builds_synthetic_from_any_folder(installed_wheel, tmp_path):
     cwd, data_dir = tmp_path / "elsewhere", tmp_path / "tensorflow_datasets"
     cwd.mkdir()
-    result = _run([sys.executable, "-c", TFDS_CLI, "build", "tfds_ph2", "--imports", "tfds_ph2",
-                   "--config", "synthetic", "--data_dir", str(data_dir)], cwd=cwd, env=_env(installed_wheel))
+    result = _run(
+        [
+            sys.executable,
+            "-c",
+            TFDS_CLI,
+            "build",
+            "tfds_ph2",
+            "--imports",
+            "tfds_ph2",
+            "--config",
+            "synthetic",
+            "--data_dir",
+            str(data_dir),
+        ],
+        cwd=cwd,
+        env=_env(installed_wheel),
+    )
     imported_from = pathlib.Path(result.stdout.strip().splitlines()[-1].split(" imported from ", 1)[1])
     assert imported_from.is_relative_to(installed_wheel), imported_from
     infos = list(data_dir.glob("tfds_ph2/synthetic/*/dataset_info.json"))

@@ -19,8 +19,6 @@ class MadsBuilderTest(tfds.testing.DatasetBuilderTestCase):
     SKIP_CHECKSUMS = True
 
 
-
-
 class SyntheticBuilderTest(tfds.testing.DatasetBuilderTestCase):
     DATASET_CLASS = tfds_ph2_dataset_builder.Builder
     BUILDER_CONFIG_NAMES_TO_TEST = ["synthetic"]

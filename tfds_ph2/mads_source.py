@@ -106,6 +106,22 @@ def split_of(stem: str) -> str:
     return split_of_name(recording_of(stem), SPLIT_SHARES, salt="mads/")
 
 
+def pairs_by_split(root: epath.Path, pairs: dict) -> dict[str, list]:
+    """``{split: [(stem, (image, mask)), ...]}``; a split left empty (too few recordings) is an error here
+    rather than TFDS's "No examples were yielded"."""
+    by_split = {s: [(stem, files) for stem, files in pairs.items() if split_of(stem) == s] for s in SPLIT_SHARES}
+    for split, members in by_split.items():
+        if not members:
+            recordings = len({recording_of(stem) for stem in pairs})
+            raise DatasetError(
+                f"{root}: no frame falls into the {split} split: the {len(pairs)} frames come from {recordings} "
+                f"recording(s), and all frames of a recording share a split (about "
+                f"{'/'.join(f'{v:.0%}' for v in SPLIT_SHARES.values())} of the recordings go to "
+                f"{'/'.join(SPLIT_SHARES)}); add more recordings"
+            )
+    return by_split
+
+
 def load_example(stem: str, image_path: epath.Path, mask_path: epath.Path) -> dict:
     """Decode one frame; most real masks are stored smaller than their frame and are resized (nearest) by the
     one rule of ``segio.images.fit_mask_to_image``."""

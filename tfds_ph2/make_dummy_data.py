@@ -77,9 +77,7 @@ def write_top_down_bmp(path: pathlib.Path, rgb: np.ndarray) -> None:
     """24-bit BMP with a negative height (rows stored top to bottom), which Pillow cannot write."""
     height, width, _ = rgb.shape
     row_size = (width * 3 + 3) // 4 * 4
-    rows = b"".join(
-        rgb[y, :, ::-1].tobytes() + b"\0" * (row_size - width * 3) for y in range(height)
-    )
+    rows = b"".join(rgb[y, :, ::-1].tobytes() + b"\0" * (row_size - width * 3) for y in range(height))
     header = struct.pack("<2sIHHI", b"BM", 54 + len(rows), 0, 0, 54)
     info = struct.pack("<IiiHHIIiiII", 40, width, -height, 1, 24, 0, len(rows), 2835, 2835, 0, 0)
     path.write_bytes(header + info + rows)

@@ -6,6 +6,7 @@ Kept free of TFDS so that it can be tested and reused on its own; the builder on
 from __future__ import annotations
 
 import dataclasses
+import logging
 import re
 
 import numpy as np
@@ -14,6 +15,7 @@ from etils import epath
 from segio import images
 from segio.splits import stable_fraction
 from tfds_ph2.common import DatasetError, fit_mask, require_dir, subdirs
+from tfds_ph2.ph2_official import OFFICIAL_SPLITS
 
 ROOT_FOLDER = "PH2Dataset"
 IMAGES_FOLDER = "PH2 Dataset images"
@@ -31,7 +33,12 @@ MASK_LABELS = ("background", "lesion")
 #: Share of each clinical diagnosis that goes to each split (PH2 has no official split).
 SPLIT_SHARES = {"test": 0.2, "validation": 0.1, "train": 0.7}
 
+logger = logging.getLogger(__name__)
+
 _CASE_ID = re.compile(r"^IMD\d{3,}$")
+_OFFICIAL_IDS = frozenset(i for ids in OFFICIAL_SPLITS.values() for i in ids)
+#: Names listed in full in a "cases are missing" error before it says "and N more".
+_LISTED = 12
 
 INSTRUCTIONS = """\
 PH2 must be downloaded by hand (registration and a research/education licence are required):
@@ -147,18 +154,60 @@ def case_files(root: epath.Path, image_id: str) -> tuple[epath.Path, epath.Path]
     )
 
 
-def check_cases_match_folders(root: epath.Path, cases: dict[str, Case]) -> None:
-    """Every row has a case folder and every case folder has a row: nothing is dropped silently."""
+def case_folders(root: epath.Path) -> set[str]:
+    """Names of the case folders in ``PH2 Dataset images/``. Plain files there (copies in circulation carry a
+    conversion script, ``convertIms.sh``) are not cases: they are skipped with one warning naming them."""
     images_dir = root / IMAGES_FOLDER
     if not images_dir.is_dir():
         raise DatasetError(f"{images_dir} is missing: expected one folder per case (IMD003/, ...) in it")
-    folders = {p.name for p in images_dir.iterdir() if not p.name.startswith(".")}
-    without_folder = sorted(set(cases) - folders)
-    if without_folder:
-        first = cases[without_folder[0]]
+    entries = [p for p in images_dir.iterdir() if not p.name.startswith(".")]
+    stray = sorted(p.name for p in entries if not p.is_dir())
+    if stray:
+        logger.warning(
+            "%s: skipping %d file(s) that are not case folders: %s", images_dir, len(stray), ", ".join(stray)
+        )
+    return {p.name for p in entries if p.is_dir()}
+
+
+def _listed(names: list[str]) -> str:
+    shown = ", ".join(names[:_LISTED])
+    return shown + (f" and {len(names) - _LISTED} more" if len(names) > _LISTED else "")
+
+
+def check_cases_match_folders(root: epath.Path, cases: dict[str, Case]) -> None:
+    """Every case has a folder and every case folder has a row: nothing is dropped silently.
+
+    Missing cases are reported by split. A ``PH2_dataset.txt`` that lists only official PH2 cases but not all 200
+    is an incomplete copy of the official database: the cases it lacks are missing too (the splits of what is
+    left would differ from everyone else's).
+    """
+    images_dir = root / IMAGES_FOLDER
+    folders = case_folders(root)
+    official_copy = bool(cases) and set(cases) < _OFFICIAL_IDS
+    expected = dict(OFFICIAL_SPLITS) if official_copy else {}
+    if not official_copy:
+        split_of_case = assign_splits(cases)
+        expected = {s: tuple(i for i in cases if split_of_case[i] == s) for s in SPLIT_SHARES}
+    missing = {s: [i for i in ids if i not in folders or i not in cases] for s, ids in expected.items()}
+    if any(missing.values()):
+        parts = [
+            f"{len(ids)} of the {len(expected[s])} {s} case{'s' if len(expected[s]) != 1 else ''} "
+            f"{'are' if len(ids) != 1 else 'is'} missing: {_listed(ids)}"
+            for s in ("train", "validation", "test")
+            if (ids := missing[s])
+        ]
+        first = next(i for s in ("train", "validation", "test") for i in missing[s])
+        without_row = sum(i not in cases for ids in missing.values() for i in ids)
+        rows = (
+            f"; {without_row} of the missing cases have no row in {root / METADATA_FILE} either (the official "
+            f"database lists {len(_OFFICIAL_IDS)})"
+            if without_row
+            else ""
+        )
         raise DatasetError(
-            f"{root / METADATA_FILE}, line {first.line}: {first.image_id} has no folder "
-            f"{images_dir / first.image_id} ({len(without_folder)} row(s) without images: {without_folder[:10]})"
+            f"The PH2 copy in {root} is incomplete: {'; '.join(parts)}. Expected a folder per case in "
+            f"{images_dir}, e.g. {images_dir / first} holding {first}_Dermoscopic_Image/{first}.bmp and "
+            f"{first}_lesion/{first}_lesion.bmp{rows}."
         )
     without_row = sorted(folders - set(cases))
     if without_row:
@@ -177,8 +226,10 @@ def assign_splits(cases: dict[str, Case]) -> dict[str, str]:
     """
     splits = {}
     for diagnosis in CLINICAL_DIAGNOSES:
-        ids = sorted((c.image_id for c in cases.values() if c.clinical_diagnosis == diagnosis),
-                     key=lambda i: (stable_fraction(f"ph2/{i}"), i))
+        ids = sorted(
+            (c.image_id for c in cases.values() if c.clinical_diagnosis == diagnosis),
+            key=lambda i: (stable_fraction(f"ph2/{i}"), i),
+        )
         n_test = int(len(ids) * SPLIT_SHARES["test"] + 0.5)
         n_validation = int(len(ids) * SPLIT_SHARES["validation"] + 0.5)
         for rank, image_id in enumerate(ids):
@@ -216,4 +267,12 @@ def read_cases(manual_dir) -> tuple[epath.Path, dict[str, Case], dict[str, str]]
     root = find_root(manual_dir)
     cases = parse_metadata(root / METADATA_FILE)
     check_cases_match_folders(root, cases)
-    return root, cases, assign_splits(cases)
+    splits = assign_splits(cases)
+    for split in ("train", "validation", "test"):
+        if split not in splits.values():
+            raise DatasetError(
+                f"{root / METADATA_FILE}: the {split} split would be empty: {len(cases)} cases are too few to give "
+                f"each split at least one ({', '.join(f'{v:.0%} {k}' for k, v in SPLIT_SHARES.items())} of each "
+                f"clinical diagnosis)"
+            )
+    return root, cases, splits

@@ -30,7 +30,7 @@ Pure NumPy: no TensorFlow, no file I/O. An image takes about 20 ms on one core.
 from __future__ import annotations
 
 import math
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -137,9 +137,7 @@ def generate_example(index: int, seed: int = 0) -> dict:
     cols = np.flatnonzero((alpha > 0.0).any(axis=0))
     box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
     image = skin.copy()
-    image[box] = _paint_lesion(
-        rng, skin[box], lum[box], alpha[box], depth[box], mask[box], radius
-    )
+    image[box] = _paint_lesion(rng, skin[box], lum[box], alpha[box], depth[box], mask[box], radius)
     image = _speckles(rng, image, h, w)
     image = _hairs(rng, image, h, w)
     image = _vignette(rng, image, h, w, yy, xx)
@@ -327,9 +325,7 @@ def _lesion_alpha(rng, h, w, yy, xx):
             dist = radius * _u(rng, 0.5, 0.95)
             sy, sx = cy + dist * a / n, cx + dist * b / n
             sr = radius * _u(rng, 0.3, 0.65)
-            field = np.maximum(
-                field, _radial_field(rng, yy, xx, sy, sx, sr, _u(rng, 0.5, 1.0), _u(rng, 0.1, 0.4), 6)
-            )
+            field = np.maximum(field, _radial_field(rng, yy, xx, sy, sx, sr, _u(rng, 0.5, 1.0), _u(rng, 0.1, 0.4), 6))
 
         # Fine fractal jitter of the border, proportional to the lesion size.
         jitter = _u(rng, 0.03, 0.14) * radius

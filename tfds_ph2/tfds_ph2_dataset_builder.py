@@ -29,31 +29,36 @@ def _mask_feature(labels) -> tfds.features.LabeledImage:
 
 def _ph2_features() -> tfds.features.FeaturesDict:
     criterion = lambda doc: tfds.features.ClassLabel(names=list(ph2_source.CRITERION_VALUES), doc=doc)
-    return tfds.features.FeaturesDict({
-        "image": tfds.features.Image(shape=(None, None, 3), encoding_format="png", doc="Dermoscopic image."),
-        "segmentation_mask": _mask_feature(ph2_source.MASK_LABELS),
-        "image_id": tfds.features.Text(doc="PH2 case name, e.g. IMD003."),
-        "clinical_diagnosis": tfds.features.ClassLabel(names=list(ph2_source.CLINICAL_DIAGNOSES)),
-        "histological_diagnosis": tfds.features.Text(doc="Histological diagnosis; empty for most cases."),
-        "asymmetry": tfds.features.ClassLabel(names=list(ph2_source.ASYMMETRY)),
-        "pigment_network": criterion("Pigment network."),
-        "dots_globules": criterion("Dots/globules."),
-        "streaks": criterion("Streaks."),
-        "regression_areas": criterion("Regression areas."),
-        "blue_whitish_veil": criterion("Blue-whitish veil."),
-        "colors": tfds.features.Tensor(
-            shape=(len(ph2_source.COLORS),), dtype=np.bool_,
-            doc="Multi-hot colours present, in the order " + ", ".join(ph2_source.COLORS) + ".",
-        ),
-    })
+    return tfds.features.FeaturesDict(
+        {
+            "image": tfds.features.Image(shape=(None, None, 3), encoding_format="png", doc="Dermoscopic image."),
+            "segmentation_mask": _mask_feature(ph2_source.MASK_LABELS),
+            "image_id": tfds.features.Text(doc="PH2 case name, e.g. IMD003."),
+            "clinical_diagnosis": tfds.features.ClassLabel(names=list(ph2_source.CLINICAL_DIAGNOSES)),
+            "histological_diagnosis": tfds.features.Text(doc="Histological diagnosis; empty for most cases."),
+            "asymmetry": tfds.features.ClassLabel(names=list(ph2_source.ASYMMETRY)),
+            "pigment_network": criterion("Pigment network."),
+            "dots_globules": criterion("Dots/globules."),
+            "streaks": criterion("Streaks."),
+            "regression_areas": criterion("Regression areas."),
+            "blue_whitish_veil": criterion("Blue-whitish veil."),
+            "colors": tfds.features.Tensor(
+                shape=(len(ph2_source.COLORS),),
+                dtype=np.bool_,
+                doc="Multi-hot colours present, in the order " + ", ".join(ph2_source.COLORS) + ".",
+            ),
+        }
+    )
 
 
 def _plain_features(mask_labels, image_doc: str, id_doc: str) -> tfds.features.FeaturesDict:
-    return tfds.features.FeaturesDict({
-        "image": tfds.features.Image(shape=(None, None, 3), encoding_format="png", doc=image_doc),
-        "segmentation_mask": _mask_feature(mask_labels),
-        "image_id": tfds.features.Text(doc=id_doc),
-    })
+    return tfds.features.FeaturesDict(
+        {
+            "image": tfds.features.Image(shape=(None, None, 3), encoding_format="png", doc=image_doc),
+            "segmentation_mask": _mask_feature(mask_labels),
+            "image_id": tfds.features.Text(doc=id_doc),
+        }
+    )
 
 
 class Builder(tfds.core.GeneratorBasedBuilder):
@@ -63,16 +68,21 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     RELEASE_NOTES = {"1.0.0": "Initial release: ph2, mads and synthetic configs."}
     BUILDER_CONFIGS = [
         tfds.core.BuilderConfig(
-            name="ph2", description="PH2: 200 dermoscopic images with lesion masks (manual download)."),
+            name="ph2", description="PH2: 200 dermoscopic images with lesion masks (manual download)."
+        ),
         tfds.core.BuilderConfig(
-            name="mads", description="Segmentation Full Body MADS: people with body masks (manual download)."),
+            name="mads", description="Segmentation Full Body MADS: people with body masks (manual download)."
+        ),
         tfds.core.BuilderConfig(
-            name="synthetic", description="Procedural dermoscopy-like images with exact masks (no download)."),
+            name="synthetic", description="Procedural dermoscopy-like images with exact masks (no download)."
+        ),
     ]
     DEFAULT_BUILDER_CONFIG_NAME = "ph2"
     MANUAL_DOWNLOAD_INSTRUCTIONS = (
         "Only the `ph2` and `mads` configs need files; `synthetic` is generated.\n\n"
-        + ph2_source.INSTRUCTIONS + "\n\n" + mads_source.INSTRUCTIONS
+        + ph2_source.INSTRUCTIONS
+        + "\n\n"
+        + mads_source.INSTRUCTIONS
     )
 
     def _info(self) -> tfds.core.DatasetInfo:
@@ -90,22 +100,24 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             features=features,
             supervised_keys=("image", "segmentation_mask"),
             homepage=homepage,
+            # The feature evaluation reports per-group scores for by default (kseg.evaluate --group-by auto).
+            metadata=tfds.core.MetadataDict(group_by="clinical_diagnosis") if name == "ph2" else None,
         )
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager):
         name = self.builder_config.name
         if name == "synthetic":
-            return {split: self._generate_examples(synthetic.generate_split(split, seed=_SYNTHETIC_SEED))
-                    for split in synthetic.SPLITS}
+            return {
+                split: self._generate_examples(synthetic.generate_split(split, seed=_SYNTHETIC_SEED))
+                for split in synthetic.SPLITS
+            }
         if name == "ph2":
             root, cases, split_of_case = ph2_source.read_cases(dl_manager.manual_dir)
             load = functools.partial(ph2_source.load_example, root)
             by_split = {s: [c for c in cases.values() if split_of_case[c.image_id] == s] for s in _SPLITS}
             return {s: self._generate_examples((c.image_id, load(c)) for c in by_split[s]) for s in _SPLITS}
         root = mads_source.find_root(dl_manager.manual_dir)
-        pairs = mads_source.pair_files(root)
-        by_split = {s: [(stem, files) for stem, files in pairs.items() if mads_source.split_of(stem) == s]
-                    for s in _SPLITS}
+        by_split = mads_source.pairs_by_split(root, mads_source.pair_files(root))
         return {
             s: self._generate_examples((stem, mads_source.load_example(stem, *files)) for stem, files in by_split[s])
             for s in _SPLITS
