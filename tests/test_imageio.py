@@ -74,3 +74,10 @@ def test_resize_mask_nearest_keeps_labels():
     mask = np.array([[0, 1], [2, 0]], np.uint8)
     resized = imageio.resize_mask_nearest(mask, 4, 4)
     np.testing.assert_array_equal(resized, np.kron(mask, np.ones((2, 2), np.uint8)))
+
+
+def test_kseg_imageio_is_segio_images_under_its_old_name():
+    import segio.images
+
+    for name in ("ImageReadError", "read_image", "read_binary_mask", "read_label_mask", "fit_mask_to_image"):
+        assert getattr(imageio, name) is getattr(segio.images, name)
