@@ -54,6 +54,20 @@ def _version(module_name: str):
     return getattr(module, "__version__", None)
 
 
+def cpu_features() -> dict:
+    """What decides whether bfloat16 pays on this CPU (kseg.distribute.precision_policy): AMX, AVX512_BF16."""
+    from kseg import distribute  # imports TensorFlow: only when the results are written
+
+    flags = distribute.cpu_flags(distribute.read_cpuinfo())
+    return {
+        "cpu_model": _cpu_model(),
+        "amx_bf16": distribute.cpu_has_amx_bf16(flags),
+        "avx512_bf16": "avx512_bf16" in flags,
+        "bf16_flags": sorted(f for f in flags if f.startswith("amx") or "bf16" in f),
+        "mixed_precision_policy": distribute.precision_policy(True),
+    }
+
+
 def environment() -> dict:
     """Machine and library versions: enough to tell whether two result files are comparable."""
     env = {
@@ -77,6 +91,10 @@ def environment() -> dict:
     except Exception:  # noqa: BLE001
         env["gpus"] = None
     env["gpu_visible"] = bool(env["gpus"])
+    try:
+        env["cpu_features"] = cpu_features()
+    except Exception:  # noqa: BLE001 - a benchmark must not fail for want of CPU details
+        env["cpu_features"] = None
     return env
 
 

@@ -2,9 +2,13 @@
 
 Parameters and MACs say what a preset costs in principle; images/s says what it costs on this machine, with
 Keras' own predict/train step (the path kseg's training uses), so the numbers carry over to real runs.
+Presets with a pretrained encoder are trained in both phases of fine-tuning: ``frozen`` (the decoder alone)
+and ``finetune`` (the encoder too, its batch norm frozen), as kseg's training does. ``--mixed-precision``
+adds mixed_bfloat16 (forced, whatever ``kseg.distribute.precision_policy`` would choose on this CPU), so the
+two precisions can be compared on any machine; the JSON says whether the CPU has AMX and AVX512_BF16.
 
     .venv/bin/python bench/models.py --steps 5
-    .venv/bin/python bench/models.py --presets unet-small segnet-small --mixed-precision
+    .venv/bin/python bench/models.py --presets unet-small unet-lite0 --image-size 192x256 --mixed-precision
 
 Prints a table and writes JSON (machine, versions, command line, timestamp, one row per preset and policy).
 """
@@ -19,39 +23,67 @@ import sys
 import time
 from pathlib import Path
 
-# Runnable as a plain script from a checkout: make the repository's kseg importable.
+# Runnable as a plain script from a checkout: make the repository's kseg and bench/common.py importable.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import kseg  # noqa: E402  (sets KERAS_BACKEND and quiets TF before keras is imported)
+
+# isort: split
+import common  # noqa: E402
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from kseg.config import ConfigError, parse_image_size  # noqa: E402
 from kseg.models import MODEL_PRESETS, build_preset, count_macs, count_params  # noqa: E402
+from kseg.training.setup import set_encoder_trainable  # noqa: E402
+
+PHASES = ("frozen", "finetune")
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--presets", nargs="+", default=list(MODEL_PRESETS), choices=list(MODEL_PRESETS), metavar="PRESET",
+    parser.add_argument("--presets", nargs="+", default=list(MODEL_PRESETS), choices=list(MODEL_PRESETS),
+                        metavar="PRESET",
                         help=f"presets to run (default: all of {', '.join(MODEL_PRESETS)})")
-    parser.add_argument("--image-size", type=int, default=256, help="square input size (default: 256)")
+    parser.add_argument("--image-size", default="256",
+                        help="input size, 256 or HxW like 192x256; pretrained encoders need multiples of 32 "
+                             "(default: 256)")
     parser.add_argument("--batch-size", type=int, default=8, help="images per step (default: 8)")
     parser.add_argument("--steps", type=int, default=10, help="timed steps per measurement (default: 10)")
     parser.add_argument("--warmup", type=int, default=2,
                         help="untimed steps first, to exclude tracing/XLA compilation (default: 2)")
     parser.add_argument("--mixed-precision", action="store_true",
                         help="also measure under the mixed_bfloat16 policy")
+    parser.add_argument("--phases", nargs="+", default=list(PHASES), choices=PHASES,
+                        help="for presets with a pretrained encoder: train it frozen, fine-tuned or both "
+                             "(default: both)")
     parser.add_argument("--jit-compile", choices=["auto", "true", "false"], default="auto",
                         help="Keras compile(jit_compile=...); 'auto' is Keras' default, XLA on TF (default: auto)")
     parser.add_argument("--output", type=Path, default=Path(__file__).resolve().parent / "results" / "models.json",
                         help="JSON results file (default: bench/results/models.json)")
     args = parser.parse_args(argv)
-    for flag in ("image_size", "batch_size", "steps"):
+    try:
+        args.image_size = parse_image_size(args.image_size)
+    except ConfigError as e:
+        parser.error(str(e))
+    for flag in ("batch_size", "steps"):
         if getattr(args, flag) < 1:
             parser.error(f"--{flag.replace('_', '-')} must be >= 1")
     if args.warmup < 0:
         parser.error("--warmup must be >= 0")
+    if min(args.image_size) < 16:
+        parser.error("--image-size must be at least 16")
+    encoder_presets = [p for p in args.presets if has_pretrained_encoder(p)]
+    odd_size = any(side % 32 for side in args.image_size)
+    if encoder_presets and odd_size:
+        parser.error(f"--image-size: {', '.join(encoder_presets)} need sides that are multiples of 32")
     return args
+
+
+def has_pretrained_encoder(preset):
+    return MODEL_PRESETS[preset][1].get("encoder") is not None
 
 
 def machine_info():
@@ -71,6 +103,7 @@ def machine_info():
         # Cores this process may use: containers often allow fewer than os.cpu_count() reports.
         "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "gpus": [gpu.name for gpu in tf.config.list_physical_devices("GPU")],
+        **common.cpu_features(),  # AMX, AVX512_BF16, and the policy --mixed-precision gets here
     }
 
 
@@ -95,13 +128,18 @@ def images_per_second(step, batch_size, warmup, steps):
     return steps * batch_size / elapsed, elapsed / steps
 
 
-def bench_preset(preset, policy, args):
+def bench_preset(preset, policy, args, phase=None, forward=None):
+    """One row. ``phase`` (``frozen``/``finetune``) for presets with a pretrained encoder, else None (every
+    layer trains); ``forward``: the ``(images/s, s/batch)`` already measured for another phase (the forward
+    pass does not depend on what trains), else measured here."""
     keras.backend.clear_session()
     keras.mixed_precision.set_global_policy(policy)
     try:
         keras.utils.set_random_seed(0)
-        size = (args.image_size, args.image_size)
+        size = tuple(args.image_size)
         model = build_preset(preset, image_size=size, num_classes=1)
+        if phase is not None:
+            set_encoder_trainable(model, phase == "finetune")
         jit_compile = {"auto": "auto", "true": True, "false": False}[args.jit_compile]
         model.compile(
             optimizer=keras.optimizers.Adam(1e-3),
@@ -112,7 +150,7 @@ def bench_preset(preset, policy, args):
         x = rng.random((args.batch_size, *size, 3), dtype=np.float32)
         y = (rng.random((args.batch_size, *size, 1)) > 0.5).astype(np.float32)
 
-        forward_ips, forward_s = images_per_second(
+        forward_ips, forward_s = forward or images_per_second(
             lambda: model.predict_on_batch(x), args.batch_size, args.warmup, args.steps
         )
         train_ips, train_s = images_per_second(
@@ -122,9 +160,11 @@ def bench_preset(preset, policy, args):
         return {
             "preset": preset,
             "policy": policy,
+            "phase": phase,
             "model": MODEL_PRESETS[preset][0],
             "kwargs": MODEL_PRESETS[preset][1],
             "params": count_params(model),
+            "trainable_params": int(sum(np.prod(v.shape) for v in model.trainable_weights)),
             "macs_per_image": macs,
             "gmacs_per_image": macs / 1e9,
             "forward_images_per_s": forward_ips,
@@ -140,6 +180,7 @@ def bench_preset(preset, policy, args):
 def print_row(row, widths):
     cells = [
         row["preset"],
+        row["phase"] or "-",
         row["policy"],
         f"{row['params'] / 1e6:.2f}M",
         f"{row['gmacs_per_image']:.2f}",
@@ -149,29 +190,54 @@ def print_row(row, widths):
     print("  ".join(cell.rjust(width) for cell, width in zip(cells, widths)), flush=True)
 
 
+def print_speedups(rows):
+    """mixed_bfloat16 against float32 for each preset and phase measured in both."""
+    float32 = {(r["preset"], r["phase"]): r for r in rows if r["policy"] == "float32"}
+    pairs = [(float32[(r["preset"], r["phase"])], r) for r in rows
+             if r["policy"] == "mixed_bfloat16" and (r["preset"], r["phase"]) in float32]
+    if not pairs:
+        return
+    print("\nbfloat16 / float32 (above 1: bfloat16 is faster)")
+    for fp32, bf16 in pairs:
+        train = bf16["train_images_per_s"] / fp32["train_images_per_s"]
+        forward = bf16["forward_images_per_s"] / fp32["forward_images_per_s"]
+        label = f"{fp32['preset']} {fp32['phase'] or ''}".strip()
+        print(f"  {label:<24} train {train:.2f}x, forward {forward:.2f}x")
+
+
 def main(argv=None):
     args = parse_args(argv)
     policies = ["float32"] + (["mixed_bfloat16"] if args.mixed_precision else [])
-    header = ["preset", "policy", "params", "GMACs/img", "fwd img/s", "train img/s"]
-    widths = [max(len(h), 14) if i < 2 else max(len(h), 9) for i, h in enumerate(header)]
-    print(f"{args.image_size}x{args.image_size}, batch {args.batch_size}, {args.steps} timed steps "
-          f"after {args.warmup} warm-up, Adam + BCE from logits, jit_compile={args.jit_compile}")
+    header = ["preset", "phase", "policy", "params", "GMACs/img", "fwd img/s", "train img/s"]
+    widths = [max(len(h), 14) if i in (0, 2) else max(len(h), 9) for i, h in enumerate(header)]
+    machine = machine_info()
+    height, width = args.image_size
+    print(f"{machine['cpu_model']} (AMX bf16: {machine['amx_bf16']}, AVX512_BF16: {machine['avx512_bf16']}); "
+          f"{height}x{width}, batch {args.batch_size}, {args.steps} timed steps after {args.warmup} warm-up, "
+          f"Adam + BCE from logits, jit_compile={args.jit_compile}")
     print("  ".join(h.rjust(w) for h, w in zip(header, widths)))
 
+    # Precisions alternate within each preset and phase, so that the two figures compared were measured
+    # close together in time (on a shared machine the load changes from minute to minute).
     rows = []
-    for policy in policies:
-        for preset in args.presets:
-            row = bench_preset(preset, policy, args)
-            rows.append(row)
-            print_row(row, widths)
+    for preset in args.presets:
+        forward = {}
+        for phase in (args.phases if has_pretrained_encoder(preset) else [None]):
+            for policy in policies:
+                row = bench_preset(preset, policy, args, phase=phase, forward=forward.get(policy))
+                forward[policy] = (row["forward_images_per_s"], row["forward_s_per_batch"])
+                rows.append(row)
+                print_row(row, widths)
+    print_speedups(rows)
 
     result = {
         "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": shlex.join([sys.executable, *sys.argv]),
-        "machine": machine_info(),
+        "machine": machine,
         "versions": versions(),
         "settings": {
-            "image_size": [args.image_size, args.image_size],
+            "image_size": list(args.image_size),
+            "phases": args.phases,
             "batch_size": args.batch_size,
             "steps": args.steps,
             "warmup": args.warmup,

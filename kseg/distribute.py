@@ -8,9 +8,12 @@ CPU-only machine ``logical_cpus`` splits the CPU into several logical devices, s
 from __future__ import annotations
 
 import json
+import logging
 import os
 
 import tensorflow as tf
+
+log = logging.getLogger(__name__)
 
 
 def split_cpu(logical_cpus: int) -> None:
@@ -72,8 +75,112 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
                                               "chief" not in resolver.cluster_spec().as_dict())
 
 
-def precision_policy(enabled: bool) -> str:
-    """``mixed_float16`` on GPUs, ``mixed_bfloat16`` on CPUs and TPUs (no loss scaling needed), else float32."""
+#: ``1`` forces bfloat16 mixed precision on any CPU, ``0`` forces float32 on any CPU (e.g. to benchmark both).
+CPU_BFLOAT16_ENV = "KSEG_CPU_BFLOAT16"
+
+
+def read_cpuinfo() -> str:
+    """The text of ``/proc/cpuinfo``, or ``""`` where there is none (not Linux): no flags, so no AMX."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            return cpuinfo.read()
+    except OSError:
+        return ""
+
+
+def _cpuinfo_field(cpuinfo_text: str, field: str) -> str:
+    """A field of the first CPU in ``/proc/cpuinfo`` text (every core of a machine has the same)."""
+    for line in cpuinfo_text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == field:
+            return value.strip()
+    return ""
+
+
+def cpu_flags(cpuinfo_text: str) -> set[str]:
+    """The CPU's feature flags (``avx512_bf16``, ``amx_bf16``, ...) from ``/proc/cpuinfo`` text."""
+    return set(_cpuinfo_field(cpuinfo_text, "flags").split())
+
+
+def cpu_has_amx_bf16(flags: set[str]) -> bool:
+    """Whether the CPU has AMX tiles with bfloat16 (Sapphire Rapids and later Xeons) and the kernel lets
+    programs use them: Linux lists the flags only then, and some hypervisors hide them."""
+    return {"amx_tile", "amx_bf16"} <= flags
+
+
+def cpu_bfloat16_pays(cpuinfo_text: str) -> tuple[bool, str]:
+    """Whether a mixed_bfloat16 training step beats float32 on this CPU, and what the CPU has (for the log).
+
+    With TensorFlow 2.21's oneDNN kernels (README, "Training speed"): yes with AMX (the issue's figures:
+    bfloat16 matmuls and 3x3 convolutions 2.2-2.6x float32); yes on AMD CPUs with AVX512_BF16 (Zen 4, no
+    AMX: on the 2-core AMD EPYC of bench/results/models_precision.json, whose flags were not recorded,
+    unet-small trained 1.37x and segnet 1.46x faster); no on an Intel Xeon with AVX512_BF16 but no AMX
+    (0.4-0.65x float32: every convolution and its gradients slower, plus the casts), nor without
+    AVX512_BF16 at all.
+    """
+    flags = cpu_flags(cpuinfo_text)
+    if cpu_has_amx_bf16(flags):
+        return True, "AMX"
+    if "avx512_bf16" in flags:
+        if _cpuinfo_field(cpuinfo_text, "vendor_id") == "AuthenticAMD":
+            return True, "AVX512_BF16 (AMD)"
+        return False, "AVX512_BF16 but no AMX"
+    return False, "neither AMX nor AVX512_BF16"
+
+
+def forced_cpu_bfloat16() -> bool | None:
+    """``KSEG_CPU_BFLOAT16``: True for ``1``/``true``/``yes``, False for ``0``/``false``/``no``, None if unset."""
+    value = os.environ.get(CPU_BFLOAT16_ENV, "").strip().lower()
+    if not value:
+        return None
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{CPU_BFLOAT16_ENV}={value!r}: expected 1 (force bfloat16 on CPU) or 0 (force float32)")
+
+
+def accelerator_kind() -> str:
+    """``"tpu"``, ``"gpu"`` or ``"cpu"``: what the model will run on. TPUs appear once the TPU strategy has
+    connected to them, which kseg does before it chooses the precision."""
+    if tf.config.list_logical_devices("TPU"):
+        return "tpu"
+    return "gpu" if tf.config.list_physical_devices("GPU") else "cpu"
+
+
+def cpu_precision_policy(cpuinfo_text: str, force_bfloat16: bool | None = None) -> str:
+    """Mixed precision on a CPU: ``mixed_bfloat16`` where it pays (:func:`cpu_bfloat16_pays`), else
+    ``float32``, logging why. ``force_bfloat16`` True or False overrides the CPU check (benchmarks)."""
+    if force_bfloat16 is not None:
+        return "mixed_bfloat16" if force_bfloat16 else "float32"
+    pays, has = cpu_bfloat16_pays(cpuinfo_text)
+    if pays:
+        return "mixed_bfloat16"
+    log.info(f"mixed precision: float32 on this CPU, which has {has}: there bfloat16 trains slower than "
+             f"float32 (README, \"Training speed\"); set {CPU_BFLOAT16_ENV}=1 to use bfloat16 anyway")
+    return "float32"
+
+
+def precision_policy(enabled: bool, device: str | None = None, cpuinfo_text: str | None = None,
+                     cpu_bfloat16: bool | None = None) -> str:
+    """The Keras policy for ``--mixed-precision``: ``mixed_float16`` on GPUs, ``mixed_bfloat16`` on TPUs
+    (no loss scaling needed), on CPUs ``mixed_bfloat16`` only where it is faster than float32 (AMX, or AMD
+    with AVX512_BF16: :func:`cpu_bfloat16_pays`), and ``float32`` when mixed precision is off.
+
+    ``device`` (``"cpu"``, ``"gpu"``, ``"tpu"``; default: detected), ``cpuinfo_text`` (default: this
+    machine's ``/proc/cpuinfo``) and ``cpu_bfloat16`` (default: ``$KSEG_CPU_BFLOAT16``; True or False forces
+    bfloat16 or float32 on CPU) exist for tests and benchmarks.
+    """
     if not enabled:
         return "float32"
-    return "mixed_float16" if tf.config.list_physical_devices("GPU") else "mixed_bfloat16"
+    device = device or accelerator_kind()
+    if device == "gpu":
+        return "mixed_float16"
+    if device == "tpu":
+        return "mixed_bfloat16"
+    if device != "cpu":
+        raise ValueError(f"device: expected 'cpu', 'gpu' or 'tpu', got {device!r}")
+    force = cpu_bfloat16 if cpu_bfloat16 is not None else forced_cpu_bfloat16()
+    if force is not None:
+        return cpu_precision_policy("", force)
+    return cpu_precision_policy(read_cpuinfo() if cpuinfo_text is None else cpuinfo_text)
