@@ -15,12 +15,13 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO_ROOT / "bench" / "results"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before any TensorFlow import: keep tables readable
-DATA_DIR_ENV = "KSEG_DATA_DIR"  # same variable as kseg.defaults.DATA_DIR_ENV
 NOISE_NOTE = ("Timings are wall-clock on whatever machine ran them; on a small or shared CPU "
               "(e.g. 2 cores shared with other jobs) expect run-to-run differences of 10-30%.")
 
 if str(REPO_ROOT) not in sys.path:  # runnable as `python bench/x.py` from a checkout
     sys.path.insert(0, str(REPO_ROOT))
+
+from kseg.defaults import DATA_DIR_ENV  # noqa: E402  (kseg.defaults imports nothing heavy)
 
 
 def real_data_dir() -> Path:

@@ -39,22 +39,22 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     import numpy as np
 
-    from kseg import data, evaluate, inference
+    from kseg import data, inference
+    from kseg.evaluation.cases import MaskMaker, PredictedCase, collect_cases, mean_dice
     from kseg.postprocess import PostProcessing
 
     examples = data.load_examples(args.dataset, args.split, data_dir=args.data_dir)
-    per_model = [evaluate.collect_cases(inference.load_predictor(run), examples, [False, True], label=str(run))
-                 for run in args.runs]
-    make_mask = evaluate.MaskMaker(num_classes=1)
+    per_model = [collect_cases(inference.load_predictor(run), examples, (False, True)) for run in args.runs]
+    make_mask = MaskMaker(num_classes=1)
     rows = []
     for tta, largest, threshold in itertools.product((False, True), (False, True), args.thresholds):
         postprocessing = PostProcessing(threshold=threshold, tta=tta, fill_holes=True, largest_component=largest)
-        singles = [evaluate.mean_dice(cases, postprocessing, make_mask) for cases in per_model]
-        averaged = [evaluate.Case(c.image_id, c.true_mask, {tta: np.mean([m[i].probs[tta] for m in per_model], 0)})
+        singles = [mean_dice(cases, postprocessing, make_mask) for cases in per_model]
+        averaged = [PredictedCase(c.image_id, c.true_mask, {tta: np.mean([m[i].probs[tta] for m in per_model], 0)})
                     for i, c in enumerate(per_model[0])]
         rows.append({"tta": tta, "fill_holes": True, "largest_component": largest, "threshold": threshold,
                      "single_model_mean_dice": float(np.mean(singles)),
-                     "ensemble_dice": evaluate.mean_dice(averaged, postprocessing, make_mask)})
+                     "ensemble_dice": mean_dice(averaged, postprocessing, make_mask)})
 
     print(f"\n{len(args.runs)} models on {args.dataset} {args.split}; mean Dice over images, original resolution\n")
     yes_no = lambda flag: "yes" if flag else "no"

@@ -3,7 +3,7 @@
 For each preset (its model, batch, precision, optimizer, loss, metrics and augmentation, at the image size
 given, 256x256 by default) it measures:
 
-- **loop**: ``kseg.train.run`` itself (the code behind ``python -m kseg.train``) on the preset's real
+- **loop**: ``kseg.training``'s set-up and ``fit`` loop (the code behind ``python -m kseg.train``) on the preset's real
   dataset: the ``tf.data`` pipeline with augmentation, ``model.fit`` with kseg's callbacks (NaN stop,
   epoch checkpoint and best model, CSV log, TensorBoard). Each epoch is timed from its start to its end,
   callbacks and checkpoint writes included, with the validation pass taken out (validation is not training).
@@ -91,22 +91,15 @@ class EpochClock:
 
 
 def measure_loop(config) -> tuple[float, list[float]]:
-    """Images/s of kseg.train's loop; ``kseg.train`` is run as is, with one timing callback added last."""
-    from kseg import train
+    """Images/s of kseg.train's loop: its set-up and ``fit`` loop as they are, with one timing callback added
+    last (the final scoring at original size is evaluation, not the loop, and is left out)."""
+    from kseg import distribute
+    from kseg.training import fit_loop, setup
 
     clock = EpochClock()
-    original_callbacks, original_finish = train._callbacks, train.finish_run
-
-    def callbacks_with_clock(*args, **kwargs):
-        callbacks, timer = original_callbacks(*args, **kwargs)
-        return callbacks + [clock.callback], timer
-
-    train._callbacks = callbacks_with_clock
-    train.finish_run = lambda *args, **kwargs: {}  # scoring at original size is evaluation, not the loop
-    try:
-        train.run(config, verbose=0)
-    finally:
-        train._callbacks, train.finish_run = original_callbacks, original_finish
+    with setup.precision_scope(config):
+        prepared = setup.prepare(config, distribute.make_strategy(config.strategy))
+        fit_loop.train(prepared, verbose=0, extra_callbacks=[clock.callback])
     epoch_seconds = statistics.median(clock.train_seconds[1:])
     return config.steps_per_epoch * config.batch_size / epoch_seconds, clock.train_seconds
 
@@ -116,20 +109,17 @@ def bare_stepper(config, num_classes: int):
     memory, with the model, optimizer, loss and metrics that ``kseg.train`` compiles; returns images/s."""
     import keras
 
-    from kseg import data, distribute, train
+    from kseg import data
+    from kseg.training import setup
 
     keras.utils.set_random_seed(config.seed)
-    previous = keras.mixed_precision.global_policy().name
-    keras.mixed_precision.set_global_policy(distribute.precision_policy(config.mixed_precision))
-    try:
+    with setup.precision_scope(config):
         images, masks = next(iter(data.load(
             config.dataset, "train", image_size=config.image_size, batch_size=config.batch_size, seed=config.seed,
             data_dir=config.data_dir, manual_dir=config.manual_dir, augmentation=config.augmentation,
             shuffle=True, repeat=True)))
-        model = train.build_model(config, num_classes)
-        train.compile_model(model, config, num_classes, config.steps_per_epoch)
-    finally:
-        keras.mixed_precision.set_global_policy(previous)
+        model = setup.build_model(config, num_classes)
+        setup.compile_model(model, config, num_classes, config.steps_per_epoch)
     for _ in range(3):
         model.train_on_batch(images, masks)
 
@@ -158,7 +148,7 @@ def main(argv=None) -> int:
         spec = data.dataset_spec(base["dataset"], data_dir=data_dir, manual_dir=manual_dir)
         steps = args.steps_per_epoch or max(1, spec.split_sizes["train"] // base["batch_size"])
         with tempfile.TemporaryDirectory(prefix=f"kseg-loop-{preset}-") as run_dir:
-            config = config_lib.resolve(preset, overrides=dict(
+            config = config_lib.resolve(overrides=dict(preset=preset,
                 image_size=args.image_size, epochs=args.epochs, steps_per_epoch=steps,
                 output_dir=run_dir, manual_dir=manual_dir, data_dir=data_dir, augmentation=args.augmentation))
             keras.backend.clear_session()
@@ -170,7 +160,7 @@ def main(argv=None) -> int:
             bare_rates += [bare(steps) for _ in range(args.bare_epochs)]
             bare_rate = statistics.median(bare_rates)
         row = {
-            "preset": preset, "model": config.model, "dataset": config.dataset,
+            "preset": preset, "model": config.model_preset, "dataset": config.dataset,
             "image_size": list(config.image_size), "batch_size": config.batch_size,
             "mixed_precision": config.mixed_precision, "augmentation": config.augmentation,
             "steps_per_epoch": config.steps_per_epoch, "epoch_train_seconds": [round(s, 3) for s in epoch_seconds],

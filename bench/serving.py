@@ -35,7 +35,7 @@ import common  # noqa: E402  (also puts the repository on sys.path and quiets TF
 import kseg  # noqa: E402,F401  (selects the TensorFlow backend before keras is imported)
 import tensorflow as tf  # noqa: E402
 
-from kseg import client, export, imageio, postprocess  # noqa: E402
+from kseg import imageio, postprocess, saved_model_export, serving_client, serving_contract  # noqa: E402
 
 COLUMNS = [
     ("path", "path"),
@@ -142,7 +142,7 @@ def main(argv=None):
             import serving_double
 
         for variant in args.variants:
-            target = export.export_model(model, tmp / "models", name=variant.replace("+", "-"),
+            target = saved_model_export.export_model(model, tmp / "models", name=variant.replace("+", "-"),
                                          postprocessing=VARIANTS[variant])
             signature = tf.saved_model.load(str(target)).signatures["serving_default"]
             print(f"exported {model} with {VARIANTS[variant].describe()} -> {target}", flush=True)
@@ -158,14 +158,14 @@ def main(argv=None):
                 rows.append(row("in-process", variant, batch_size, times, payloads))
                 print(f"  in-process batch {batch_size}: {rows[-1]['ms_per_request']:.0f} ms/request", flush=True)
                 if args.rest:
-                    rest = client.RestClient(double.rest_url, "kseg")
+                    rest = serving_client.RestClient(double.rest_url, "kseg")
                     times = time_requests(rest.predict, batches, args.warmup)
                     rows.append(row("REST double", variant, batch_size, times, payloads))
                     print(f"  REST double batch {batch_size}: {rows[-1]['ms_per_request']:.0f} ms/request",
                           flush=True)
         if double is not None:
             double.stop()
-        metadata = json.loads((target / export.KSEG_FILE).read_text())
+        metadata = json.loads((target / serving_contract.KSEG_FILE).read_text())
 
     print()
     common.print_table(rows, COLUMNS, markdown=args.markdown)

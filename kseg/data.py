@@ -40,6 +40,8 @@ import tensorflow as tf
 from kseg import imageio
 from kseg.augment import Augmentation, augment_batch, get_augmentation
 from kseg.defaults import IMAGE_SIZE
+from kseg.errors import KsegError
+from kseg.preprocessing import resize_image, scale_to_unit
 from segio import splits
 
 logger = logging.getLogger(__name__)
@@ -48,11 +50,7 @@ FOLDER_PREFIX = "folder:"
 SPLITS = ("train", "validation", "test")
 ALL = "all"
 KSEG_DATASETS = ("tfds_ph2/ph2", "tfds_ph2/mads", "tfds_ph2/synthetic")
-#: Features that a dataset's results are grouped by unless the caller says otherwise, the first one it has.
-_DEFAULT_GROUP_BY = ("clinical_diagnosis",)
-
-
-class DataError(ValueError):
+class DataError(KsegError, ValueError):
     """A dataset name, split, feature, folder or argument that cannot be used; the message names it and what
     was expected. Every error kseg.data raises for a user to act on is one (besides ``ImageReadError``)."""
 
@@ -74,15 +72,13 @@ class DatasetSpec:
     class_names: tuple
     split_sizes: dict  # the dataset's own splits; "all" is their sum (see size_of)
     features: tuple = ()  # scalar ClassLabel/Text features that load_examples(extra_features=...) can add
+    #: The feature results are reported per value of by default, as the dataset declares it in its TFDS
+    #: metadata (``group_by``; PH2: ``clinical_diagnosis``), or None.
+    default_group_by: str | None = None
 
     @property
     def is_binary(self) -> bool:
         return self.num_classes == 1
-
-    @property
-    def default_group_by(self) -> str | None:
-        """The feature results are reported per value of by default (PH2: ``clinical_diagnosis``), or None."""
-        return next((f for f in _DEFAULT_GROUP_BY if f in self.features), None)
 
     def size_of(self, split: str) -> int:
         """Number of examples in ``split``; ``all`` counts every example, and train, validation or test that the
@@ -223,6 +219,7 @@ def _tfds_spec(name: str, data_dir=None, manual_dir=None) -> DatasetSpec:
         class_names=names or tuple(f"class_{i}" for i in range(num_labels)),
         split_sizes={s: info.num_examples for s, info in builder.info.splits.items()},
         features=tuple(sorted(_scalar_features(builder.info.features))),
+        default_group_by=(builder.info.metadata or {}).get("group_by"),
     )
 
 
@@ -593,12 +590,6 @@ def load_examples(
     return _tfds_examples(name, split, data_dir, manual_dir, extra_features)
 
 
-def resize_image(image, image_size=IMAGE_SIZE):
-    """uint8 image at ``image_size`` (bilinear, antialiased); the one resize used by training and inference."""
-    image = tf.image.resize(image, image_size, method="bilinear", antialias=True)
-    return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
-
-
 def resize_example(image, mask, image_size=IMAGE_SIZE):
     """Image resized by ``resize_image``, mask to the same size with nearest neighbour (labels stay exact)."""
     return resize_image(image, image_size), tf.image.resize(mask, image_size, method="nearest")
@@ -645,7 +636,7 @@ def load(
     if repeat:
         dataset = dataset.repeat()
     dataset = dataset.batch(batch_size, drop_remainder=drop_remainder, num_parallel_calls=tf.data.AUTOTUNE)
-    to_model = lambda image, mask: (tf.cast(image, tf.float32) / 255.0, tf.cast(mask, mask_dtype))
+    to_model = lambda image, mask: (scale_to_unit(image), tf.cast(mask, mask_dtype))
     dataset = dataset.map(to_model, num_parallel_calls=tf.data.AUTOTUNE)
 
     augmentation = get_augmentation(augmentation) if augmentation is not None else None

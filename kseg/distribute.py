@@ -13,6 +13,8 @@ import os
 
 import tensorflow as tf
 
+from kseg.errors import UsageError
+
 log = logging.getLogger(__name__)
 
 
@@ -24,7 +26,7 @@ def split_cpu(logical_cpus: int) -> None:
     try:
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * logical_cpus)
     except RuntimeError as e:
-        raise RuntimeError(f"cannot split the CPU into {logical_cpus} devices after TensorFlow started: {e}") from None
+        raise UsageError(f"--logical-cpus: cannot split the CPU into {logical_cpus} devices after TensorFlow started: {e}") from None
 
 
 def resolve_name(name: str) -> str:
@@ -50,20 +52,20 @@ def make_strategy(name: str, tpu: str | None = None) -> tf.distribute.Strategy:
         return tf.distribute.MirroredStrategy(devices=devices)
     if name == "multiworker":
         if "TF_CONFIG" not in os.environ:
-            raise ValueError("strategy multiworker needs TF_CONFIG describing the cluster and this worker's task "
+            raise UsageError("strategy multiworker needs TF_CONFIG describing the cluster and this worker's task "
                              '(e.g. {"cluster": {"worker": ["host1:port", "host2:port"]}, '
                              '"task": {"type": "worker", "index": 0}})')
         try:
             json.loads(os.environ["TF_CONFIG"])
         except json.JSONDecodeError as e:
-            raise ValueError(f"TF_CONFIG is not valid JSON: {e}") from None
+            raise UsageError(f"TF_CONFIG is not valid JSON: {e}") from None
         return tf.distribute.MultiWorkerMirroredStrategy()
     if name == "tpu":
         resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu or "")
         tf.config.experimental_connect_to_cluster(resolver)
         tf.tpu.experimental.initialize_tpu_system(resolver)
         return tf.distribute.TPUStrategy(resolver)
-    raise ValueError(f"unknown strategy {name!r}")
+    raise UsageError(f"unknown strategy {name!r}")
 
 
 def is_chief(strategy: tf.distribute.Strategy) -> bool:

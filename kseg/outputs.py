@@ -14,6 +14,8 @@ import pathlib
 import numpy as np
 from PIL import Image
 
+from kseg.files import atomic_write_bytes
+
 #: Fill and outline colours of classes 1, 2, ... in overlays (class 0 is background).
 CLASS_COLOURS = np.array([(255, 23, 68), (41, 121, 255), (255, 196, 0), (0, 230, 118), (213, 0, 249),
                           (0, 229, 255), (255, 109, 0), (118, 255, 3)], dtype=np.float32)
@@ -70,6 +72,9 @@ def write_prediction(output_dir, stem: str, image: np.ndarray, mask: np.ndarray,
     output_dir.mkdir(parents=True, exist_ok=True)
     mask_path = output_dir / f"{stem}_mask.png"
     overlay_path = output_dir / f"{stem}_overlay.png"
-    mask_path.write_bytes(encode_mask_png(mask, binary))
-    Image.fromarray(overlay(image, mask)).save(overlay_path)
+    buffer = io.BytesIO()
+    Image.fromarray(overlay(image, mask)).save(buffer, format="PNG")
+    # Each file appears whole or not at all (an interrupted run leaves no truncated PNG).
+    atomic_write_bytes(mask_path, encode_mask_png(mask, binary))
+    atomic_write_bytes(overlay_path, buffer.getvalue())
     return mask_path, overlay_path

@@ -5,6 +5,7 @@ Matplotlib runs headless (Agg) so that figures render on servers and in CI.
 
 from __future__ import annotations
 
+import csv
 import math
 
 import matplotlib
@@ -49,3 +50,24 @@ def contour_grid(path, images, true_masks=None, pred_masks=None, titles=None, co
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return path
+
+
+def training_curves(history_csv, path) -> None:
+    """Loss and Dice per epoch, training and validation, from Keras' ``history.csv``."""
+    with open(history_csv) as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        return
+    epochs = [int(r["epoch"]) + 1 for r in rows]
+    fig, (ax_loss, ax_dice) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for ax, key in ((ax_loss, "loss"), (ax_dice, "dice")):
+        for prefix, style in (("", "-"), ("val_", "--")):
+            if prefix + key in rows[0]:
+                ax.plot(epochs, [float(r[prefix + key]) for r in rows], style, label=(prefix or "train_") + key)
+        ax.set_xlabel("epoch")
+        ax.set_title(key)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)

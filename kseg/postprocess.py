@@ -27,14 +27,16 @@ import pathlib
 import tensorflow as tf
 
 from kseg.defaults import THRESHOLD
+from kseg.errors import KsegError
+from kseg.serving_contract import POSTPROCESSING_FILE
 
 #: Sidecar file that stores the choice next to a ``.keras`` model (``best.keras`` -> ``best.postprocessing.json``).
 SIDECAR_SUFFIX = ".postprocessing.json"
 #: Where an exported SavedModel keeps the same JSON (TF Serving ignores ``assets.extra``).
-SAVEDMODEL_FILE = "assets.extra/postprocessing.json"
+SAVEDMODEL_FILE = POSTPROCESSING_FILE
 
 
-class PostProcessingError(ValueError):
+class PostProcessingError(KsegError, ValueError):
     """A post-processing file or value is invalid; the message names the file or field."""
 
 
@@ -111,6 +113,12 @@ def for_model(model_path) -> PostProcessing:
     path = pathlib.Path(model_path)
     candidate = path / SAVEDMODEL_FILE if path.is_dir() else sidecar_path(path)
     return read(candidate) if candidate.exists() else PostProcessing()
+
+
+def probabilities_from_logits(logits):
+    """Sigmoid for one output channel (binary), softmax over several (classes); float32 whatever the policy."""
+    logits = tf.cast(logits, tf.float32)
+    return tf.sigmoid(logits) if logits.shape[-1] == 1 else tf.nn.softmax(logits, axis=-1)
 
 
 # ------------------------------------------------------------------------------- test-time augmentation ---

@@ -1,7 +1,5 @@
-"""Export a trained model as a SavedModel that TensorFlow Serving can load, post-processing included.
-
-    python -m kseg.export --model runs/ph2-unet                    # -> export/models/kseg/1/ (then 2, 3, ...)
-    python -m kseg.export --model runs/ph2-unet/best.keras --name lesions --version 7
+"""Exporting a trained model as a SavedModel that TensorFlow Serving can load, post-processing included
+(the library behind ``python -m kseg.export``).
 
 The version folder holds ``saved_model.pb`` and ``variables/`` (what TF Serving polls for), plus
 ``assets.extra/postprocessing.json`` (the model's stored threshold, TTA and clean-up, read back by
@@ -35,41 +33,45 @@ in ``tensorflow_model_server``:
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
+import logging
 import os
 import pathlib
 import re
 import shutil
-import sys
 import uuid
 
 import kseg  # noqa: F401  (sets the Keras backend and quiets TensorFlow before they are imported)
 import tensorflow as tf
 
 from kseg import inference, postprocess
-from kseg.data import resize_image
+from kseg.errors import FAILURE, KsegError
+from kseg.preprocessing import resize_image, scale_to_unit
+from kseg.serving_contract import (IMAGE_BYTES, KSEG_FILE, PROBABILITIES_INPUT, PROBABILITIES_OUTPUT,
+                                   PROBABILITIES_SIGNATURE, SERVING_OUTPUTS, SERVING_SIGNATURE, STAGING_PREFIX,
+                                   version_numbers)
 
-SERVING_SIGNATURE = "serving_default"
-IMAGE_BYTES = "image_bytes"
-PROBABILITIES_SIGNATURE = inference.PROBABILITIES_SIGNATURE
-#: Metadata written next to the post-processing in an exported version (TF Serving ignores assets.extra).
-KSEG_FILE = "assets.extra/kseg.json"
+log = logging.getLogger(__name__)
+
 DEFAULT_EXPORT_DIR = pathlib.Path("export/models")
 DEFAULT_NAME = "kseg"
 #: Images with more pixels are refused before decoding (a 6000x4000 photo is 24 megapixels).
 DEFAULT_MAX_MEGAPIXELS = 50.0
-#: TF Serving loads version folders named by integers; anything else in a model folder is ignored.
-STAGING_PREFIX = ".export-"
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _HEADER_BYTES = 32
 _TAIL_BYTES = 65536  # where the end marker of a PNG (IEND) or JPEG (EOI) is looked for
 
 
-class ExportError(ValueError):
+class ExportError(KsegError, ValueError):
     """The export cannot be written where asked; the message names the path and what to do."""
+
+
+class ExportWriteError(ExportError):
+    """Writing the export failed part way (disk full, I/O error); nothing was left in the model folder."""
+
+    exit_status = FAILURE
 
 
 # -------------------------------------------------------------------------------- the serving graph ---
@@ -167,13 +169,12 @@ def serving_functions(model, postprocessing: postprocess.PostProcessing,
     binary = num_classes == 1
 
     def probabilities(batch):
-        logits = tf.cast(model(batch, training=False), tf.float32)
-        return tf.sigmoid(logits) if binary else tf.nn.softmax(logits, axis=-1)
+        return postprocess.probabilities_from_logits(model(batch, training=False))
 
     def predict_images(images):
         nonempty = tf.debugging.Assert(tf.shape(images)[0] > 0, ["images holds no images; send at least one"])
         with tf.control_dependencies([nonempty]):
-            return {"probabilities": probabilities(tf.identity(images))}
+            return {PROBABILITIES_OUTPUT: probabilities(tf.identity(images))}
 
     def serve(image_bytes):
         count = tf.shape(image_bytes)[0]
@@ -188,7 +189,7 @@ def serving_functions(model, postprocessing: postprocess.PostProcessing,
 
         resized, sizes = tf.map_fn(prepare, (tf.range(count), image_bytes), fn_output_signature=(
             tf.TensorSpec([height, width, 3], tf.uint8), tf.TensorSpec([2], tf.int32)))
-        batch = tf.cast(resized, tf.float32) / 255.0  # as inference.to_model_input
+        batch = scale_to_unit(resized)
         if postprocessing.tta:
             probs = postprocess.tta_probabilities(probabilities, batch)
         else:
@@ -202,7 +203,7 @@ def serving_functions(model, postprocessing: postprocess.PostProcessing,
 
         masks, fractions = tf.map_fn(finish, (probs, sizes), fn_output_signature=(
             tf.TensorSpec([], tf.string), tf.TensorSpec([], tf.float32)))
-        return {"mask_bytes": masks, "height": sizes[:, 0], "width": sizes[:, 1], "foreground_fraction": fractions}
+        return dict(zip(SERVING_OUTPUTS, (masks, sizes[:, 0], sizes[:, 1], fractions)))
 
     return serve, predict_images
 
@@ -216,17 +217,36 @@ def check_name(name: str) -> str:
     return name
 
 
-def existing_versions(model_dir) -> list[int]:
-    model_dir = pathlib.Path(model_dir)
-    if not model_dir.is_dir():
-        return []
-    return sorted(int(p.name) for p in model_dir.iterdir() if p.name.isdigit() and p.is_dir())
-
-
 def next_version(model_dir) -> int:
-    """One more than the highest numbered version folder, or 1."""
-    versions = existing_versions(model_dir)
+    """One more than the highest numbered version folder (complete or not), or 1."""
+    versions = version_numbers(model_dir)
     return versions[-1] + 1 if versions else 1
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_staging(model_dir: pathlib.Path) -> list[pathlib.Path]:
+    """Remove staging folders left by exports that were killed (their process is gone); name those whose
+    writer cannot be told (another machine's, or an older kseg's naming)."""
+    removed = []
+    for path in sorted(model_dir.glob(f"{STAGING_PREFIX}*")):
+        match = re.fullmatch(re.escape(STAGING_PREFIX) + r"\d+-(\d+)-[0-9a-f]+", path.name)
+        if match and not _process_alive(int(match.group(1))):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+            log.warning(f"removed {path}, left by an export that was killed before it finished")
+        elif not match:
+            log.warning(f"{path} looks like the staging folder of an unfinished export; TF Serving ignores it. "
+                        f"Remove it if no export is running")
+    return removed
 
 
 def _describe_os_error(e: OSError) -> str:
@@ -273,9 +293,12 @@ def export_model(model_path, export_dir=DEFAULT_EXPORT_DIR, name: str | None = N
     archive.add_endpoint(SERVING_SIGNATURE, serve,
                          input_signature=[tf.TensorSpec([None], tf.string, name=IMAGE_BYTES)])
     archive.add_endpoint(PROBABILITIES_SIGNATURE, predict_images,
-                         input_signature=[tf.TensorSpec([None, height, width, 3], tf.float32, name="images")])
+                         input_signature=[tf.TensorSpec([None, height, width, 3], tf.float32,
+                                                        name=PROBABILITIES_INPUT)])
 
-    staging = model_dir / f"{STAGING_PREFIX}{version}-{uuid.uuid4().hex[:8]}"  # not a number: TF Serving skips it
+    remove_stale_staging(model_dir)
+    # Not a number, so TF Serving skips it; the pid tells a later export whether its writer is still alive.
+    staging = model_dir / f"{STAGING_PREFIX}{version}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
         archive.write_out(str(staging), verbose=False)
         postprocess.write(staging / postprocess.SAVEDMODEL_FILE, postprocessing)
@@ -304,51 +327,8 @@ def export_model(model_path, export_dir=DEFAULT_EXPORT_DIR, name: str | None = N
             raise ExportError(f"{target} already exists; versions are never overwritten")
         os.rename(staging, target)  # atomic: a polling server sees no version or a complete one
     except OSError as e:
-        raise ExportError(f"cannot write the export to {model_dir}: {_describe_os_error(e)}") from None
+        raise ExportWriteError(f"cannot write the export to {model_dir}: {_describe_os_error(e)}") from None
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
     return target
-
-
-# ------------------------------------------------------------------------------------ command line ---
-
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(
-        prog="python -m kseg.export",
-        description="Export a trained kseg model as a TensorFlow Serving SavedModel (EXPORT_DIR/NAME/VERSION).")
-    parser.add_argument("--model", required=True,
-                        help="a .keras file or a training run directory (its best.keras)")
-    parser.add_argument("--export-dir", type=pathlib.Path, default=DEFAULT_EXPORT_DIR,
-                        help=f"folder of served models (default: {DEFAULT_EXPORT_DIR})")
-    parser.add_argument("--name", default=DEFAULT_NAME,
-                        help=f"model name in TF Serving: the folder under --export-dir and the name in "
-                             f"/v1/models/NAME (default: {DEFAULT_NAME}, as in export/models.config)")
-    parser.add_argument("--version", type=int,
-                        help="version number (default: one more than the highest existing version, or 1)")
-    parser.add_argument("--max-megapixels", type=float, default=DEFAULT_MAX_MEGAPIXELS,
-                        help=f"refuse larger images with INVALID_ARGUMENT (default: {DEFAULT_MAX_MEGAPIXELS:g})")
-    return parser.parse_args(argv)
-
-
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    try:
-        target = export_model(args.model, args.export_dir, args.name, args.version,
-                              max_megapixels=args.max_megapixels)
-    except (inference.ModelLoadError, ExportError, postprocess.PostProcessingError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    metadata = json.loads((target / KSEG_FILE).read_text())
-    postprocessing = postprocess.PostProcessing.from_dict(metadata["postprocessing"])
-    print(f"exported {args.model} to {target}\n"
-          f"  signatures: {SERVING_SIGNATURE} (image_bytes -> mask_bytes, height, width, foreground_fraction), "
-          f"{PROBABILITIES_SIGNATURE} (images -> probabilities)\n"
-          f"  model input {metadata['image_size'][0]}x{metadata['image_size'][1]}, "
-          f"{metadata['num_classes']} output channel(s); post-processing in the graph: {postprocessing.describe()}\n"
-          f"  serve it: see export/README.md (model base path {target.parent.resolve()})")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,8 +1,6 @@
-"""``python -m kseg.client``: masks and overlays from a model served by TensorFlow Serving.
-
-    python -m kseg.client --server http://localhost:8501 --model ph2-unet images/ photo.jpg --out masks/
-    python -m kseg.client --grpc localhost:8500 --model ph2-unet images/ --out masks/
-    python -m kseg.client --saved-model export/models/kseg images/ --out masks/   # no server: same graph
+"""Clients for a kseg model served by TensorFlow Serving (REST, gRPC, or the export run in process), and
+sending image files to one: the library behind ``python -m kseg.client``. No TensorFlow needed except for
+gRPC's message types and the in-process client.
 
 It sends the images to the export's ``serving_default`` signature (``image_bytes`` in; ``mask_bytes``,
 ``height``, ``width``, ``foreground_fraction`` out; see ``kseg.export``) and writes ``NAME_mask.png`` and
@@ -22,14 +20,13 @@ errors stop the run with exit status 2.
 
 from __future__ import annotations
 
-import argparse
 import base64
 import dataclasses
+import http.client
 import io
 import json
 import pathlib
 import re
-import sys
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -37,18 +34,20 @@ import urllib.request
 import numpy as np
 from PIL import Image
 
-from kseg import imageio, outputs
-
-DEFAULT_SIGNATURE = "serving_default"
-INPUT_NAME = "image_bytes"
-OUTPUT_NAMES = ("mask_bytes", "height", "width", "foreground_fraction")
+from kseg import imageio, inputs, outputs
+from kseg.errors import KsegError, UsageError
+from kseg.serving_contract import IMAGE_BYTES as INPUT_NAME
+from kseg.serving_contract import SERVING_OUTPUTS as OUTPUT_NAMES
+from kseg.serving_contract import SERVING_SIGNATURE as DEFAULT_SIGNATURE
+from kseg.serving_contract import resolve_saved_model
 GRPC_INSTALL_HINT = ("gRPC needs grpcio and tensorflow-serving-api: pip install grpcio && "
                      "pip install --no-deps tensorflow-serving-api  (--no-deps: it would otherwise pull in the "
                      "full tensorflow package next to tensorflow-cpu); or use REST with --server")
 
 
-class ServingError(RuntimeError):
-    """The server cannot be used at all (unreachable, unknown model or signature, internal error)."""
+class ServingError(KsegError, RuntimeError):
+    """The server cannot be used as asked (unreachable, unknown model, version or signature): fix the
+    address or flags and run again (exit status 2, like any usage error)."""
 
 
 class RequestRejected(ServingError):
@@ -63,16 +62,28 @@ class Prediction:
     foreground_fraction: float
 
 
-#: TF Serving's messages for a request that does not fit the signature (as opposed to one image's data).
+#: TF Serving's messages for a request that does not fit the signature (as opposed to one image's data). Its
+#: REST API answers an input name the signature lacks with "JSON object: does not have named input: NAME"
+#: (the test double with "input 'NAME' is not in the signature").
 _REQUEST_PROBLEM = re.compile(r'signature (name|key):? "|does not match signature|input tensor alias not found|'
-                              r'Missing .* in (the )?request', re.IGNORECASE)
+                              r'Missing .* in (the )?request|does not have named input|is not in the signature',
+                              re.IGNORECASE)
+
+
+#: Server messages can quote the request (kilobytes of image bytes): keep the start, which says what is wrong.
+MESSAGE_CHARS = 300
+
+
+def shorten(message: str) -> str:
+    message = " ".join(str(message).split())
+    return message if len(message) <= MESSAGE_CHARS else message[:MESSAGE_CHARS] + f"... ({len(message)} chars)"
 
 
 def _fatal_if_not_about_images(message: str, where: str, hint: str = "") -> None:
     """A rejected request whose message is about the request itself (a wrong signature or input name) is
     fatal: retrying image by image would fail the same way."""
     if _REQUEST_PROBLEM.search(message):
-        raise ServingError(f"{where} rejected the request: {message}{hint}")
+        raise ServingError(f"{where} rejected the request: {shorten(message)}{hint}")
 
 
 # ---------------------------------------------------------------------------------------------- REST ---
@@ -119,6 +130,10 @@ class RestClient:
         except (TimeoutError, ConnectionError) as e:
             raise ServingError(f"no answer from {self.server} ({type(e).__name__}: {e}); try a larger "
                                f"--timeout or a smaller --batch-size") from None
+        except http.client.HTTPException as e:
+            raise ServingError(f"{self.server} closed the connection before its answer was complete "
+                               f"({type(e).__name__}); is it a TF Serving REST port, and did the server restart? "
+                               f"Try again, or a smaller --batch-size") from None
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ServingError(f"{self.url} answered with something that is not JSON ({e})") from None
         return self._parse(document, len(payloads))
@@ -135,9 +150,11 @@ class RestClient:
                                 f"{' and --version' if self.version is not None else ''} against the server's "
                                 f"model config (GET {self.server}/v1/models/{self.model} shows its versions)")
         if error.code == 400:
-            _fatal_if_not_about_images(message, where, f" (check --signature {self.signature!r})")
-            return RequestRejected(message)
-        return ServingError(f"{where}: HTTP {error.code} {error.reason}: {message}")
+            _fatal_if_not_about_images(message, where, f" (check --signature {self.signature!r}: kseg.client sends "
+                                                       f"encoded images to a signature with an {INPUT_NAME!r} "
+                                                       f"input, such as {DEFAULT_SIGNATURE!r})")
+            return RequestRejected(shorten(message))
+        return ServingError(f"{where}: HTTP {error.code} {error.reason}: {shorten(message)}")
 
     def _parse(self, document, count) -> list[Prediction]:
         if not isinstance(document, dict):
@@ -256,9 +273,11 @@ class GrpcClient:
                                 f"{' and --version' if self.version is not None else ''} against the server's "
                                 f"model config")
         if code == codes.INVALID_ARGUMENT:
-            _fatal_if_not_about_images(details, self.describe(), f" (check --signature {self.signature!r})")
-            return RequestRejected(details)
-        return ServingError(f"{self.describe()}: {code.name}: {details}")
+            _fatal_if_not_about_images(details, self.describe(), f" (check --signature {self.signature!r}: "
+                                                                 f"kseg.client sends encoded images to a signature "
+                                                                 f"with an {INPUT_NAME!r} input)")
+            return RequestRejected(shorten(details))
+        return ServingError(f"{self.describe()}: {code.name}: {shorten(details)}")
 
 
 # ---------------------------------------------------------------------------------------- in process ---
@@ -272,19 +291,22 @@ class LocalClient:
 
         self._tf = tf
         path = pathlib.Path(path)
-        if path.is_dir() and not (path / "saved_model.pb").exists():
-            versions = sorted((int(p.name), p) for p in path.iterdir()
-                              if p.name.isdigit() and (p / "saved_model.pb").exists())
-            if versions:
-                path = versions[-1][1]
-        if not (path / "saved_model.pb").exists():
-            raise ServingError(f"{path}: not an exported SavedModel (no saved_model.pb; expected "
+        resolved = resolve_saved_model(path)
+        if resolved is None:
+            raise UsageError(f"{path}: not an exported SavedModel (no saved_model.pb; expected "
                                f"export/models/NAME or export/models/NAME/VERSION from python -m kseg.export)")
+        path = resolved
         self.path, self.signature = path, signature
         loaded = tf.saved_model.load(str(path))
         if signature not in loaded.signatures:
-            raise ServingError(f"{path}: no signature {signature!r}; it has {sorted(loaded.signatures)}")
-        self._loaded, self._function = loaded, loaded.signatures[signature]
+            raise UsageError(f"{path}: no signature {signature!r}; it has {sorted(loaded.signatures)}")
+        function = loaded.signatures[signature]
+        input_names = sorted(function.structured_input_signature[1])
+        if input_names != [INPUT_NAME]:
+            raise UsageError(f"{path}: signature {signature!r} takes {input_names}, not encoded images; kseg.client "
+                             f"sends them to a signature with one {INPUT_NAME!r} input, such as "
+                             f"{DEFAULT_SIGNATURE!r}")
+        self._loaded, self._function = loaded, function
 
     def describe(self) -> str:
         return f"{self.path} (signature {self.signature}, in process)"
@@ -347,7 +369,7 @@ def decode_mask(prediction: Prediction, source: str) -> tuple[np.ndarray, bool]:
 
 # -------------------------------------------------------------------------------------- the command ---
 
-def predict_files(client, files, output_dir, batch_size: int = 8, reencode: bool = False, log=print):
+def send_files(client, files, output_dir, batch_size: int = 8, reencode: bool = False, log=print):
     """Send ``files`` in batches and write their masks and overlays; returns ``(written, errors)``.
 
     A batch the server rejects is retried image by image, so one bad image fails alone.
@@ -383,7 +405,7 @@ def predict_files(client, files, output_dir, batch_size: int = 8, reencode: bool
             write(item, prediction)
         batch.clear()
 
-    for path, stem in zip(files, imageio.output_stems(files)):
+    for path, stem in zip(files, inputs.output_stems(files)):
         try:
             rgb, payload = read_input(path, reencode)
         except imageio.ImageReadError as e:
@@ -397,76 +419,11 @@ def predict_files(client, files, output_dir, batch_size: int = 8, reencode: bool
     return written, errors
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m kseg.client",
-        description="Masks and overlays (NAME_mask.png, NAME_overlay.png) from a kseg model served by TensorFlow "
-                    "Serving, over REST (--server) or gRPC (--grpc).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files (PNG, JPEG, BMP, ...) or folders")
-    where = parser.add_mutually_exclusive_group(required=True)
-    where.add_argument("--server", help="REST address, e.g. http://localhost:8501")
-    where.add_argument("--grpc", metavar="HOST:PORT", help="gRPC address, e.g. localhost:8500")
-    where.add_argument("--saved-model", metavar="PATH",
-                       help="no server: run an export's signature in this process (export/models/NAME[/VERSION])")
-    parser.add_argument("--model", help="model name in the server's config (with --server or --grpc)")
-    parser.add_argument("--version", type=int, help="model version (default: the server's latest)")
-    parser.add_argument("--signature", default=DEFAULT_SIGNATURE, help="signature to call")
-    parser.add_argument("--out", "--output-dir", dest="out", required=True, help="where the PNGs go")
-    parser.add_argument("--batch-size", type=int, default=8, help="images per request")
-    parser.add_argument("--format", choices=("row", "columnar"), default="row",
-                        help="REST request format: row ('instances') or columnar ('inputs')")
-    parser.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for each answer")
-    parser.add_argument("--reencode", action="store_true",
-                        help="send every image as PNG decoded here (exactly kseg.predict's pixels, bigger requests)")
-    return parser
-
-
 def make_client(args):
     if args.saved_model:
         return LocalClient(args.saved_model, args.signature)
     if not args.model:
-        raise ServingError("--model NAME is required with --server and --grpc (the name in models.config)")
+        raise UsageError("--model NAME is required with --server and --grpc (the name in models.config)")
     if args.grpc:
         return GrpcClient(args.grpc, args.model, args.version, args.signature, args.timeout)
     return RestClient(args.server, args.model, args.version, args.signature, args.timeout, args.format)
-
-
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    for flag in ("batch_size", "timeout"):
-        if getattr(args, flag) <= 0:
-            print(f"kseg.client: error: --{flag.replace('_', '-')} must be positive", file=sys.stderr)
-            return 2
-    if args.version is not None and args.version < 0:
-        print("kseg.client: error: --version must be >= 0", file=sys.stderr)
-        return 2
-    files, errors = imageio.expand_inputs(args.inputs)
-    written = []
-    try:
-        client = make_client(args)
-        try:
-            if files:
-                written, send_errors = predict_files(client, files, args.out, args.batch_size, args.reencode,
-                                                     log=lambda line: print(line, flush=True))
-                errors += send_errors
-        finally:
-            if hasattr(client, "close"):
-                client.close()
-    except ServingError as e:
-        for error in errors:
-            print(f"kseg.client: skipped {error}", file=sys.stderr)
-        print(f"kseg.client: error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:  # the output folder
-        print(f"kseg.client: error: cannot write to {args.out}: {e.strerror or e}", file=sys.stderr)
-        return 2
-    for error in errors:
-        print(f"kseg.client: skipped {error}", file=sys.stderr)
-    print(f"kseg.client: {len(written)} of {len(files)} images written to {args.out}; {len(errors)} problem(s)",
-          file=sys.stderr)
-    return 1 if errors or not written else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -6,47 +6,66 @@ The quickest check that a build or a folder dataset is what you think it is.
 from __future__ import annotations
 
 import argparse
+import pathlib
 import sys
 
-from kseg import data, plots
+from kseg import cli, files
+from kseg.errors import UsageError
+
+PROG = "kseg.show"
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m kseg.show", description=__doc__.splitlines()[0])
     parser.add_argument("dataset", help="tfds_ph2/ph2, tfds_ph2/mads, tfds_ph2/synthetic or folder:PATH")
-    parser.add_argument("--split", default="train")
+    parser.add_argument("--split", default="train", help="train, validation, test or all")
     parser.add_argument("-n", "--count", type=int, default=8, help="number of examples (default 8)")
-    parser.add_argument("--out", default="samples.png", help="PNG file to write")
+    parser.add_argument("--out", default="samples.png", help="PNG file to write (.png is added if missing)")
     parser.add_argument("--data-dir", help="TFDS data dir")
     parser.add_argument("--manual-dir", help="manual download folder, to build a TFDS config on first use")
     parser.add_argument("--save-images", metavar="DIR",
                         help="also write the examples' images as IMAGE_ID.png (inputs for kseg.predict / kseg.client)")
-    args = parser.parse_args(argv)
-    try:
-        examples = list(data.load_examples(args.dataset, args.split, data_dir=args.data_dir,
-                                           manual_dir=args.manual_dir).take(args.count).as_numpy_iterator())
-    except (ValueError, FileNotFoundError, data.DatasetNotReadyError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    plots.contour_grid(
-        args.out,
-        [ex["image"] for ex in examples],
-        true_masks=[ex["mask"] for ex in examples],
-        titles=[f"{ex['image_id'].decode()} {ex['image'].shape[1]}x{ex['image'].shape[0]}" for ex in examples],
-        title=f"{args.dataset} [{args.split}]: masks outlined in green",
-    )
-    print(f"wrote {args.out} ({len(examples)} examples of {args.dataset} {args.split})")
-    if args.save_images:
-        import pathlib
+    return parser
 
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+
+    def work():
         from PIL import Image
 
-        folder = pathlib.Path(args.save_images)
-        folder.mkdir(parents=True, exist_ok=True)
-        for ex in examples:
-            Image.fromarray(ex["image"]).save(folder / f"{ex['image_id'].decode()}.png")
-        print(f"wrote {len(examples)} images to {folder}")
-    return 0
+        from kseg import data, plots
+
+        if args.count < 1:
+            raise UsageError(f"-n/--count must be at least 1, got {args.count}")
+        out = pathlib.Path(args.out)
+        if out.suffix.lower() != ".png":
+            out = out.with_name(out.name + ".png")
+        files.check_output_dir(out.parent, "--out")
+        if args.save_images:
+            files.check_output_dir(args.save_images, "--save-images")
+        with data.reraise_read_errors():
+            examples = list(data.load_examples(args.dataset, args.split, data_dir=args.data_dir,
+                                               manual_dir=args.manual_dir).take(args.count).as_numpy_iterator())
+        if not examples:
+            raise UsageError(f"{args.dataset} split {args.split!r} holds no examples")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        plots.contour_grid(
+            out,
+            [ex["image"] for ex in examples],
+            true_masks=[ex["mask"] for ex in examples],
+            titles=[f"{ex['image_id'].decode()} {ex['image'].shape[1]}x{ex['image'].shape[0]}" for ex in examples],
+            title=f"{args.dataset} [{args.split}]: masks outlined in green",
+        )
+        print(f"wrote {out} ({len(examples)} examples of {args.dataset} {args.split})")
+        if args.save_images:
+            folder = pathlib.Path(args.save_images)
+            folder.mkdir(parents=True, exist_ok=True)
+            for ex in examples:
+                Image.fromarray(ex["image"]).save(folder / f"{ex['image_id'].decode()}.png")
+            print(f"wrote {len(examples)} images to {folder}")
+
+    return cli.run(PROG, work)
 
 
 if __name__ == "__main__":

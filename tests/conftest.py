@@ -6,17 +6,25 @@ import shutil
 
 import pytest
 
+from kseg.defaults import DATA_DIR_ENV
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 DUMMY_DATA = REPO / "tfds_ph2" / "dummy_data"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache_dir(tmp_path_factory):
+    """Folder-dataset checks cache their verdicts; tests keep theirs out of the user's ~/.cache."""
+    os.environ["KSEG_CACHE_DIR"] = str(tmp_path_factory.mktemp("kseg-cache"))
+
+
 def _real_data_dir() -> pathlib.Path:
-    return pathlib.Path(os.environ.get("KSEG_DATA_DIR", REPO.parent / "shared" / "data"))
+    return pathlib.Path(os.environ.get(DATA_DIR_ENV, REPO.parent / "shared" / "data"))
 
 
 def _require(path: pathlib.Path) -> pathlib.Path:
     if not path.exists():
-        message = f"real data not found at {path} (set KSEG_DATA_DIR to the folder holding PH2Dataset/ and bodies/)"
+        message = f"real data not found at {path} (set {DATA_DIR_ENV} to the folder holding PH2Dataset/ and bodies/)"
         if os.environ.get("CI"):
             pytest.fail(message)  # CI has the data: a missing folder is a broken set-up, not a reason to skip
         pytest.skip(message)

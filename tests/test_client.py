@@ -20,7 +20,7 @@ import pytest
 from PIL import Image
 
 import serving_double as sd
-from kseg import client, export, imageio, inference, outputs, postprocess
+from kseg import client, imageio, inference, outputs, postprocess, saved_model_export, serving_client
 
 CHOICE = postprocess.PostProcessing(threshold=0.5, fill_holes=True)
 
@@ -36,8 +36,8 @@ def run_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def double(run_dir, tmp_path_factory):
     models = tmp_path_factory.mktemp("export")
-    export.export_model(run_dir, models, name="lesions")  # lesions/1
-    export.export_model(run_dir, models, name="small-limit", max_megapixels=0.3)  # refuses 765x572 images
+    saved_model_export.export_model(run_dir, models, name="lesions")  # lesions/1
+    saved_model_export.export_model(run_dir, models, name="small-limit", max_megapixels=0.3)  # refuses 765x572 images
     server = sd.ServingDouble({"lesions": models / "lesions", "small-limit": models / "small-limit"}).start()
     yield server
     server.stop()
@@ -105,7 +105,7 @@ def test_grpc_client_writes_the_same_masks(double, predictor, inputs, tmp_path, 
 
 
 def test_saved_model_in_process_gives_the_same_masks(run_dir, predictor, inputs, tmp_path, capsys):
-    export.export_model(run_dir, tmp_path / "models", name="lesions")
+    saved_model_export.export_model(run_dir, tmp_path / "models", name="lesions")
     out = tmp_path / "out"
     code = client.main([str(inputs), "--saved-model", str(tmp_path / "models" / "lesions"), "--out", str(out),
                         "--reencode"])
@@ -118,13 +118,13 @@ def test_saved_model_in_process_gives_the_same_masks(run_dir, predictor, inputs,
 
 
 def test_sends_original_bytes_only_where_tensorflow_decodes_like_pillow(inputs, tmp_path):
-    assert client.read_input(inputs / "IMD002.bmp")[1] == (inputs / "IMD002.bmp").read_bytes()
-    assert client.read_input(inputs / "IMD004.jpg")[1] == (inputs / "IMD004.jpg").read_bytes()
+    assert serving_client.read_input(inputs / "IMD002.bmp")[1] == (inputs / "IMD002.bmp").read_bytes()
+    assert serving_client.read_input(inputs / "IMD004.jpg")[1] == (inputs / "IMD004.jpg").read_bytes()
     Image.open(inputs / "IMD004.jpg").convert("1").save(tmp_path / "one-bit.bmp")  # like PH2's masks
     Image.open(inputs / "IMD004.jpg").save(tmp_path / "photo.tiff")
     for path, reencode in ((inputs / "IMD004-palette.bmp", False), (inputs / "IMD004.jpg", True),
                            (tmp_path / "one-bit.bmp", False), (tmp_path / "photo.tiff", False)):
-        rgb, payload = client.read_input(path, reencode=reencode)
+        rgb, payload = serving_client.read_input(path, reencode=reencode)
         assert payload.startswith(b"\x89PNG") and sd.mismatch(sd.decode_png(payload), rgb) == 0
 
 
@@ -278,14 +278,14 @@ def test_bad_requests_fail_with_invalid_argument_or_work(case, transport, double
         status, answer = _post(url, encode([good]))
         assert status == 200 and answer["predictions"][0]["height"] == 96  # the next request still works
     else:
-        grpc_client = client.GrpcClient(double.grpc_target, "lesions")
+        grpc_client = serving_client.GrpcClient(double.grpc_target, "lesions")
         try:
             if expected is None:
                 predictions = grpc_client.predict([good, data])
                 assert (predictions[1].height, predictions[1].width) == \
                     imageio.to_rgb_array(imageio.decode_pil(data)).shape[:2]
             else:
-                with pytest.raises(client.RequestRejected, match=re.escape(expected)):
+                with pytest.raises(serving_client.RequestRejected, match=re.escape(expected)):
                     grpc_client.predict([good, data])
             assert grpc_client.predict([good])[0].height == 96
         finally:

@@ -7,8 +7,9 @@ import shutil
 import numpy as np
 import pytest
 
-from kseg import evaluate, imageio, postprocess, scoring
-from kseg.evaluate import Case, MaskMaker
+from kseg import evaluate, imageio, scoring
+from kseg.evaluation.cases import MaskMaker, PredictedCase, mean_dice, summarize
+from kseg.evaluation.postprocessing_choice import choose_postprocessing
 from kseg.postprocess import PostProcessing
 
 
@@ -70,7 +71,7 @@ def test_choose_postprocessing_is_stored_and_used(trained_synthetic_run, synthet
 
 
 def _case(true, probs, image_id="c"):
-    return Case(image_id, true.astype(np.uint8), {False: probs[..., None].astype(np.float32)})
+    return PredictedCase(image_id, true.astype(np.uint8), {False: probs[..., None].astype(np.float32)})
 
 
 def test_choice_keeps_only_steps_that_help():
@@ -82,11 +83,11 @@ def test_choice_keeps_only_steps_that_help():
     rim = lesion & ((yy - 12) ** 2 + (xx - 12) ** 2 >= 16)
     probs = np.where(rim, 0.42, probs)
     cases = [_case(lesion, probs, str(i)) for i in range(3)]
-    chosen, steps = evaluate.choose_postprocessing(cases, 1, make_mask=MaskMaker(1))
+    chosen, steps = choose_postprocessing(cases, MaskMaker(1))
     assert chosen.largest_component and not chosen.fill_holes and not chosen.tta
     assert chosen.threshold <= 0.4
     assert [s["step"] for s in steps] == ["start", "fill_holes", "largest_component", "threshold"]  # no TTA probs
-    assert evaluate.mean_dice(cases, chosen, MaskMaker(1)) == pytest.approx(1.0)
+    assert mean_dice(cases, chosen, MaskMaker(1)) == pytest.approx(1.0)
 
 
 def test_real_ph2_cases_scored_at_original_size(ph2_dir, trained_synthetic_run, tmp_path):
@@ -113,13 +114,13 @@ def test_real_ph2_cases_scored_at_original_size(ph2_dir, trained_synthetic_run, 
     assert summary["postprocessing"]["tta"] is True and summary["images"] == 5
 
 
-def test_ph2_summary_reports_dice_per_diagnosis():
+def test_summary_reports_dice_per_group():
     rows = [{"image_id": str(i), "dice": d, "clinical_diagnosis": g, **{c: 0.5 for c in scoring.CASE_COLUMNS
                                                                            if c != "dice"}}
             for i, (d, g) in enumerate([(0.9, "melanoma"), (0.7, "melanoma"), (0.95, "common_nevus")])]
     cases = [_case(np.ones((2, 2)), np.ones((2, 2)), r["image_id"]) for r in rows]
-    summary = evaluate.summarize(rows, cases, [np.ones((2, 2), np.uint8)] * 3, 1)
-    assert summary["dice_by_diagnosis"] == {"common_nevus": {"mean": 0.95, "images": 1},
+    summary = summarize(rows, cases, [np.ones((2, 2), np.uint8)] * 3, 1, group_by="clinical_diagnosis")
+    assert summary["dice_by_clinical_diagnosis"] == {"common_nevus": {"mean": 0.95, "images": 1},
                                             "melanoma": {"mean": pytest.approx(0.8), "images": 2}}
 
 

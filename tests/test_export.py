@@ -26,7 +26,7 @@ from PIL import Image
 from tensorflow.core.protobuf import saved_model_pb2
 
 import serving_double as sd
-from kseg import export, imageio, inference, postprocess
+from kseg import export, imageio, inference, postprocess, saved_model_export, serving_contract
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SIDECAR_CHOICE = postprocess.PostProcessing(threshold=0.45, fill_holes=True)
@@ -59,7 +59,7 @@ def export_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def exported(run_dir, export_dir):
-    return export.export_model(run_dir, export_dir)
+    return saved_model_export.export_model(run_dir, export_dir)
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +92,7 @@ def test_export_layout_metadata_and_postprocessing(exported, export_dir, run_dir
     assert exported == export_dir / "kseg" / "1"  # the name in export/models.config, versions from 1
     assert (exported / "saved_model.pb").is_file() and (exported / "variables").is_dir()
     assert postprocess.read(exported / postprocess.SAVEDMODEL_FILE) == SIDECAR_CHOICE
-    metadata = json.loads((exported / export.KSEG_FILE).read_text())
+    metadata = json.loads((exported / serving_contract.KSEG_FILE).read_text())
     assert metadata["image_size"] == [64, 96] and metadata["num_classes"] == 1
     assert metadata["postprocessing"] == SIDECAR_CHOICE.to_dict()
     assert metadata["source_model"] == str((run_dir / "best.keras").resolve())
@@ -122,14 +122,14 @@ def test_versions_count_up_and_are_never_overwritten(run_dir, tmp_path):
     base = tmp_path / "models"
     for name in ("1", "3", "not-a-version", ".export-9-abc"):
         (base / "m" / name).mkdir(parents=True)
-    assert export.next_version(base / "m") == 4
-    assert export.next_version(base / "empty") == 1
+    assert saved_model_export.next_version(base / "m") == 4
+    assert saved_model_export.next_version(base / "empty") == 1
 
-    target = export.export_model(run_dir / "best.keras", base, name="m")
+    target = saved_model_export.export_model(run_dir / "best.keras", base, name="m")
     assert target.name == "4"
-    assert export.export_model(run_dir, base, name="m", version=12).name == "12"
-    with pytest.raises(export.ExportError, match="12 already exists; versions are never overwritten.*13"):
-        export.export_model(run_dir, base, name="m", version=12)
+    assert saved_model_export.export_model(run_dir, base, name="m", version=12).name == "12"
+    with pytest.raises(saved_model_export.ExportError, match="12 already exists; versions are never overwritten.*13"):
+        saved_model_export.export_model(run_dir, base, name="m", version=12)
     assert sorted(p.name for p in (base / "m").iterdir()) == [".export-9-abc", "1", "12", "3", "4", "not-a-version"]
 
 
@@ -137,9 +137,9 @@ def test_a_failed_export_leaves_no_version_and_no_staging_folder(run_dir, tmp_pa
     def fail(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(export.postprocess, "write", fail)  # fails after the SavedModel itself is written
-    with pytest.raises(export.ExportError, match="No space left on device"):
-        export.export_model(run_dir, tmp_path, name="m")
+    monkeypatch.setattr(postprocess, "write", fail)  # fails after the SavedModel itself is written
+    with pytest.raises(saved_model_export.ExportError, match="No space left on device"):
+        saved_model_export.export_model(run_dir, tmp_path, name="m")
     assert list((tmp_path / "m").iterdir()) == []
 
 
@@ -164,9 +164,9 @@ def test_cli_errors_are_one_clear_line(case, run_dir, exported, export_dir, tmp_
         "bad_name": "--name '../up'",
         "saved_model": "already an exported SavedModel",
     }[case]
-    assert export.main(args) == 1
+    assert export.main(args) == 2  # a usage error: the arguments cannot be used as they are
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and expected in err and "Traceback" not in err
+    assert err.startswith("kseg.export: error: ") and expected in err and "Traceback" not in err
     assert sorted(p.name for p in (export_dir / "kseg").iterdir()) == ["1"]
 
 
@@ -181,8 +181,8 @@ def test_cli_exports_and_says_what_it_did(run_dir, tmp_path, capsys):
 def test_cli_error_as_a_process_has_no_traceback(tmp_path):
     result = _run([sys.executable, "-m", "kseg.export", "--model", str(tmp_path / "missing"),
                    "--export-dir", str(tmp_path / "models")])
-    assert result.returncode == 1
-    assert "error: " in result.stderr and "no such file or directory" in result.stderr
+    assert result.returncode == 2
+    assert "kseg.export: error: " in result.stderr and "no such file or directory" in result.stderr
     assert "Traceback" not in result.stderr and not (tmp_path / "models").exists()
 
 
@@ -191,7 +191,7 @@ def test_cli_error_for_a_read_only_export_dir(run_dir, tmp_path, capsys):
     (tmp_path / "models").mkdir()
     (tmp_path / "models").chmod(0o500)
     try:
-        assert export.main(["--model", str(run_dir), "--export-dir", str(tmp_path / "models")]) == 1
+        assert export.main(["--model", str(run_dir), "--export-dir", str(tmp_path / "models")]) == 2
     finally:
         (tmp_path / "models").chmod(0o700)
     assert "cannot" in capsys.readouterr().err
@@ -276,7 +276,7 @@ def test_masks_match_keras_for_mixed_sizes_and_formats_in_one_batch(serving, ker
 
 def test_tta_and_largest_component_are_in_the_graph(run_dir, tmp_path, keras_predictor, ph2):
     choice = postprocess.PostProcessing(threshold=0.5, tta=True, fill_holes=True, largest_component=True)
-    target = export.export_model(run_dir, tmp_path, version=3, postprocessing=choice)
+    target = saved_model_export.export_model(run_dir, tmp_path, version=3, postprocessing=choice)
     assert postprocess.read(target / postprocess.SAVEDMODEL_FILE) == choice
     serving = tf.saved_model.load(str(target)).signatures["serving_default"]
     images = [ph2[1][2], ph2[1][3]]
@@ -299,8 +299,8 @@ def test_an_empty_request_is_refused_clearly(exported):
 def test_multiclass_models_return_class_id_masks(tmp_path, ph2):
     run = tmp_path / "run"
     sd.save_test_model(run / "best.keras", num_classes=3)
-    target = export.export_model(run, tmp_path / "models", name="parts")
-    assert json.loads((target / export.KSEG_FILE).read_text())["num_classes"] == 3
+    target = saved_model_export.export_model(run, tmp_path / "models", name="parts")
+    assert json.loads((target / serving_contract.KSEG_FILE).read_text())["num_classes"] == 3
     loaded = tf.saved_model.load(str(target))
     images = [ph2[1][3], ph2[1][2]]
     outputs = loaded.signatures["serving_default"](image_bytes=tf.constant([sd.encode(im, "PNG") for im in images]))

@@ -198,20 +198,6 @@ def test_get_loss_names_and_errors():
         losses.get_loss("dice", num_classes=0)
 
 
-def test_serialization_round_trip_keeps_parameters(binary_data, categorical_data):
-    y, x = binary_data
-    ids, xc = categorical_data
-    cases = [(loss, y, x) for loss, _ in _binary_cases(y, x)]
-    cases += [(loss, ids, xc) for loss, _ in _categorical_cases(ids, xc)]
-    for loss, truth, logits in cases:
-        restored = keras.losses.deserialize(keras.losses.serialize(loss))
-        assert type(restored) is type(loss)
-        assert restored.get_config() == loss.get_config()
-        assert float(restored(truth, logits)) == pytest.approx(float(loss(truth, logits)), rel=1e-6)
-    clone = losses.BCEDiceLoss.from_config(losses.BCEDiceLoss(bce_weight=0.25, smooth=3.0).get_config())
-    assert (clone.bce_weight, clone.dice_weight, clone.smooth) == (0.25, 1.0, 3.0)
-
-
 def test_loss_and_metrics_survive_keras_save_load(tmp_path):
     keras.utils.set_random_seed(3)
     rng = np.random.default_rng(3)

@@ -3,7 +3,7 @@
 import numpy as np
 from PIL import Image
 
-from kseg import imageio, inference, outputs, postprocess, predict
+from kseg import imageio, inference, inputs, outputs, postprocess, predict
 
 
 def test_real_ph2_and_odd_formats_end_to_end(ph2_dir, trained_synthetic_run, tmp_path, capsys):
@@ -61,7 +61,7 @@ def test_stored_postprocessing_is_applied(ph2_dir, trained_synthetic_run, tmp_pa
 
 def test_repeated_names_do_not_overwrite(tmp_path):
     files = [tmp_path / "a" / "x.png", tmp_path / "b" / "x.png", tmp_path / "b" / "y.png"]
-    assert imageio.output_stems(files) == ["a_x", "b_x", "y"]
+    assert inputs.output_stems(files) == ["a_x_png", "b_x_png", "y"]
 
 
 def test_bad_model_and_empty_folder(tmp_path, capsys):

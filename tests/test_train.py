@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kseg import checkpoints, config, train
+from kseg import config, errors, train
+from kseg.training import callbacks, checkpoints, history, setup
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TINY = ["--preset", "synthetic-unet", "--image-size", "32", "--batch-size", "8", "--seed", "1"]
@@ -28,8 +29,7 @@ def _run_cli(args, timeout=300, env=None):
 
 
 def _history(run_dir):
-    with open(run_dir / "history.csv") as f:
-        return list(csv.DictReader(f))
+    return history.read_history(run_dir / "history.csv")
 
 
 # ------------------------------------------------------------------------------------------ config ---
@@ -48,7 +48,7 @@ def test_preset_then_file_then_flags(tmp_path):
     yaml_file = tmp_path / "c.yaml"
     yaml_file.write_text("preset: ph2-segnet\nepochs: 7\nlearning-rate: 0.01\n")
     resolved, _ = train.config_from_args(["--config", str(yaml_file), "--epochs", "9"])
-    assert (resolved.preset, resolved.model, resolved.epochs, resolved.learning_rate) == ("ph2-segnet", "segnet", 9,
+    assert (resolved.preset, resolved.model_preset, resolved.epochs, resolved.learning_rate) == ("ph2-segnet", "segnet", 9,
                                                                                           0.01)
     default, _ = train.config_from_args([])
     assert default.preset == "ph2-unet" and default.dataset == "tfds_ph2/ph2"
@@ -104,12 +104,14 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     model = keras.Sequential([keras.Input((4, 4, 3), name="image"), keras.layers.Conv2D(1, 1, name="logits")])
     model.compile("adam", "mse", metrics=[])
     state = checkpoints.RunState()
-    callbacks, _ = train._callbacks(tmp_path, state, 0)
+    hooks = [callbacks.StopOnNaN(tmp_path, state), callbacks.TrainTimer(state, 4),
+             checkpoints.EpochCheckpoint(tmp_path / "checkpoints", tmp_path / "best.keras", state)]
     good = np.ones((4, 4, 4, 3), np.float32)
     bad = np.full_like(good, np.nan)
     batches = tf.data.Dataset.from_tensor_slices(np.stack([good, good, bad, bad])).map(lambda x: (x, x[..., :1]))
-    with pytest.raises(train.TrainingDivergedError, match=r"loss became nan in epoch 2.*epoch 1\) is kept"):
-        model.fit(batches.repeat(), epochs=3, steps_per_epoch=2, callbacks=callbacks, verbose=0)
+    with pytest.raises(errors.TrainingDivergedError, match=r"loss became nan in epoch 2.*epoch 1\) is kept.*"
+                                                          r"--learning-rate"):
+        model.fit(batches.repeat(), epochs=3, steps_per_epoch=2, callbacks=hooks, verbose=0)
     assert checkpoints.read_state(tmp_path / "checkpoints").epoch == 1
 
 
@@ -138,8 +140,9 @@ def test_resume_after_sigkill_ends_like_an_uninterrupted_run(tmp_path, synthetic
     state = checkpoints.read_state(state_file.parent)
     assert state.epoch == 5
     # The optimizer state came back too: 5 epochs x 4 steps, the schedule's position.
-    model = train.build_model(config.resolve(overrides={"preset": "synthetic-unet", "image_size": "32"}), 1)
-    train.compile_model(model, config.resolve(overrides={"preset": "synthetic-unet", "image_size": "32"}), 1, 4)
+    resolved = config.resolve(overrides={"preset": "synthetic-unet", "image_size": "32"})
+    model = setup.build_model(resolved, 1)
+    setup.compile_model(model, resolved, 1, 4)
     checkpoints.restore(model, state_file.parent)
     assert int(model.optimizer.iterations) == 20
 
@@ -151,11 +154,12 @@ def test_resume_with_another_config_is_refused(tmp_path, synthetic_data_dir):
                                                         '"weights": null}')
     (run_dir / "config.json").write_text(json.dumps({**config.resolve().to_dict(), "epochs": 3}))
     with pytest.raises(config.ConfigError, match=rf"epochs: 3 -> {config.resolve().epochs}"):
-        train.check_resumable(run_dir, config.resolve())
+        setup.check_resumable(run_dir, config.resolve())
 
 
 # ---------------------------------------------------------------------------------------- distribution ---
 
+@pytest.mark.slow
 def test_mirrored_on_two_logical_cpus(tmp_path, synthetic_data_dir):
     run_dir = tmp_path / "run"
     result = _run_cli([*TINY, "--epochs", "2", "--steps-per-epoch", "3", "--strategy", "mirrored",
@@ -172,17 +176,39 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def test_multiworker_two_processes_train_identical_weights(tmp_path, synthetic_data_dir):
-    run_dir = tmp_path / "run"
-    workers = [f"127.0.0.1:{_free_port()}", f"127.0.0.1:{_free_port()}"]
-    args = [sys.executable, "-m", "kseg.train", *TINY, "--epochs", "3", "--steps-per-epoch", "4",
-            "--strategy", "multiworker", "--data-dir", synthetic_data_dir, "--output-dir", str(run_dir)]
+def _start_workers(args, count=2):
+    workers = [f"127.0.0.1:{_free_port()}" for _ in range(count)]
     processes = []
-    for index in range(2):
+    for index in range(count):
         tf_config = json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}})
         env = {**os.environ, "TF_CONFIG": tf_config, "TF_CPP_MIN_LOG_LEVEL": "2"}
-        processes.append(subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                          text=True))
+        processes.append(subprocess.Popen([sys.executable, "-m", "kseg.train", *args(index)], cwd=REPO, env=env,
+                                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    return processes
+
+
+@pytest.mark.slow
+def test_multiworker_on_fresh_machines_builds_the_data_after_the_strategy(tmp_path):
+    """Each worker with its own empty --data-dir: the dataset is built after the strategy exists (building it
+    first started TensorFlow's runtime, and the strategy then failed: 'Collective ops must be configured at
+    program startup')."""
+    run_dir = tmp_path / "run"
+    processes = _start_workers(lambda index: [*TINY, "--epochs", "1", "--steps-per-epoch", "2", "--strategy",
+                                              "multiworker", "--data-dir", str(tmp_path / f"tfds-{index}"),
+                                              "--output-dir", str(run_dir)])
+    outputs = [p.communicate(timeout=600)[0] for p in processes]
+    for p, out in zip(processes, outputs):
+        assert p.returncode == 0, out[-3000:]
+        assert "Collective ops must be configured" not in out
+    assert (run_dir / "metrics.json").exists()
+
+
+@pytest.mark.slow
+def test_multiworker_two_processes_train_identical_weights(tmp_path, synthetic_data_dir):
+    run_dir = tmp_path / "run"
+    processes = _start_workers(lambda index: [*TINY, "--epochs", "3", "--steps-per-epoch", "4", "--strategy",
+                                              "multiworker", "--data-dir", synthetic_data_dir,
+                                              "--output-dir", str(run_dir)])
     outputs = [p.communicate(timeout=300)[0] for p in processes]
     for p, out in zip(processes, outputs):
         assert p.returncode == 0, out[-3000:]

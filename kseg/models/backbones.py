@@ -26,6 +26,7 @@ import keras
 import numpy as np
 from keras import layers, ops
 
+from kseg.errors import ModelArgumentError
 from kseg.models import pretrained_weights
 from kseg.models.layers import check_image_size
 
@@ -62,7 +63,7 @@ class EncoderPreprocessing(layers.Layer):
         kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
         if mode not in self.MODES:
-            raise ValueError(f"EncoderPreprocessing mode must be one of {list(self.MODES)}, got {mode!r}")
+            raise ModelArgumentError(f"EncoderPreprocessing mode must be one of {list(self.MODES)}, got {mode!r}")
         self.mode = mode
 
     def call(self, images):
@@ -272,13 +273,13 @@ ENCODERS = {"efficientnet_lite0": lite0_features, "vgg16": vgg16_features}
 def check_encoder_args(encoder, image_size, weights="pretrained", input_channels=3):
     """Fail early, saying what to change; returns ``image_size`` as ``(height, width)``."""
     if encoder not in ENCODERS:
-        raise ValueError(f"unknown encoder {encoder!r}; known encoders: {', '.join(ENCODERS)}")
+        raise ModelArgumentError(f"unknown encoder {encoder!r}; known encoders: {', '.join(ENCODERS)}")
     if weights not in WEIGHTS_CHOICES:
-        raise ValueError(f"encoder weights must be 'pretrained' or None, got {weights!r}")
+        raise ModelArgumentError(f"encoder weights must be 'pretrained' or None, got {weights!r}")
     if isinstance(input_channels, bool) or not isinstance(input_channels, int) or input_channels < 1:
-        raise ValueError(f"input_channels must be an int >= 1, got {input_channels!r}")
+        raise ModelArgumentError(f"input_channels must be an int >= 1, got {input_channels!r}")
     if weights == "pretrained" and input_channels != 3:
-        raise ValueError(
+        raise ModelArgumentError(
             f"the pretrained {encoder} weights expect 3 input channels (RGB), got input_channels="
             f"{input_channels}; use 3 channels, or weights=None to train from scratch"
         )
@@ -290,10 +291,10 @@ def check_encoder_model_args(model, encoder, weights, image_size, depth, base_fi
     ``depth`` or ``base_filters`` that would be silently ignored is an error. Returns ``(height, width)``."""
     size = check_encoder_args(encoder, image_size, weights)
     if depth not in (None, 5):
-        raise ValueError(f"{model} with encoder={encoder!r} has depth 5 (the encoder's poolings), got depth={depth!r}")
+        raise ModelArgumentError(f"{model} with encoder={encoder!r} has depth 5 (the encoder's poolings), got depth={depth!r}")
     if base_filters is not None:
         widths = " (set the decoder's with decoder_filters)" if model == "unet" else ""
-        raise ValueError(
+        raise ModelArgumentError(
             f"base_filters sets the widths of {model}'s own encoder; with encoder={encoder!r} the widths "
             f"are the pretrained encoder's: leave base_filters unset{widths}"
         )
@@ -306,9 +307,9 @@ def encoder_features(encoder, image, include_top=False, synchronized=False):
     ``synchronized``: batch norm over the global batch across replicas (``batch_norm="sync"`` of the models).
     """
     if encoder not in ENCODERS:
-        raise ValueError(f"unknown encoder {encoder!r}; known encoders: {', '.join(ENCODERS)}")
+        raise ModelArgumentError(f"unknown encoder {encoder!r}; known encoders: {', '.join(ENCODERS)}")
     if include_top and encoder != "efficientnet_lite0":
-        raise ValueError(f"include_top is only available for efficientnet_lite0, not {encoder!r}")
+        raise ModelArgumentError(f"include_top is only available for efficientnet_lite0, not {encoder!r}")
     if include_top:
         return lite0_features(image, include_top=True, synchronized=synchronized)
     return ENCODERS[encoder](image, synchronized=synchronized)
@@ -441,7 +442,7 @@ def load_pretrained_encoder(model, encoder):
     else:
         assignments = _vgg16_assignments(model, tensors)
     if not assignments:
-        raise ValueError(f"model {model.name!r} has no {ENCODER_PREFIX}* layers with weights to load {encoder} into")
+        raise ModelArgumentError(f"model {model.name!r} has no {ENCODER_PREFIX}* layers with weights to load {encoder} into")
 
     # Check everything before assigning anything, so a mismatch leaves the model as it was.
     for layer_name, entries in assignments.items():

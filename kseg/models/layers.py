@@ -8,6 +8,8 @@ support, instead of ``tf.nn.max_pool_with_argmax`` plus a scatter of flattened i
 import keras
 from keras import layers, ops
 
+from kseg.errors import ModelArgumentError
+
 
 @keras.saving.register_keras_serializable(package="kseg")
 class MaxUnpooling2D(layers.Layer):
@@ -33,12 +35,12 @@ class MaxUnpooling2D(layers.Layer):
             pool_size = (pool_size, pool_size)
         pool_size = tuple(int(p) for p in pool_size)
         if len(pool_size) != 2 or min(pool_size) < 1:
-            raise ValueError(f"pool_size must be a positive int or a pair of them, got {pool_size!r}")
+            raise ModelArgumentError(f"pool_size must be a positive int or a pair of them, got {pool_size!r}")
         self.pool_size = pool_size
 
     def _check_shapes(self, features_shape, decoded_shape):
         if len(features_shape) != 4 or len(decoded_shape) != 4:
-            raise ValueError(
+            raise ModelArgumentError(
                 f"{self.name} expects two 4-D (batch, height, width, channels) inputs, "
                 f"got shapes {features_shape} and {decoded_shape}"
             )
@@ -46,17 +48,17 @@ class MaxUnpooling2D(layers.Layer):
         for axis, p in ((1, ph), (2, pw)):
             f, d = features_shape[axis], decoded_shape[axis]
             if f is not None and f % p:
-                raise ValueError(
+                raise ModelArgumentError(
                     f"{self.name}: features_before_pool has size {f} on axis {axis}, not a multiple of {p}"
                 )
             if f is not None and d is not None and f // p != d:
-                raise ValueError(
+                raise ModelArgumentError(
                     f"{self.name}: decoded has size {d} on axis {axis}, expected {f // p} "
                     f"(features_before_pool {f} / pool {p}); shapes {features_shape} and {decoded_shape}"
                 )
         fc, dc = features_shape[3], decoded_shape[3]
         if fc is not None and dc is not None and fc != dc:
-            raise ValueError(
+            raise ModelArgumentError(
                 f"{self.name}: channels differ, features_before_pool has {fc} and decoded has {dc}; "
                 "the decoder must restore the encoder's channel count before unpooling"
             )
@@ -155,9 +157,9 @@ def check_common_args(
     Returns ``image_size`` normalised by :func:`check_image_size` (divisible by ``2**depth``).
     """
     if not _is_int(depth) or depth < 1:
-        raise ValueError(f"depth must be an int >= 1, got {depth!r}")
+        raise ModelArgumentError(f"depth must be an int >= 1, got {depth!r}")
     if not _is_int(base_filters) or base_filters < 1:
-        raise ValueError(f"base_filters must be an int >= 1, got {base_filters!r}")
+        raise ModelArgumentError(f"base_filters must be an int >= 1, got {base_filters!r}")
     check_decoder_args(num_classes, dropout, upsampling, allowed_upsampling, batch_norm)
     return check_image_size(image_size, 2**depth, f"2**{depth}={2**depth}")
 
@@ -165,13 +167,13 @@ def check_common_args(
 def check_decoder_args(num_classes, dropout, upsampling, allowed_upsampling, batch_norm=True):
     """The arguments every kseg model has, with or without a pretrained encoder."""
     if not _is_int(num_classes) or num_classes < 1:
-        raise ValueError(f"num_classes must be an int >= 1 (1 for binary segmentation), got {num_classes!r}")
+        raise ModelArgumentError(f"num_classes must be an int >= 1 (1 for binary segmentation), got {num_classes!r}")
     if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
-        raise ValueError(f"dropout must be a number with 0 <= dropout < 1, got {dropout!r}")
+        raise ModelArgumentError(f"dropout must be a number with 0 <= dropout < 1, got {dropout!r}")
     if batch_norm not in (True, False, "sync"):
-        raise ValueError(f"batch_norm must be True, False or 'sync', got {batch_norm!r}")
+        raise ModelArgumentError(f"batch_norm must be True, False or 'sync', got {batch_norm!r}")
     if upsampling not in allowed_upsampling:
-        raise ValueError(f"upsampling must be one of {list(allowed_upsampling)}, got {upsampling!r}")
+        raise ModelArgumentError(f"upsampling must be one of {list(allowed_upsampling)}, got {upsampling!r}")
 
 
 def check_image_size(image_size, multiple, multiple_text=None):
@@ -185,7 +187,7 @@ def check_image_size(image_size, multiple, multiple_text=None):
     except TypeError:
         size = ()
     if len(size) != 2 or not all(_is_int(s) and s > 0 for s in size):
-        raise ValueError(f"image_size must be (height, width) with positive ints, got {image_size!r}")
+        raise ModelArgumentError(f"image_size must be (height, width) with positive ints, got {image_size!r}")
 
     bad = {axis: s for axis, s in zip(("height", "width"), size) if s % multiple}
     if bad:
@@ -194,7 +196,7 @@ def check_image_size(image_size, multiple, multiple_text=None):
             message += f" such as {_nearest_multiples(next(iter(bad.values())), multiple)}"
         else:
             message += ": " + ", ".join(f"{axis} {s} -> {_nearest_multiples(s, multiple)}" for axis, s in bad.items())
-        raise ValueError(message)
+        raise ModelArgumentError(message)
     return size
 
 

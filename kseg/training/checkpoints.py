@@ -16,6 +16,9 @@ import pathlib
 
 import keras
 
+from kseg import files
+from kseg.errors import UsageError
+
 STATE_FILE = "state.json"
 
 
@@ -25,24 +28,26 @@ class RunState:
     best_dice: float = -math.inf
     best_epoch: int = -1
     weights: str | None = None  # file name in the checkpoint folder
+    train_seconds: float = 0.0  # in training batches, all sessions of the run together
+    images_trained: int = 0
 
-
-def _atomic_write_text(path: pathlib.Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    @property
+    def images_per_second(self) -> float | None:
+        return self.images_trained / self.train_seconds if self.train_seconds else None
 
 
 def read_state(folder) -> RunState:
     path = pathlib.Path(folder) / STATE_FILE
     if not path.exists():
         return RunState()
-    values = json.loads(path.read_text())
-    if values.get("best_dice") is None:
-        values["best_dice"] = -math.inf
-    return RunState(**values)
+    try:
+        values = json.loads(path.read_text())
+        if values.get("best_dice") is None:
+            values["best_dice"] = -math.inf
+        return RunState(**values)
+    except (ValueError, TypeError) as e:
+        raise UsageError(f"{path}: not a kseg run state ({e}); choose a new --output-dir or remove "
+                         f"{path.parent} to start the run again") from None
 
 
 def restore(model: keras.Model, folder) -> RunState:
@@ -90,6 +95,6 @@ class EpochCheckpoint(keras.callbacks.Callback):
         self.state.epoch, self.state.weights = epoch + 1, weights
         state = dataclasses.asdict(self.state)
         state["best_dice"] = None if not math.isfinite(self.state.best_dice) else self.state.best_dice
-        _atomic_write_text(self.folder / STATE_FILE, json.dumps(state, indent=2))
+        files.atomic_write_text(self.folder / STATE_FILE, json.dumps(state, indent=2), sync=True)
         if previous and previous != weights and (self.folder / previous).exists():
             (self.folder / previous).unlink()

@@ -1,0 +1,67 @@
+"""What every ``python -m kseg.*`` command does the same way: logging to the terminal, one-line errors with
+the command's name, exit statuses (0 done, 1 the job failed, 2 wrong arguments or inputs, 130 interrupted)
+and Ctrl-C.
+
+Library modules raise ``kseg.errors.KsegError`` (and the image reader's ``ImageReadError``) and log through
+``logging``; only commands print. A command's ``main(argv)`` calls ``run(prog, body, argv)``.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Callable
+
+from kseg import errors
+
+
+class _CommandFormatter(logging.Formatter):
+    def __init__(self, prog: str):
+        super().__init__()
+        self.prog = prog
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        if record.levelno >= logging.WARNING:
+            return f"{self.prog}: {record.levelname.lower()}: {message}"
+        return f"{self.prog}: {message}"
+
+
+#: Loggers whose messages a command shows: kseg's and those of the two packages it builds on.
+LOGGERS = ("kseg", "tfds_ph2", "segio")
+
+
+def setup_logging(prog: str) -> None:
+    """Library messages to the terminal as ``prog: message``: INFO to stdout, warnings and errors to stderr."""
+    info = logging.StreamHandler(sys.stdout)
+    info.addFilter(lambda record: record.levelno < logging.WARNING)
+    warn = logging.StreamHandler(sys.stderr)
+    warn.setLevel(logging.WARNING)
+    for handler in (info, warn):
+        handler.setFormatter(_CommandFormatter(prog))
+        handler.kseg_command = True
+    for name in LOGGERS:
+        logger = logging.getLogger(name)
+        logger.handlers = [h for h in logger.handlers if not getattr(h, "kseg_command", False)] + [info, warn]
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+
+
+def fail(prog: str, message: str, status: int = errors.USAGE) -> int:
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    return status
+
+
+def run(prog: str, body: Callable[[], int | None], interrupted: Callable[[], str] | None = None) -> int:
+    """Run a command's work: its exit status, a one-line error for a user error, and one line on Ctrl-C
+    (``interrupted()`` says what was kept and how to go on)."""
+    setup_logging(prog)
+    try:
+        status = body()
+    except errors.USER_ERRORS as e:
+        return fail(prog, str(e), errors.exit_status(e))
+    except KeyboardInterrupt:
+        detail = interrupted() if interrupted else "nothing half-written was left behind"
+        print(f"\n{prog}: interrupted; {detail}", file=sys.stderr)
+        return errors.INTERRUPTED
+    return 0 if status is None else status

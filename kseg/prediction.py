@@ -1,0 +1,36 @@
+"""Masks and overlays for image files from a loaded model (the library behind ``python -m kseg.predict``).
+
+For each input ``NAME.ext`` it writes ``NAME_mask.png`` and ``NAME_overlay.png`` (see ``kseg.outputs``) at
+the image's original size, each file whole or not at all; output names are unique (``kseg.inputs``).
+"""
+
+from __future__ import annotations
+
+from kseg import imageio, inference, inputs, outputs, postprocess
+
+
+def predict_files(predictor: inference.Predictor, files, output_dir, *, batch_size: int = 8,
+                  postprocessing: postprocess.PostProcessing | None = None, progress=None) -> tuple[list, list]:
+    """Write mask and overlay PNGs for each file; returns ``(written, errors)``. A file that cannot be read
+    is an error line naming it; the others are still predicted."""
+    written, errors, batch = [], [], []
+
+    def flush():
+        masks = predictor.predict([image for _, _, image in batch], batch_size=batch_size,
+                                  postprocessing=postprocessing)
+        for (_, stem, image), mask in zip(batch, masks):
+            written.append(outputs.write_prediction(output_dir, stem, image, mask, binary=predictor.num_classes == 1))
+        batch.clear()
+        if progress:
+            progress(len(written) + len(errors))
+
+    for path, stem in zip(files, inputs.output_stems(files)):
+        try:
+            batch.append((path, stem, imageio.read_image(path)))
+        except imageio.ImageReadError as e:
+            errors.append(str(e))
+        if len(batch) == batch_size:
+            flush()
+    if batch:
+        flush()
+    return written, errors

@@ -1,0 +1,55 @@
+"""The contract between an exported SavedModel and its callers, in one place without TensorFlow.
+
+``kseg.export`` writes it, ``kseg.inference`` and ``kseg.client`` (which must not need TensorFlow) read it:
+signature, input and output names, where kseg's metadata lives in a version folder, and how the newest
+version of a model folder is found (TF Serving's rule: the highest integer-named folder).
+"""
+
+from __future__ import annotations
+
+import pathlib
+
+#: The signature TF Serving calls when a request names none: encoded images in, PNG masks out.
+SERVING_SIGNATURE = "serving_default"
+IMAGE_BYTES = "image_bytes"
+SERVING_OUTPUTS = ("mask_bytes", "height", "width", "foreground_fraction")
+#: The signature that maps model-size float images to probabilities (used by kseg.evaluate and kseg.predict).
+PROBABILITIES_SIGNATURE = "predict_images"
+PROBABILITIES_INPUT = "images"
+PROBABILITIES_OUTPUT = "probabilities"
+#: Metadata and post-processing kept in a version folder (TF Serving ignores assets.extra).
+KSEG_FILE = "assets.extra/kseg.json"
+POSTPROCESSING_FILE = "assets.extra/postprocessing.json"
+SAVED_MODEL_FILE = "saved_model.pb"
+#: An export is staged in a hidden, non-numeric sibling folder (TF Serving skips it) and renamed into place.
+STAGING_PREFIX = ".export-"
+
+
+def is_version_dir(path: pathlib.Path) -> bool:
+    """A complete exported version: an integer-named folder holding ``saved_model.pb``."""
+    return path.name.isdigit() and (path / SAVED_MODEL_FILE).is_file()
+
+
+def version_numbers(model_dir) -> list[int]:
+    """Every integer-named folder in ``model_dir``, complete or not (a version number that is taken)."""
+    model_dir = pathlib.Path(model_dir)
+    if not model_dir.is_dir():
+        return []
+    return sorted(int(p.name) for p in model_dir.iterdir() if p.name.isdigit() and p.is_dir())
+
+
+def newest_version_dir(model_dir) -> pathlib.Path | None:
+    """The highest-numbered complete version in ``model_dir`` (what TF Serving serves by default), or None."""
+    model_dir = pathlib.Path(model_dir)
+    if not model_dir.is_dir():
+        return None
+    versions = sorted((int(p.name), p) for p in model_dir.iterdir() if is_version_dir(p))
+    return versions[-1][1] if versions else None
+
+
+def resolve_saved_model(path) -> pathlib.Path | None:
+    """``path`` itself if it is an exported version, else its newest version, else None."""
+    path = pathlib.Path(path)
+    if (path / SAVED_MODEL_FILE).is_file():
+        return path
+    return newest_version_dir(path)

@@ -1,0 +1,87 @@
+"""The end of a run: the best model scored on validation and test by the one evaluator (at each image's
+original resolution, means over images), ``metrics.json``, the curves and a validation picture."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import pathlib
+
+from kseg import data, files, inference, plots
+from kseg.config import TrainConfig
+from kseg.evaluation.cases import MaskMaker, collect_cases, masks_for, mean_scores, score_cases
+from kseg.postprocess import PostProcessing
+from kseg.training import history
+from kseg.training.checkpoints import RunState
+
+log = logging.getLogger(__name__)
+
+METRICS_FILE = "metrics.json"
+PICTURED_CASES = 8
+
+
+def read_metrics(run_dir) -> dict | None:
+    path = pathlib.Path(run_dir) / METRICS_FILE
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def score_best_model(config: TrainConfig, spec: data.DatasetSpec, run_dir: pathlib.Path) -> dict:
+    """Validation and test scores of ``best.keras`` with a plain threshold; draws ``predictions.png``."""
+    predictor = inference.load_predictor(run_dir / "best.keras")
+    predictor = dataclasses.replace(predictor, postprocessing=PostProcessing(threshold=config.threshold))
+    make_mask = MaskMaker(spec.num_classes)
+    scores = {}
+    for split in ("validation", "test"):
+        if not spec.split_sizes.get(split):
+            continue
+        examples = data.load_examples(config.dataset, split, data_dir=config.data_dir, manual_dir=config.manual_dir,
+                                      num_classes=spec.num_classes)
+        keep = PICTURED_CASES if split == "validation" and spec.is_binary else 0
+        cases = collect_cases(predictor, examples, keep_images=keep)
+        masks = masks_for(cases, predictor.postprocessing, make_mask)
+        rows = score_cases(cases, masks, spec.num_classes)
+        scores[split] = mean_scores(rows)
+        if keep:
+            plots.contour_grid(run_dir / "predictions.png", [c.image for c in cases[:keep]],
+                               true_masks=[c.true_mask for c in cases[:keep]], pred_masks=masks[:keep],
+                               titles=[f"{r['image_id']}: Dice {r['dice']:.3f}" for r in rows[:keep]],
+                               title=f"{config.dataset} validation: truth (green) vs prediction (red)")
+    return scores
+
+
+def finish_run(config: TrainConfig, spec: data.DatasetSpec, run_dir: pathlib.Path, state: RunState,
+               precision: str | None = None) -> dict:
+    """Write ``metrics.json`` (scores plus the training figures kept in the run state) and the curves."""
+    metrics = score_best_model(config, spec, run_dir)
+    images_per_second = state.images_per_second
+    metrics.update({
+        "train_seconds": round(state.train_seconds, 2),
+        "images_per_second": round(images_per_second, 2) if images_per_second else None,
+        "best_epoch": state.best_epoch + 1,
+        "epochs": config.epochs,
+        "scored_at": "original resolution, mean over images",
+        "precision": precision,
+    })
+    files.atomic_write_text(run_dir / METRICS_FILE, json.dumps(metrics, indent=2) + "\n")
+    if (run_dir / history.FILE_NAME).exists():
+        plots.training_curves(run_dir / history.FILE_NAME, run_dir / "curves.png")
+    log.info(summary_line(config, run_dir, metrics, state))
+    return metrics
+
+
+def summary_line(config: TrainConfig, run_dir, metrics: dict, state: RunState) -> str:
+    parts = [f"{config.preset or config.model_preset} on {config.dataset} done in {state.train_seconds / 60:.1f} "
+             f"min of training"]
+    if state.best_epoch >= 0:
+        parts.append(f"best epoch {state.best_epoch + 1} (val Dice {state.best_dice:.4f} at model size)")
+    for split in ("validation", "test"):
+        if split in metrics:
+            parts.append(f"{split} Dice {metrics[split]['dice']:.4f} IoU {metrics[split]['iou']:.4f}")
+    if metrics.get("images_per_second"):
+        parts.append(f"{metrics['images_per_second']:.1f} img/s")
+    parts.append(f"run dir {run_dir}")
+    return " | ".join(parts)

@@ -1,0 +1,203 @@
+"""Everything a training run needs before its first step, the same for every loop: seeding, precision,
+both pipelines, model and optimizer built in the strategy's scope, the output folder and disk-space check,
+``config.json`` and the state to resume from (Model Garden's ``Task`` idea, as one function)."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import math
+import pathlib
+
+import keras
+import tensorflow as tf
+
+from kseg import data, distribute, files
+from kseg.config import ConfigError, TrainConfig, normalize_fields
+from kseg.errors import UsageError
+from kseg.models.backbones import ENCODER_PREFIX, encoder_layers
+from kseg.training import checkpoints, optimizers
+
+log = logging.getLogger(__name__)
+
+#: Fields that may differ when a run is resumed: where things are and how they run, not what is trained.
+RESUME_IGNORES = {"strategy", "data_dir", "manual_dir", "output_dir", "jit_compile", "preset"}
+
+
+@dataclasses.dataclass
+class TrainingSetup:
+    config: TrainConfig
+    strategy: tf.distribute.Strategy
+    spec: data.DatasetSpec
+    run_dir: pathlib.Path
+    steps_per_epoch: int
+    train_data: tf.data.Dataset
+    validation_data: tf.data.Dataset | None
+    model: keras.Model
+    state: checkpoints.RunState
+    chief: bool  # writes the run directory (every process but the non-chief multi-worker ones)
+
+    @property
+    def num_classes(self) -> int:
+        return self.spec.num_classes
+
+
+def check_resumable(run_dir: pathlib.Path, config: TrainConfig) -> None:
+    """Resuming with another config would silently mix two runs: refuse, naming the fields that differ."""
+    saved_path = run_dir / "config.json"
+    if not (run_dir / "checkpoints" / checkpoints.STATE_FILE).exists() or not saved_path.exists():
+        return
+    try:
+        saved = normalize_fields(json.loads(saved_path.read_text()))
+    except ValueError as e:
+        raise ConfigError(f"{saved_path}: not valid JSON ({e}); choose a new --output-dir") from None
+    current = config.to_dict()
+    changed = sorted(k for k in current if k not in RESUME_IGNORES and saved.get(k) != current[k])
+    if changed:
+        details = ", ".join(f"{k}: {saved.get(k)!r} -> {current[k]!r}" for k in changed)
+        raise ConfigError(f"{run_dir} holds a run with another config ({details}); resume it with the same "
+                          f"settings or choose a new --output-dir")
+
+
+def make_optimizer(config: TrainConfig, steps_per_epoch: int) -> keras.optimizers.Optimizer:
+    total = config.epochs * steps_per_epoch
+    warmup = config.resolved_warmup_epochs * steps_per_epoch
+    if config.schedule == "cosine":
+        learning_rate = keras.optimizers.schedules.CosineDecay(
+            initial_learning_rate=config.learning_rate * 0.01 if warmup else config.learning_rate,
+            decay_steps=max(total - warmup, 1), alpha=0.01,
+            warmup_target=config.learning_rate if warmup else None, warmup_steps=warmup,
+        )
+    else:
+        learning_rate = config.learning_rate
+    parts = {ENCODER_PREFIX: config.encoder_lr_multiplier} if config.encoder_lr_multiplier != 1.0 else {}
+    if config.optimizer == "adamw":
+        return optimizers.AdamW(learning_rate, weight_decay=config.weight_decay, lr_multipliers=parts)
+    if config.optimizer == "adam":
+        return optimizers.Adam(learning_rate, weight_decay=config.weight_decay or None, lr_multipliers=parts)
+    return optimizers.SGD(learning_rate, momentum=0.9, nesterov=True, weight_decay=config.weight_decay or None,
+                          lr_multipliers=parts)
+
+
+def build_model(config: TrainConfig, num_classes: int, replicas: int = 1) -> keras.Model:
+    """The configured model; with several replicas BN uses global-batch statistics, so every replica and
+    worker keeps the same moving averages and the model matches single-device training."""
+    from kseg.models import build_preset
+
+    overrides = {"dropout": config.dropout} if config.dropout else {}
+    if replicas > 1:
+        overrides["batch_norm"] = "sync"
+    return build_preset(config.model_preset, image_size=config.image_size, num_classes=num_classes, **overrides)
+
+
+def compile_model(model: keras.Model, config: TrainConfig, num_classes: int, steps_per_epoch: int,
+                  optimizer: keras.optimizers.Optimizer | None = None) -> None:
+    """Optimizer, loss and metrics; under ``mixed_float16`` Keras wraps the optimizer for loss scaling.
+    Pass the model's own ``optimizer`` to compile again after a change of what is trainable (the optimizer
+    and its state carry over)."""
+    from kseg.losses import get_loss
+    from kseg.metrics import default_metrics
+
+    model.compile(optimizer=optimizer or make_optimizer(config, steps_per_epoch),
+                  loss=get_loss(config.loss, num_classes=num_classes),
+                  metrics=default_metrics(num_classes=num_classes, threshold=config.threshold),
+                  jit_compile=config.jit_compile)
+
+
+# ------------------------------------------------------------------------------- encoder fine-tuning ---
+
+def encoder_phases(config: TrainConfig, first_epoch: int) -> list[tuple[int, bool]]:
+    """``(end_epoch, encoder_trainable)`` for the epochs still to run: first the decoder alone while the
+    pretrained encoder is frozen, then both (the encoder at ``encoder_lr_multiplier`` times the rate)."""
+    phases = []
+    if first_epoch < config.freeze_encoder_epochs:
+        phases.append((config.freeze_encoder_epochs, False))
+    if max(first_epoch, config.freeze_encoder_epochs) < config.epochs:
+        phases.append((config.epochs, True))
+    return phases
+
+
+def set_encoder_trainable(model: keras.Model, trainable: bool) -> None:
+    """Freeze or release the encoder's weights. Its batch norm layers stay frozen either way (statistics
+    and scale): batches of 8 give noisy statistics, and the pretrained ones match real photos."""
+    for layer in encoder_layers(model):
+        layer.trainable = trainable and not isinstance(layer, keras.layers.BatchNormalization)
+
+
+def build_optimizer_for_every_phase(model: keras.Model) -> None:
+    """Create the optimizer's slots for every variable any phase will train (the encoder too, while it is
+    frozen), so the checkpoint layout is the same before and after the unfreeze point and a resume across
+    it is exact."""
+    if model.optimizer.built:
+        return
+    encoder = encoder_layers(model)
+    frozen = [layer for layer in encoder if not layer.trainable]
+    set_encoder_trainable(model, True)
+    model.optimizer.build(model.trainable_variables)
+    for layer in frozen:
+        layer.trainable = False
+
+
+@contextlib.contextmanager
+def precision_scope(config: TrainConfig):
+    """The run's precision policy while the model is built and trained; the caller's policy afterwards."""
+    previous = keras.mixed_precision.global_policy().name
+    keras.mixed_precision.set_global_policy(distribute.precision_policy(config.mixed_precision))
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+
+
+def needed_bytes(model: keras.Model) -> int:
+    """Room for the epoch checkpoint (weights and two optimizer moments), best.keras, a temporary copy of
+    each and the logs."""
+    return model.count_params() * 4 * 6 + 64 * 2**20
+
+
+def prepare(config: TrainConfig, strategy: tf.distribute.Strategy, *, drop_remainder: bool = False,
+            repeat: bool = False) -> TrainingSetup:
+    """Set up a run under ``strategy`` (created by the caller first: multi-worker collectives must be
+    configured before anything initialises TensorFlow's runtime, and building a dataset does).
+
+    ``drop_remainder``/``repeat``: the loop needs full batches or an endless stream (TPUs, the multi-worker
+    loop); the ``fit`` loop on CPU and GPU takes one pass per epoch with the last batch partial.
+    """
+    chief = distribute.is_chief(strategy)
+    run_dir = pathlib.Path(config.output_dir)
+    if chief:
+        check_resumable(run_dir, config)
+        files.check_output_dir(run_dir)
+    spec = data.dataset_spec(config.dataset, data_dir=config.data_dir, manual_dir=config.manual_dir,
+                             num_classes=config.num_classes)
+    train_size = spec.split_sizes.get("train", 0)
+    if train_size == 0:
+        raise UsageError(f"{config.dataset} has no training examples")
+    batches = train_size // config.batch_size if drop_remainder else math.ceil(train_size / config.batch_size)
+    if batches == 0 and not config.steps_per_epoch:
+        raise UsageError(f"{config.dataset} has {train_size} training examples, fewer than one batch of "
+                         f"{config.batch_size}; lower --batch-size")
+    steps_per_epoch = config.steps_per_epoch or batches
+    keras.utils.set_random_seed(config.seed)
+    load = lambda split, **kw: data.load(
+        config.dataset, split, image_size=config.image_size, batch_size=config.batch_size, seed=config.seed,
+        data_dir=config.data_dir, manual_dir=config.manual_dir, num_classes=config.num_classes, **kw)
+    train_data = load("train", augmentation=config.augmentation, shuffle=True, drop_remainder=drop_remainder,
+                      repeat=repeat or config.steps_per_epoch is not None)
+    validation_data = load("validation") if spec.split_sizes.get("validation") else None
+
+    with strategy.scope():
+        model = build_model(config, spec.num_classes, strategy.num_replicas_in_sync)
+        set_encoder_trainable(model, True)
+        compile_model(model, config, spec.num_classes, steps_per_epoch)
+        build_optimizer_for_every_phase(model)
+    if chief:
+        files.make_output_dir(run_dir, needed_bytes=needed_bytes(model))
+        files.atomic_write_text(run_dir / "config.json", json.dumps(config.to_dict(), indent=2) + "\n")
+    state = checkpoints.restore(model, run_dir / "checkpoints")
+    if chief and state.epoch:
+        log.info(f"resuming {run_dir} after epoch {state.epoch} of {config.epochs}")
+    return TrainingSetup(config, strategy, spec, run_dir, steps_per_epoch, train_data, validation_data, model,
+                         state, chief)
