@@ -42,17 +42,34 @@ COLUMNS = [
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=CONFIGS, metavar="CONFIG",
-                        help=f"configs to build (default: {' '.join(CONFIGS)})")
-    parser.add_argument("--data", type=Path, default=None,
-                        help="real data folder holding PH2Dataset/ and bodies/ "
-                             "(default: $KSEG_DATA_DIR or <repo>/../shared/data)")
-    parser.add_argument("--tmp-root", type=Path, default=None,
-                        help="where the temporary TFDS data dirs go (default: the system temp dir)")
+    parser.add_argument(
+        "--configs",
+        nargs="+",
+        default=list(CONFIGS),
+        choices=CONFIGS,
+        metavar="CONFIG",
+        help=f"configs to build (default: {' '.join(CONFIGS)})",
+    )
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help="real data folder holding PH2Dataset/ and bodies/ (default: $KSEG_DATA_DIR or <repo>/../shared/data)",
+    )
+    parser.add_argument(
+        "--tmp-root",
+        type=Path,
+        default=None,
+        help="where the temporary TFDS data dirs go (default: the system temp dir)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the built data dirs (their paths are printed)")
     parser.add_argument("--markdown", action="store_true", help="print the table as Markdown")
-    parser.add_argument("--output", type=Path, default=common.RESULTS_DIR / "build_dataset.json",
-                        help="JSON results file (default: bench/results/build_dataset.json)")
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=common.RESULTS_DIR / "build_dataset.json",
+        help="JSON results file (default: bench/results/build_dataset.json)",
+    )
     return parser.parse_args(argv)
 
 
@@ -146,14 +163,19 @@ def main(argv=None):
     print()
     common.print_table(rows, COLUMNS, markdown=args.markdown)
     print(f"\n{common.NOISE_NOTE}")
-    path = common.write_results(args.output, rows, extra={
-        "data_dir": str(data),
-        "columns": {
-            "wall_s": "wall-clock seconds of the whole `tfds build` process, Python and TF start-up included",
-            "peak_rss_mib": "peak resident memory of the build process (ru_maxrss from wait4)",
-            "size_mib": "total size of the files written for the config (records, dataset_info, features)",
+    path = common.write_results(
+        args.output,
+        rows,
+        extra={
+            "data_dir": str(data),
+            "columns": {
+                "wall_s": "wall-clock seconds of the whole `tfds build` process, Python and TF start-up included",
+                "peak_rss_mib": "peak resident memory of the build process (ru_maxrss from wait4)",
+                "size_mib": "total size of the files written for the config (records, dataset_info, features)",
+            },
         },
-    }, benchmark="build_dataset")
+        benchmark="build_dataset",
+    )
     print(f"wrote {path}")
 
 

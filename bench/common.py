@@ -15,8 +15,10 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO_ROOT / "bench" / "results"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before any TensorFlow import: keep tables readable
-NOISE_NOTE = ("Timings are wall-clock on whatever machine ran them; on a small or shared CPU "
-              "(e.g. 2 cores shared with other jobs) expect run-to-run differences of 10-30%.")
+NOISE_NOTE = (
+    "Timings are wall-clock on whatever machine ran them; on a small or shared CPU "
+    "(e.g. 2 cores shared with other jobs) expect run-to-run differences of 10-30%."
+)
 
 if str(REPO_ROOT) not in sys.path:  # runnable as `python bench/x.py` from a checkout
     sys.path.insert(0, str(REPO_ROOT))
@@ -130,13 +132,18 @@ def format_table(rows, columns, markdown=False) -> str:
     headers = [header for _, header in columns]
     body = [[_cell(row.get(key)) for key, _ in columns] for row in rows]
     widths = [max(len(h), *(len(r[i]) for r in body)) if body else len(h) for i, h in enumerate(headers)]
-    numeric = [all(r[i].replace(".", "", 1).replace("-", "", 1).isdigit() or r[i] == "-" for r in body) and body
-               for i in range(len(headers))]
+    numeric = [
+        all(r[i].replace(".", "", 1).replace("-", "", 1).isdigit() or r[i] == "-" for r in body) and body
+        for i in range(len(headers))
+    ]
     align = lambda text, i: text.rjust(widths[i]) if numeric[i] else text.ljust(widths[i])
     if markdown:
-        lines = ["| " + " | ".join(align(h, i) for i, h in enumerate(headers)) + " |",
-                 "|" + "|".join(("-" * (w + 1) + ":") if numeric[i] else ("-" * (w + 2))
-                                for i, w in enumerate(widths)) + "|"]
+        lines = [
+            "| " + " | ".join(align(h, i) for i, h in enumerate(headers)) + " |",
+            "|"
+            + "|".join(("-" * (w + 1) + ":") if numeric[i] else ("-" * (w + 2)) for i, w in enumerate(widths))
+            + "|",
+        ]
         lines += ["| " + " | ".join(align(c, i) for i, c in enumerate(r)) + " |" for r in body]
     else:
         lines = ["  ".join(align(h, i) for i, h in enumerate(headers)).rstrip()]

@@ -21,6 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402
+
 import kseg  # noqa: E402,F401  (sets KERAS_BACKEND before keras is imported)
 
 
@@ -50,21 +51,49 @@ def main(argv=None) -> int:
     for tta, largest, threshold in itertools.product((False, True), (False, True), args.thresholds):
         postprocessing = PostProcessing(threshold=threshold, tta=tta, fill_holes=True, largest_component=largest)
         singles = [mean_dice(cases, postprocessing, make_mask) for cases in per_model]
-        averaged = [PredictedCase(c.image_id, c.true_mask, {tta: np.mean([m[i].probs[tta] for m in per_model], 0)})
-                    for i, c in enumerate(per_model[0])]
-        rows.append({"tta": tta, "fill_holes": True, "largest_component": largest, "threshold": threshold,
-                     "single_model_mean_dice": float(np.mean(singles)),
-                     "ensemble_dice": mean_dice(averaged, postprocessing, make_mask)})
+        averaged = [
+            PredictedCase(c.image_id, c.true_mask, {tta: np.mean([m[i].probs[tta] for m in per_model], 0)})
+            for i, c in enumerate(per_model[0])
+        ]
+        rows.append(
+            {
+                "tta": tta,
+                "fill_holes": True,
+                "largest_component": largest,
+                "threshold": threshold,
+                "single_model_mean_dice": float(np.mean(singles)),
+                "ensemble_dice": mean_dice(averaged, postprocessing, make_mask),
+            }
+        )
 
     print(f"\n{len(args.runs)} models on {args.dataset} {args.split}; mean Dice over images, original resolution\n")
     yes_no = lambda flag: "yes" if flag else "no"
-    table = [{"tta": yes_no(r["tta"]), "largest": yes_no(r["largest_component"]), "threshold": r["threshold"],
-              "single": f"{r['single_model_mean_dice']:.4f}", "ensemble": f"{r['ensemble_dice']:.4f}"} for r in rows]
-    common.print_table(table, [("tta", "TTA"), ("largest", "largest component"), "threshold",
-                               ("single", "single models (mean)"), "ensemble"], markdown=True)
-    path = common.write_results(args.output, rows, benchmark="ensemble", extra={
-        "runs": [str(run) for run in args.runs], "dataset": args.dataset, "split": args.split,
-        "note": "Holes are always filled. Thresholds are swept on the scored split: the best row is a ceiling."})
+    table = [
+        {
+            "tta": yes_no(r["tta"]),
+            "largest": yes_no(r["largest_component"]),
+            "threshold": r["threshold"],
+            "single": f"{r['single_model_mean_dice']:.4f}",
+            "ensemble": f"{r['ensemble_dice']:.4f}",
+        }
+        for r in rows
+    ]
+    common.print_table(
+        table,
+        [("tta", "TTA"), ("largest", "largest component"), "threshold", ("single", "single models (mean)"), "ensemble"],
+        markdown=True,
+    )
+    path = common.write_results(
+        args.output,
+        rows,
+        benchmark="ensemble",
+        extra={
+            "runs": [str(run) for run in args.runs],
+            "dataset": args.dataset,
+            "split": args.split,
+            "note": "Holes are always filled. Thresholds are swept on the scored split: the best row is a ceiling.",
+        },
+    )
     print(f"\nwrote {path}")
     return 0
 

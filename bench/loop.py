@@ -34,6 +34,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402
+
 import kseg  # noqa: E402,F401  (sets KERAS_BACKEND before keras is imported)
 
 # Manual download folders under the real-data dir, as bench/train.py passes them.
@@ -44,16 +45,33 @@ def parse_args(argv=None):
     from kseg import config as config_lib
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--presets", nargs="+", default=list(config_lib.TRAINING_PRESETS), choices=list(config_lib.TRAINING_PRESETS),
-                        metavar="PRESET", help="training presets (default: all)")
+    parser.add_argument(
+        "--presets",
+        nargs="+",
+        default=list(config_lib.TRAINING_PRESETS),
+        choices=list(config_lib.TRAINING_PRESETS),
+        metavar="PRESET",
+        help="training presets (default: all)",
+    )
     parser.add_argument("--image-size", default="256", help="HxW or one number (default: 256)")
     parser.add_argument("--epochs", type=int, default=5, help="epochs per loop run; the first is dropped (default: 5)")
-    parser.add_argument("--steps-per-epoch", type=int, default=None,
-                        help="full batches per epoch (default: one pass over the preset's training split)")
-    parser.add_argument("--bare-epochs", type=int, default=2,
-                        help="bare blocks of one epoch's steps, timed before and after the loop (default: 2)")
-    parser.add_argument("--augmentation", default=None,
-                        help="override every preset's augmentation, e.g. none to see what augmentation costs")
+    parser.add_argument(
+        "--steps-per-epoch",
+        type=int,
+        default=None,
+        help="full batches per epoch (default: one pass over the preset's training split)",
+    )
+    parser.add_argument(
+        "--bare-epochs",
+        type=int,
+        default=2,
+        help="bare blocks of one epoch's steps, timed before and after the loop (default: 2)",
+    )
+    parser.add_argument(
+        "--augmentation",
+        default=None,
+        help="override every preset's augmentation, e.g. none to see what augmentation costs",
+    )
     parser.add_argument("--data-dir", type=Path, default=None, help="TFDS data dir (default: TFDS's own)")
     parser.add_argument("--output", type=Path, default=common.RESULTS_DIR / "loop.json", help="JSON results file")
     args = parser.parse_args(argv)
@@ -114,10 +132,22 @@ def bare_stepper(config, num_classes: int):
 
     keras.utils.set_random_seed(config.seed)
     with setup.precision_scope(config):
-        images, masks = next(iter(data.load(
-            config.dataset, "train", image_size=config.image_size, batch_size=config.batch_size, seed=config.seed,
-            data_dir=config.data_dir, manual_dir=config.manual_dir, augmentation=config.augmentation,
-            shuffle=True, repeat=True)))
+        images, masks = next(
+            iter(
+                data.load(
+                    config.dataset,
+                    "train",
+                    image_size=config.image_size,
+                    batch_size=config.batch_size,
+                    seed=config.seed,
+                    data_dir=config.data_dir,
+                    manual_dir=config.manual_dir,
+                    augmentation=config.augmentation,
+                    shuffle=True,
+                    repeat=True,
+                )
+            )
+        )
         model = setup.build_model(config, num_classes)
         setup.compile_model(model, config, num_classes, config.steps_per_epoch)
     for _ in range(3):
@@ -148,9 +178,18 @@ def main(argv=None) -> int:
         spec = data.dataset_spec(base["dataset"], data_dir=data_dir, manual_dir=manual_dir)
         steps = args.steps_per_epoch or max(1, spec.split_sizes["train"] // base["batch_size"])
         with tempfile.TemporaryDirectory(prefix=f"kseg-loop-{preset}-") as run_dir:
-            config = config_lib.resolve(overrides=dict(preset=preset,
-                image_size=args.image_size, epochs=args.epochs, steps_per_epoch=steps,
-                output_dir=run_dir, manual_dir=manual_dir, data_dir=data_dir, augmentation=args.augmentation))
+            config = config_lib.resolve(
+                overrides=dict(
+                    preset=preset,
+                    image_size=args.image_size,
+                    epochs=args.epochs,
+                    steps_per_epoch=steps,
+                    output_dir=run_dir,
+                    manual_dir=manual_dir,
+                    data_dir=data_dir,
+                    augmentation=args.augmentation,
+                )
+            )
             keras.backend.clear_session()
             # Bare blocks of one epoch's steps before and after the loop, so slow phases of a shared
             # machine hit both sides alike; medians on both sides.
@@ -160,27 +199,55 @@ def main(argv=None) -> int:
             bare_rates += [bare(steps) for _ in range(args.bare_epochs)]
             bare_rate = statistics.median(bare_rates)
         row = {
-            "preset": preset, "model": config.model_preset, "dataset": config.dataset,
-            "image_size": list(config.image_size), "batch_size": config.batch_size,
-            "mixed_precision": config.mixed_precision, "augmentation": config.augmentation,
-            "steps_per_epoch": config.steps_per_epoch, "epoch_train_seconds": [round(s, 3) for s in epoch_seconds],
+            "preset": preset,
+            "model": config.model_preset,
+            "dataset": config.dataset,
+            "image_size": list(config.image_size),
+            "batch_size": config.batch_size,
+            "mixed_precision": config.mixed_precision,
+            "augmentation": config.augmentation,
+            "steps_per_epoch": config.steps_per_epoch,
+            "epoch_train_seconds": [round(s, 3) for s in epoch_seconds],
             "bare_block_images_per_s": [round(r, 3) for r in bare_rates],
-            "loop_images_per_s": round(loop_rate, 3), "bare_images_per_s": round(bare_rate, 3),
+            "loop_images_per_s": round(loop_rate, 3),
+            "bare_images_per_s": round(bare_rate, 3),
             "overhead": round(1 - loop_rate / bare_rate, 4),
         }
         rows.append(row)
-        print(f"{preset}: loop {loop_rate:.2f} img/s, bare {bare_rate:.2f} img/s, "
-              f"overhead {100 * row['overhead']:+.1f}%", flush=True)
+        print(
+            f"{preset}: loop {loop_rate:.2f} img/s, bare {bare_rate:.2f} img/s, overhead {100 * row['overhead']:+.1f}%",
+            flush=True,
+        )
 
-    table = [{**r, "input": "x".join(map(str, r["image_size"])),
-              "precision": "bfloat16" if r["mixed_precision"] else "float32",
-              "overhead_pct": f"{100 * r['overhead']:+.1f}%"} for r in rows]
+    table = [
+        {
+            **r,
+            "input": "x".join(map(str, r["image_size"])),
+            "precision": "bfloat16" if r["mixed_precision"] else "float32",
+            "overhead_pct": f"{100 * r['overhead']:+.1f}%",
+        }
+        for r in rows
+    ]
     print()
-    common.print_table(table, ["preset", "model", "input", "precision", ("loop_images_per_s", "loop img/s"),
-                               ("bare_images_per_s", "bare step img/s"), ("overhead_pct", "loop overhead")],
-                       markdown=True)
-    path = common.write_results(args.output, rows, benchmark="loop",
-                                extra={"note": common.NOISE_NOTE + " Overhead can come out negative within that noise."})
+    common.print_table(
+        table,
+        [
+            "preset",
+            "model",
+            "input",
+            "precision",
+            ("loop_images_per_s", "loop img/s"),
+            ("bare_images_per_s", "bare step img/s"),
+            ("overhead_pct", "loop overhead"),
+        ],
+        markdown=True,
+    )
+    path = common.write_results(
+        args.output,
+        rows,
+        benchmark="loop",
+        extra={"note": common.NOISE_NOTE + " Overhead can come out negative within that noise."},
+    )
     print(f"\nwrote {path}")
     return 0
 

@@ -44,25 +44,44 @@ PHASES = ("frozen", "finetune")
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--presets", nargs="+", default=list(MODEL_PRESETS), choices=list(MODEL_PRESETS),
-                        metavar="PRESET",
-                        help=f"presets to run (default: all of {', '.join(MODEL_PRESETS)})")
-    parser.add_argument("--image-size", default="256",
-                        help="input size, 256 or HxW like 192x256; pretrained encoders need multiples of 32 "
-                             "(default: 256)")
+    parser.add_argument(
+        "--presets",
+        nargs="+",
+        default=list(MODEL_PRESETS),
+        choices=list(MODEL_PRESETS),
+        metavar="PRESET",
+        help=f"presets to run (default: all of {', '.join(MODEL_PRESETS)})",
+    )
+    parser.add_argument(
+        "--image-size",
+        default="256",
+        help="input size, 256 or HxW like 192x256; pretrained encoders need multiples of 32 (default: 256)",
+    )
     parser.add_argument("--batch-size", type=int, default=8, help="images per step (default: 8)")
     parser.add_argument("--steps", type=int, default=10, help="timed steps per measurement (default: 10)")
-    parser.add_argument("--warmup", type=int, default=2,
-                        help="untimed steps first, to exclude tracing/XLA compilation (default: 2)")
-    parser.add_argument("--mixed-precision", action="store_true",
-                        help="also measure under the mixed_bfloat16 policy")
-    parser.add_argument("--phases", nargs="+", default=list(PHASES), choices=PHASES,
-                        help="for presets with a pretrained encoder: train it frozen, fine-tuned or both "
-                             "(default: both)")
-    parser.add_argument("--jit-compile", choices=["auto", "true", "false"], default="auto",
-                        help="Keras compile(jit_compile=...); 'auto' is Keras' default, XLA on TF (default: auto)")
-    parser.add_argument("--output", type=Path, default=Path(__file__).resolve().parent / "results" / "models.json",
-                        help="JSON results file (default: bench/results/models.json)")
+    parser.add_argument(
+        "--warmup", type=int, default=2, help="untimed steps first, to exclude tracing/XLA compilation (default: 2)"
+    )
+    parser.add_argument("--mixed-precision", action="store_true", help="also measure under the mixed_bfloat16 policy")
+    parser.add_argument(
+        "--phases",
+        nargs="+",
+        default=list(PHASES),
+        choices=PHASES,
+        help="for presets with a pretrained encoder: train it frozen, fine-tuned or both (default: both)",
+    )
+    parser.add_argument(
+        "--jit-compile",
+        choices=["auto", "true", "false"],
+        default="auto",
+        help="Keras compile(jit_compile=...); 'auto' is Keras' default, XLA on TF (default: auto)",
+    )
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=Path(__file__).resolve().parent / "results" / "models.json",
+        help="JSON results file (default: bench/results/models.json)",
+    )
     args = parser.parse_args(argv)
     try:
         args.image_size = parse_image_size(args.image_size)
@@ -193,8 +212,11 @@ def print_row(row, widths):
 def print_speedups(rows):
     """mixed_bfloat16 against float32 for each preset and phase measured in both."""
     float32 = {(r["preset"], r["phase"]): r for r in rows if r["policy"] == "float32"}
-    pairs = [(float32[(r["preset"], r["phase"])], r) for r in rows
-             if r["policy"] == "mixed_bfloat16" and (r["preset"], r["phase"]) in float32]
+    pairs = [
+        (float32[(r["preset"], r["phase"])], r)
+        for r in rows
+        if r["policy"] == "mixed_bfloat16" and (r["preset"], r["phase"]) in float32
+    ]
     if not pairs:
         return
     print("\nbfloat16 / float32 (above 1: bfloat16 is faster)")
@@ -212,9 +234,11 @@ def main(argv=None):
     widths = [max(len(h), 14) if i in (0, 2) else max(len(h), 9) for i, h in enumerate(header)]
     machine = machine_info()
     height, width = args.image_size
-    print(f"{machine['cpu_model']} (AMX bf16: {machine['amx_bf16']}, AVX512_BF16: {machine['avx512_bf16']}); "
-          f"{height}x{width}, batch {args.batch_size}, {args.steps} timed steps after {args.warmup} warm-up, "
-          f"Adam + BCE from logits, jit_compile={args.jit_compile}")
+    print(
+        f"{machine['cpu_model']} (AMX bf16: {machine['amx_bf16']}, AVX512_BF16: {machine['avx512_bf16']}); "
+        f"{height}x{width}, batch {args.batch_size}, {args.steps} timed steps after {args.warmup} warm-up, "
+        f"Adam + BCE from logits, jit_compile={args.jit_compile}"
+    )
     print("  ".join(h.rjust(w) for h, w in zip(header, widths)))
 
     # Precisions alternate within each preset and phase, so that the two figures compared were measured
@@ -222,7 +246,7 @@ def main(argv=None):
     rows = []
     for preset in args.presets:
         forward = {}
-        for phase in (args.phases if has_pretrained_encoder(preset) else [None]):
+        for phase in args.phases if has_pretrained_encoder(preset) else [None]:
             for policy in policies:
                 row = bench_preset(preset, policy, args, phase=phase, forward=forward.get(policy))
                 forward[policy] = (row["forward_images_per_s"], row["forward_s_per_batch"])

@@ -50,21 +50,39 @@ STEPS_PER_EPOCH = 100
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--preset", default="unet-small", choices=list(MODEL_PRESETS), metavar="PRESET",
-                        help=f"model preset, one of {', '.join(MODEL_PRESETS)} (default: unet-small)")
+    parser.add_argument(
+        "--preset",
+        default="unet-small",
+        choices=list(MODEL_PRESETS),
+        metavar="PRESET",
+        help=f"model preset, one of {', '.join(MODEL_PRESETS)} (default: unet-small)",
+    )
     parser.add_argument("--image-size", default="192x256", help="HxW or one side (default: 192x256, PH2's shape)")
     parser.add_argument("--batch-size", type=int, default=8, help="images per step (default: 8)")
     parser.add_argument("--steps", type=int, default=10, help="traced training steps (default: 10)")
-    parser.add_argument("--warmup", type=int, default=3,
-                        help="untimed, untraced steps first: tracing the function and first-call costs (default: 3)")
-    parser.add_argument("--phase", choices=PHASES,
-                        help="presets with a pretrained encoder: train the decoder alone (frozen) or the encoder "
-                             "too (finetune, its batch norm frozen as in kseg's training; the default)")
-    parser.add_argument("--precisions", nargs="+", default=list(PRECISIONS), choices=PRECISIONS,
-                        help="Keras policies to profile (default: both)")
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=3,
+        help="untimed, untraced steps first: tracing the function and first-call costs (default: 3)",
+    )
+    parser.add_argument(
+        "--phase",
+        choices=PHASES,
+        help="presets with a pretrained encoder: train the decoder alone (frozen) or the encoder "
+        "too (finetune, its batch norm frozen as in kseg's training; the default)",
+    )
+    parser.add_argument(
+        "--precisions",
+        nargs="+",
+        default=list(PRECISIONS),
+        choices=PRECISIONS,
+        help="Keras policies to profile (default: both)",
+    )
     parser.add_argument("--top", type=int, default=15, help="ops to print per precision (default: 15)")
-    parser.add_argument("--output", type=Path,
-                        help="JSON results (default: bench/results/profile_<preset>[-<phase>].json)")
+    parser.add_argument(
+        "--output", type=Path, help="JSON results (default: bench/results/profile_<preset>[-<phase>].json)"
+    )
     args = parser.parse_args(argv)
     try:
         args.image_size = kseg_config.parse_image_size(args.image_size)
@@ -88,8 +106,10 @@ def parse_args(argv=None):
 def training_config(preset: str, image_size, batch_size: int) -> kseg_config.TrainConfig:
     """The recipe kseg trains this model preset with: the first training preset using it (e.g. ph2-unet-lite0
     for unet-lite0), else the default one with the model swapped."""
-    recipe = next((name for name, values in kseg_config.TRAINING_PRESETS.items()
-                   if values["model_preset"] == preset), kseg_config.DEFAULT_PRESET)
+    recipe = next(
+        (name for name, values in kseg_config.TRAINING_PRESETS.items() if values["model_preset"] == preset),
+        kseg_config.DEFAULT_PRESET,
+    )
     overrides = {"preset": recipe, "model_preset": preset, "image_size": image_size, "batch_size": batch_size}
     if MODEL_PRESETS[preset][1].get("encoder") is None:
         overrides["freeze_encoder_epochs"] = 0
@@ -142,8 +162,14 @@ def read_op_stats(trace_dir: Path) -> list[dict]:
         cells = {column: (cell or {}).get("v") for column, cell in zip(columns, row["c"])}
         if cells["type"] == "IDLE":
             continue
-        ops.append({"type": cells["type"], "name": cells["operation"], "occurrences": int(cells["occurrences"]),
-                    "self_us": float(cells["total_self_time"])})
+        ops.append(
+            {
+                "type": cells["type"],
+                "name": cells["operation"],
+                "occurrences": int(cells["occurrences"]),
+                "self_us": float(cells["total_self_time"]),
+            }
+        )
     return sorted(ops, key=lambda op: op["self_us"], reverse=True)
 
 
@@ -151,13 +177,21 @@ def summarize(ops: list[dict], steps: int, step_seconds: float, top: int) -> dic
     """Per-step milliseconds and share of the step for the top ops and for every op type."""
     step_ms = step_seconds * 1000
     op_ms = sum(op["self_us"] for op in ops) / 1000 / steps
-    top_ops = [{**op, "self_ms_per_step": op["self_us"] / 1000 / steps,
-                "percent_of_step": 100 * op["self_us"] / 1000 / steps / step_ms} for op in ops[:top]]
+    top_ops = [
+        {
+            **op,
+            "self_ms_per_step": op["self_us"] / 1000 / steps,
+            "percent_of_step": 100 * op["self_us"] / 1000 / steps / step_ms,
+        }
+        for op in ops[:top]
+    ]
     per_type = collections.defaultdict(float)
     for op in ops:
         per_type[op["type"]] += op["self_us"] / 1000 / steps
-    op_types = {name: {"self_ms_per_step": ms, "percent_of_step": 100 * ms / step_ms}
-                for name, ms in sorted(per_type.items(), key=lambda item: item[1], reverse=True)}
+    op_types = {
+        name: {"self_ms_per_step": ms, "percent_of_step": 100 * ms / step_ms}
+        for name, ms in sorted(per_type.items(), key=lambda item: item[1], reverse=True)
+    }
     return {"step_ms": step_ms, "op_self_ms_per_step": op_ms, "top_ops": top_ops, "op_types": op_types}
 
 
@@ -167,7 +201,7 @@ def short_name(name: str, op_type: str, width: int = 40) -> str:
     bare_type = op_type.removeprefix("_MklNative").removeprefix("_Mkl")
     parts = [part for part in name.split("/") if part not in (bare_type, "convolution", "depthwise", "gradient_tape")]
     text = "/".join(parts) or name
-    return text if len(text) <= width else "..." + text[-(width - 3):]
+    return text if len(text) <= width else "..." + text[-(width - 3) :]
 
 
 def print_side_by_side(results: list[dict], top: int) -> None:
@@ -183,8 +217,10 @@ def print_side_by_side(results: list[dict], top: int) -> None:
             row[f"{tag} %"] = op["percent_of_step"] if op else None
         rows.append(row)
     columns = ["#"] + [f"{r['precision']} {part}" for r in results for part in ("op", "ms", "%")]
-    print("\nTop ops by self time (ms per step; % of the measured step: independent ops run at the same time "
-          "on TensorFlow's inter-op threads, so the shares can add up to more than 100)")
+    print(
+        "\nTop ops by self time (ms per step; % of the measured step: independent ops run at the same time "
+        "on TensorFlow's inter-op threads, so the shares can add up to more than 100)"
+    )
     common.print_table(rows, columns)
 
 
@@ -203,8 +239,10 @@ def print_op_types(results: list[dict], top: int) -> None:
             row["ratio"] = row[f"{results[1]['precision']} ms"] / row[f"{results[0]['precision']} ms"]
         rows.append(row)
     columns = ["op type"] + [f"{r['precision']} ms" for r in results] + (["ratio"] if len(results) == 2 else [])
-    print("\nSelf time per op type (ms per step)" + (f"; ratio {results[1]['precision']} / "
-                                                    f"{results[0]['precision']}" if len(results) == 2 else ""))
+    print(
+        "\nSelf time per op type (ms per step)"
+        + (f"; ratio {results[1]['precision']} / {results[0]['precision']}" if len(results) == 2 else "")
+    )
     common.print_table(rows, columns)
 
 
@@ -239,26 +277,42 @@ def main(argv=None):
     config = training_config(args.preset, args.image_size, args.batch_size)
     features = common.cpu_features()
     height, width = args.image_size
-    print(f"{features['cpu_model']} (AMX bf16: {features['amx_bf16']}, AVX512_BF16: {features['avx512_bf16']}); "
-          f"{args.preset}{f' {args.phase}' if args.phase else ''}, {height}x{width}, batch {args.batch_size}, "
-          f"recipe {config.preset} ({config.optimizer}, {config.loss}, jit_compile={config.jit_compile}); "
-          f"{args.steps} traced steps after {args.warmup} warm-up", flush=True)
+    print(
+        f"{features['cpu_model']} (AMX bf16: {features['amx_bf16']}, AVX512_BF16: {features['avx512_bf16']}); "
+        f"{args.preset}{f' {args.phase}' if args.phase else ''}, {height}x{width}, batch {args.batch_size}, "
+        f"recipe {config.preset} ({config.optimizer}, {config.loss}, jit_compile={config.jit_compile}); "
+        f"{args.steps} traced steps after {args.warmup} warm-up",
+        flush=True,
+    )
     results = []
     for precision in args.precisions:
         result = profile_precision(args, config, precision)
         results.append(result)
-        print(f"{precision}: {result['step_ms']:.0f} ms per step ({result['train_images_per_s']:.2f} img/s), "
-              f"op self time {result['op_self_ms_per_step']:.0f} ms per step; trace in {result['trace_dir']}",
-              flush=True)
+        print(
+            f"{precision}: {result['step_ms']:.0f} ms per step ({result['train_images_per_s']:.2f} img/s), "
+            f"op self time {result['op_self_ms_per_step']:.0f} ms per step; trace in {result['trace_dir']}",
+            flush=True,
+        )
     print_side_by_side(results, args.top)
     print_op_types(results, args.top)
     if len(results) == 2:
-        print(f"\n{results[1]['precision']} step / {results[0]['precision']} step: "
-              f"{results[1]['step_ms'] / results[0]['step_ms']:.2f}x")
-    settings = {"preset": args.preset, "phase": args.phase, "image_size": list(args.image_size),
-                "batch_size": args.batch_size, "steps": args.steps, "warmup": args.warmup,
-                "precisions": args.precisions, "training_recipe": config.preset,
-                "optimizer": config.optimizer, "loss": config.loss, "jit_compile": config.jit_compile}
+        print(
+            f"\n{results[1]['precision']} step / {results[0]['precision']} step: "
+            f"{results[1]['step_ms'] / results[0]['step_ms']:.2f}x"
+        )
+    settings = {
+        "preset": args.preset,
+        "phase": args.phase,
+        "image_size": list(args.image_size),
+        "batch_size": args.batch_size,
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "precisions": args.precisions,
+        "training_recipe": config.preset,
+        "optimizer": config.optimizer,
+        "loss": config.loss,
+        "jit_compile": config.jit_compile,
+    }
     path = common.write_results(args.output, results, extra={"settings": settings}, benchmark="profile")
     print(f"wrote {os.path.relpath(path, common.REPO_ROOT)}")
 

@@ -31,10 +31,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402  (also puts the repository on sys.path and quiets TF's C++ logging)
-
-import kseg  # noqa: E402,F401  (selects the TensorFlow backend before keras is imported)
 import tensorflow as tf  # noqa: E402
 
+import kseg  # noqa: E402,F401  (selects the TensorFlow backend before keras is imported)
 from kseg import imageio, postprocess, saved_model_export, serving_client, serving_contract  # noqa: E402
 
 COLUMNS = [
@@ -55,21 +54,44 @@ VARIANTS = {
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", type=Path, default=None,
-                        help="a .keras file or run directory (default: an untrained unet-small, see --image-size)")
-    parser.add_argument("--image-size", type=int, nargs=2, default=[192, 256], metavar=("H", "W"),
-                        help="input size of the default untrained model (default: 192 256)")
+    parser.add_argument(
+        "--model",
+        type=Path,
+        default=None,
+        help="a .keras file or run directory (default: an untrained unet-small, see --image-size)",
+    )
+    parser.add_argument(
+        "--image-size",
+        type=int,
+        nargs=2,
+        default=[192, 256],
+        metavar=("H", "W"),
+        help="input size of the default untrained model (default: 192 256)",
+    )
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8], help="images per request (default: 1 8)")
     parser.add_argument("--requests", type=int, default=8, help="timed requests per measurement (default: 8)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed requests first (default: 1)")
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS),
-                        help="post-processing variants to export and time (default: all)")
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        default=list(VARIANTS),
+        choices=list(VARIANTS),
+        help="post-processing variants to export and time (default: all)",
+    )
     parser.add_argument("--rest", action="store_true", help="also time requests through the REST test double")
-    parser.add_argument("--data", type=Path, default=None,
-                        help="real data folder holding PH2Dataset/ (default: $KSEG_DATA_DIR or <repo>/../shared/data)")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help="real data folder holding PH2Dataset/ (default: $KSEG_DATA_DIR or <repo>/../shared/data)",
+    )
     parser.add_argument("--markdown", action="store_true", help="print the table as Markdown")
-    parser.add_argument("--output", type=Path, default=common.RESULTS_DIR / "serving.json",
-                        help="JSON results file (default: bench/results/serving.json)")
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=common.RESULTS_DIR / "serving.json",
+        help="JSON results file (default: bench/results/serving.json)",
+    )
     args = parser.parse_args(argv)
     if min(args.batch_sizes) < 1 or args.requests < 1 or args.warmup < 0 or min(args.image_size) < 16:
         parser.error("batch sizes and --requests must be >= 1, --warmup >= 0, --image-size >= 16")
@@ -142,8 +164,9 @@ def main(argv=None):
             import serving_double
 
         for variant in args.variants:
-            target = saved_model_export.export_model(model, tmp / "models", name=variant.replace("+", "-"),
-                                         postprocessing=VARIANTS[variant])
+            target = saved_model_export.export_model(
+                model, tmp / "models", name=variant.replace("+", "-"), postprocessing=VARIANTS[variant]
+            )
             signature = tf.saved_model.load(str(target)).signatures["serving_default"]
             print(f"exported {model} with {VARIANTS[variant].describe()} -> {target}", flush=True)
             if args.rest:
@@ -152,42 +175,52 @@ def main(argv=None):
                 double = serving_double.ServingDouble({"kseg": target.parent}).start(grpc_server=False)
             for batch_size in args.batch_sizes:
                 # Requests rotate through the images so that each call decodes different bytes.
-                batches = [[payloads[(i * batch_size + j) % len(payloads)] for j in range(batch_size)]
-                           for i in range(args.warmup + args.requests)]
-                times = time_requests(lambda b: signature(image_bytes=tf.constant(b)), batches, args.warmup)
+                batches = [
+                    [payloads[(i * batch_size + j) % len(payloads)] for j in range(batch_size)]
+                    for i in range(args.warmup + args.requests)
+                ]
+                times = time_requests(lambda b, call=signature: call(image_bytes=tf.constant(b)), batches, args.warmup)
                 rows.append(row("in-process", variant, batch_size, times, payloads))
                 print(f"  in-process batch {batch_size}: {rows[-1]['ms_per_request']:.0f} ms/request", flush=True)
                 if args.rest:
                     rest = serving_client.RestClient(double.rest_url, "kseg")
                     times = time_requests(rest.predict, batches, args.warmup)
                     rows.append(row("REST double", variant, batch_size, times, payloads))
-                    print(f"  REST double batch {batch_size}: {rows[-1]['ms_per_request']:.0f} ms/request",
-                          flush=True)
+                    print(f"  REST double batch {batch_size}: {rows[-1]['ms_per_request']:.0f} ms/request", flush=True)
         if double is not None:
             double.stop()
         metadata = json.loads((target / serving_contract.KSEG_FILE).read_text())
 
     print()
     common.print_table(rows, COLUMNS, markdown=args.markdown)
-    print(f"\nPH2 images {sorted(set(sizes))[0][1]}x{sorted(set(sizes))[0][0]} to "
-          f"{sorted(set(sizes))[-1][1]}x{sorted(set(sizes))[-1][0]} as PNG; model input "
-          f"{metadata['image_size'][0]}x{metadata['image_size'][1]}. ms/request is the mean over the timed requests; "
-          f"images/s = batch / mean. The model's time does not depend on its weights; hole filling and the "
-          f"largest component iterate until the mask is stable, so theirs depends on the masks (use a trained "
-          f"--model for those figures).\n{common.NOISE_NOTE}")
-    path = common.write_results(args.output, rows, benchmark="serving", extra={
-        "settings": {
-            "model": str(args.model) if args.model else f"untrained unet-small {args.image_size[0]}x{args.image_size[1]}",
-            "model_image_size": metadata["image_size"],
-            "batch_sizes": args.batch_sizes,
-            "timed_requests": args.requests,
-            "warmup_requests": args.warmup,
-            "variants": {v: VARIANTS[v].to_dict() for v in args.variants},
-            "images": "PH2 dermoscopic images (IMD002...) re-encoded as PNG",
-            "image_sizes": [list(s) for s in sizes],
-            "rest": args.rest,
+    print(
+        f"\nPH2 images {sorted(set(sizes))[0][1]}x{sorted(set(sizes))[0][0]} to "
+        f"{sorted(set(sizes))[-1][1]}x{sorted(set(sizes))[-1][0]} as PNG; model input "
+        f"{metadata['image_size'][0]}x{metadata['image_size'][1]}. ms/request is the mean over the timed requests; "
+        f"images/s = batch / mean. The model's time does not depend on its weights; hole filling and the "
+        f"largest component iterate until the mask is stable, so theirs depends on the masks (use a trained "
+        f"--model for those figures).\n{common.NOISE_NOTE}"
+    )
+    path = common.write_results(
+        args.output,
+        rows,
+        benchmark="serving",
+        extra={
+            "settings": {
+                "model": str(args.model)
+                if args.model
+                else f"untrained unet-small {args.image_size[0]}x{args.image_size[1]}",
+                "model_image_size": metadata["image_size"],
+                "batch_sizes": args.batch_sizes,
+                "timed_requests": args.requests,
+                "warmup_requests": args.warmup,
+                "variants": {v: VARIANTS[v].to_dict() for v in args.variants},
+                "images": "PH2 dermoscopic images (IMD002...) re-encoded as PNG",
+                "image_sizes": [list(s) for s in sizes],
+                "rest": args.rest,
+            },
         },
-    })
+    )
     print(f"wrote {path}")
 
 

@@ -51,8 +51,20 @@ def train_seed(args, seed: int, extra: list[str]) -> dict:
     log = run_dir / "bench.log"
     timing_file = run_dir / "bench_timing.json"
     if not (run_dir / "metrics.json").exists():
-        command = [sys.executable, "-m", "kseg.train", "--preset", args.preset, "--seed", str(seed),
-                   "--output-dir", str(run_dir), "--manual-dir", str(args.manual_dir), *extra]
+        command = [
+            sys.executable,
+            "-m",
+            "kseg.train",
+            "--preset",
+            args.preset,
+            "--seed",
+            str(seed),
+            "--output-dir",
+            str(run_dir),
+            "--manual-dir",
+            str(args.manual_dir),
+            *extra,
+        ]
         print(f"training seed {seed}: {' '.join(command)}", flush=True)
         wall = run_command(command, log)
         timing_file.write_text(json.dumps({"wall_seconds": wall}) + "\n")
@@ -75,20 +87,36 @@ def train_seed(args, seed: int, extra: list[str]) -> dict:
     if args.postprocessing:
         evaluation_dir = run_dir / "evaluation-test"
         if not (evaluation_dir / "summary.json").exists():
-            command = [sys.executable, "-m", "kseg.evaluate", "--model", str(run_dir), "--dataset",
-                       config["dataset"], "--split", "test", "--output-dir", str(evaluation_dir),
-                       "--choose-postprocessing", "--ablation", "--manual-dir", str(args.manual_dir)]
+            command = [
+                sys.executable,
+                "-m",
+                "kseg.evaluate",
+                "--model",
+                str(run_dir),
+                "--dataset",
+                config["dataset"],
+                "--split",
+                "test",
+                "--output-dir",
+                str(evaluation_dir),
+                "--choose-postprocessing",
+                "--ablation",
+                "--manual-dir",
+                str(args.manual_dir),
+            ]
             print(f"evaluating seed {seed}: {' '.join(command)}", flush=True)
             run_command(command, log)
         summary = json.loads((evaluation_dir / "summary.json").read_text())
-        row.update({
-            "postprocessing": summary["postprocessing"],
-            "pp_test_dice": summary["dice"]["mean"],
-            "pp_test_median_dice": summary["dice"]["median"],
-            "pp_test_iou": summary["iou"]["mean"],
-            "pp_test_hd95": summary["hd95"]["mean"],
-            "ablation": summary.get("ablation"),
-        })
+        row.update(
+            {
+                "postprocessing": summary["postprocessing"],
+                "pp_test_dice": summary["dice"]["mean"],
+                "pp_test_median_dice": summary["dice"]["median"],
+                "pp_test_iou": summary["iou"]["mean"],
+                "pp_test_hd95": summary["hd95"]["mean"],
+                "ablation": summary.get("ablation"),
+            }
+        )
     return row
 
 
@@ -96,8 +124,12 @@ def aggregate(rows, key) -> dict | None:
     values = [r[key] for r in rows if r.get(key) is not None]
     if not values:
         return None
-    return {"mean": statistics.fmean(values), "std": statistics.pstdev(values) if len(values) > 1 else 0.0,
-            "min": min(values), "max": max(values)}
+    return {
+        "mean": statistics.fmean(values),
+        "std": statistics.pstdev(values) if len(values) > 1 else 0.0,
+        "min": min(values),
+        "max": max(values),
+    }
 
 
 def ablation_over_seeds(rows) -> dict:
@@ -106,37 +138,64 @@ def ablation_over_seeds(rows) -> dict:
     merged: dict[str, list] = {}
     for row in rows:
         for step, dice in (row.get("ablation") or {}).items():
-            key = "chosen on validation" if step.startswith("chosen") else (
-                "chosen threshold alone" if step.startswith("threshold") else step)
+            key = (
+                "chosen on validation"
+                if step.startswith("chosen")
+                else ("chosen threshold alone" if step.startswith("threshold") else step)
+            )
             merged.setdefault(key, []).append(dice)
     plain = statistics.fmean(merged["plain (threshold 0.5)"]) if "plain (threshold 0.5)" in merged else None
-    return {key: {"mean": statistics.fmean(v), "change": statistics.fmean(v) - plain if plain else 0.0,
-                  "seeds": len(v)} for key, v in merged.items()}
+    return {
+        key: {"mean": statistics.fmean(v), "change": statistics.fmean(v) - plain if plain else 0.0, "seeds": len(v)}
+        for key, v in merged.items()
+    }
 
 
 def main() -> int:
     argv = sys.argv[1:]
-    extra = argv[argv.index("--") + 1:] if "--" in argv else []
-    argv = argv[:argv.index("--")] if "--" in argv else argv
+    extra = argv[argv.index("--") + 1 :] if "--" in argv else []
+    argv = argv[: argv.index("--")] if "--" in argv else argv
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="ph2-unet")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--tag", default=None, help="run and result name (default: the preset)")
     parser.add_argument("--manual-dir", default=str(common.real_data_dir()))
-    parser.add_argument("--no-postprocessing", dest="postprocessing", action="store_false",
-                        help="skip choosing TTA/post-processing and the test evaluation with it")
+    parser.add_argument(
+        "--no-postprocessing",
+        dest="postprocessing",
+        action="store_false",
+        help="skip choosing TTA/post-processing and the test evaluation with it",
+    )
     parser.add_argument("--markdown", action="store_true")
     args = parser.parse_args(argv)
     args.tag = args.tag or args.preset
 
     rows = [train_seed(args, seed, extra) for seed in args.seeds]
-    keys = ["test_dice", "test_median_dice", "test_iou", "validation_dice", "train_minutes", "images_per_second",
-            "pp_test_dice", "pp_test_median_dice", "pp_test_iou", "pp_test_hd95"]
+    keys = [
+        "test_dice",
+        "test_median_dice",
+        "test_iou",
+        "validation_dice",
+        "train_minutes",
+        "images_per_second",
+        "pp_test_dice",
+        "pp_test_median_dice",
+        "pp_test_iou",
+        "pp_test_hd95",
+    ]
     summary = {key: aggregate(rows, key) for key in keys}
-    columns = [("seed", "seed"), ("test_dice", "test Dice"), ("test_median_dice", "median"),
-               ("test_iou", "IoU"), ("pp_test_dice", "Dice +TTA/pp"), ("pp_test_iou", "IoU +TTA/pp"),
-               ("pp_test_hd95", "HD95 px"), ("train_minutes", "train min"), ("images_per_second", "img/s"),
-               ("best_epoch", "best ep")]
+    columns = [
+        ("seed", "seed"),
+        ("test_dice", "test Dice"),
+        ("test_median_dice", "median"),
+        ("test_iou", "IoU"),
+        ("pp_test_dice", "Dice +TTA/pp"),
+        ("pp_test_iou", "IoU +TTA/pp"),
+        ("pp_test_hd95", "HD95 px"),
+        ("train_minutes", "train min"),
+        ("images_per_second", "img/s"),
+        ("best_epoch", "best ep"),
+    ]
     cell = lambda v: f"{v:.4f}" if isinstance(v, float) and abs(v) < 2 else (f"{v:.1f}" if isinstance(v, float) else v)
     table_rows = [{k: cell(v) for k, v in r.items()} for r in rows]
     for name in ("mean", "std"):
@@ -148,9 +207,17 @@ def main() -> int:
     ablation = ablation_over_seeds(rows)
     for step, values in ablation.items():
         print(f"mean over seeds, test Dice | {step:<36} {values['mean']:.4f} (change {values['change']:+.4f})")
-    path = common.write_results(common.RESULTS_DIR / f"train_{args.tag}.json", rows,
-                                extra={"summary_over_seeds": summary, "ablation_over_seeds": ablation,
-                                       "preset": args.preset, "train_overrides": extra}, benchmark="train")
+    path = common.write_results(
+        common.RESULTS_DIR / f"train_{args.tag}.json",
+        rows,
+        extra={
+            "summary_over_seeds": summary,
+            "ablation_over_seeds": ablation,
+            "preset": args.preset,
+            "train_overrides": extra,
+        },
+        benchmark="train",
+    )
     print(f"wrote {path}")
     return 0
 

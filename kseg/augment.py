@@ -38,7 +38,9 @@ class Augmentation:
         if self.scale >= 1 or self.contrast >= 1 or self.saturation >= 1:
             raise ValueError("Augmentation.scale, contrast and saturation must be below 1")
         if self.fill_mode not in ("reflect", "constant", "nearest", "wrap"):
-            raise ValueError(f"Augmentation.fill_mode must be reflect, constant, nearest or wrap, got {self.fill_mode!r}")
+            raise ValueError(
+                f"Augmentation.fill_mode must be reflect, constant, nearest or wrap, got {self.fill_mode!r}"
+            )
 
     @property
     def has_geometry(self) -> bool:
@@ -51,14 +53,25 @@ class Augmentation:
 
 #: Named strengths for configs and the command line.
 AUGMENTATIONS = {
-    "none": Augmentation(flip=False, rotate90=False, scale=0, rotate_degrees=0, translate=0,
-                         brightness=0, contrast=0, saturation=0, hue=0),
+    "none": Augmentation(
+        flip=False,
+        rotate90=False,
+        scale=0,
+        rotate_degrees=0,
+        translate=0,
+        brightness=0,
+        contrast=0,
+        saturation=0,
+        hue=0,
+    ),
     "flips": Augmentation(scale=0, rotate_degrees=0, translate=0, brightness=0, contrast=0, saturation=0, hue=0),
-    "light": Augmentation(scale=0.1, rotate_degrees=10, translate=0.05, brightness=0.05, contrast=0.1,
-                          saturation=0.1, hue=0.02),
+    "light": Augmentation(
+        scale=0.1, rotate_degrees=10, translate=0.05, brightness=0.05, contrast=0.1, saturation=0.1, hue=0.02
+    ),
     "medium": Augmentation(),
-    "strong": Augmentation(scale=0.25, rotate_degrees=45, translate=0.12, brightness=0.2, contrast=0.3,
-                           saturation=0.3, hue=0.06),
+    "strong": Augmentation(
+        scale=0.25, rotate_degrees=45, translate=0.12, brightness=0.2, contrast=0.3, saturation=0.3, hue=0.06
+    ),
 }
 
 
@@ -106,14 +119,19 @@ def _affine_matrices(aug: Augmentation, seeds, batch, height, width):
     zeros = tf.zeros([batch])
     # Snap near-integers so that flips and quarter turns are exact permutations of pixels.
     rounded = lambda t: tf.where(tf.abs(t - tf.round(t)) < 1e-4, tf.round(t), t)
-    return tf.stack([rounded(a0), rounded(a1), rounded(a2), rounded(b0), rounded(b1), rounded(b2), zeros, zeros],
-                    axis=1)
+    return tf.stack(
+        [rounded(a0), rounded(a1), rounded(a2), rounded(b0), rounded(b1), rounded(b2), zeros, zeros], axis=1
+    )
 
 
 def _transform(images, transforms, interpolation, fill_mode):
     return tf.raw_ops.ImageProjectiveTransformV3(
-        images=images, transforms=transforms, output_shape=tf.shape(images)[1:3],
-        fill_value=0.0, interpolation=interpolation, fill_mode=fill_mode.upper(),
+        images=images,
+        transforms=transforms,
+        output_shape=tf.shape(images)[1:3],
+        fill_value=0.0,
+        interpolation=interpolation,
+        fill_mode=fill_mode.upper(),
     )
 
 
@@ -142,8 +160,9 @@ def _jitter_colour(aug: Augmentation, images, seeds, batch):
         to_rgb = tf.linalg.inv(to_yiq)
         c, s = tf.cos(theta), tf.sin(theta)
         one, zero = tf.ones_like(c), tf.zeros_like(c)
-        rotation = tf.stack([tf.stack([one, zero, zero], -1), tf.stack([zero, c, -s], -1),
-                             tf.stack([zero, s, c], -1)], 1)  # [B, 3, 3]
+        rotation = tf.stack(
+            [tf.stack([one, zero, zero], -1), tf.stack([zero, c, -s], -1), tf.stack([zero, s, c], -1)], 1
+        )  # [B, 3, 3]
         matrix = tf.einsum("ij,bjk,kl,blm->bim", to_rgb, rotation, to_yiq, matrix)
     # Brightness then contrast: c (x + b - m') + m' with m' = mean(x) + b, i.e. c x + b + (1 - c) mean(x).
     offset = brightness

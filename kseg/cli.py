@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 from kseg import errors
 
@@ -65,3 +65,21 @@ def run(prog: str, body: Callable[[], int | None], interrupted: Callable[[], str
         print(f"\n{prog}: interrupted; {detail}", file=sys.stderr)
         return errors.INTERRUPTED
     return 0 if status is None else status
+
+
+def report_written(prog: str, written: int, total: int, errors: list[str], where, detail: str = "") -> int:
+    """The closing lines of a command that writes one output per input file: each problem by name, then the
+    count; exit 1 if any input failed (or none was written), else 0."""
+    for error in errors:
+        print(f"{prog}: skipped {error}", file=sys.stderr)
+    print(
+        f"{prog}: {written} of {total} images written to {where}{f' ({detail})' if detail else ''}; "
+        f"{len(errors)} problem(s)",
+        file=sys.stderr,
+    )
+    return 1 if errors or not written else 0
+
+
+def outputs_kept(where) -> str:
+    """What an interrupted predict or client run leaves: whole files only (they are written atomically)."""
+    return f"the masks and overlays already in {where} are complete (none is half-written); run again to do them all"

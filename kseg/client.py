@@ -25,25 +25,36 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m kseg.client",
         description="Masks and overlays (NAME_mask.png, NAME_overlay.png) from a kseg model served by TensorFlow "
-                    "Serving, over REST (--server) or gRPC (--grpc).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        "Serving, over REST (--server) or gRPC (--grpc).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files (PNG, JPEG, BMP, ...) or folders")
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--server", help="REST address, e.g. http://localhost:8501")
     where.add_argument("--grpc", metavar="HOST:PORT", help="gRPC address, e.g. localhost:8500")
-    where.add_argument("--saved-model", metavar="PATH",
-                       help="no server: run an export's signature in this process (export/models/NAME[/VERSION])")
+    where.add_argument(
+        "--saved-model",
+        metavar="PATH",
+        help="no server: run an export's signature in this process (export/models/NAME[/VERSION])",
+    )
     parser.add_argument("--model", help="model name in the server's config (with --server or --grpc)")
     parser.add_argument("--version", type=int, help="model version (default: the server's latest)")
     parser.add_argument("--signature", default=DEFAULT_SIGNATURE, help="signature to call")
     parser.add_argument("--out", "--output-dir", dest="out", required=True, help="where the PNGs go")
     parser.add_argument("--batch-size", type=int, default=8, help="images per request")
-    parser.add_argument("--format", choices=("row", "columnar"), default="row",
-                        help="REST request format: row ('instances') or columnar ('inputs')")
+    parser.add_argument(
+        "--format",
+        choices=("row", "columnar"),
+        default="row",
+        help="REST request format: row ('instances') or columnar ('inputs')",
+    )
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for each answer")
     parser.add_argument("--recursive", action="store_true", help="also read images in subfolders of folder inputs")
-    parser.add_argument("--reencode", action="store_true",
-                        help="send every image as PNG decoded here (exactly kseg.predict's pixels, bigger requests)")
+    parser.add_argument(
+        "--reencode",
+        action="store_true",
+        help="send every image as PNG decoded here (exactly kseg.predict's pixels, bigger requests)",
+    )
     return parser
 
 
@@ -65,21 +76,26 @@ def main(argv=None) -> int:
         client = make_client(args)
         try:
             if found.files:
-                done, send_errors = send_files(client, found.files, args.out, args.batch_size, args.reencode,
-                                               log=lambda line: print(line, flush=True))
+                done, send_errors = send_files(
+                    client,
+                    found.files,
+                    args.out,
+                    args.batch_size,
+                    args.reencode,
+                    log=lambda line: print(line, flush=True),
+                )
                 written.extend(done)
                 errors += send_errors
         finally:
             if hasattr(client, "close"):
                 client.close()
-        for error in errors:
-            print(f"{PROG}: skipped {error}", file=sys.stderr)
-        print(f"{PROG}: {len(written)} of {len(found.files)} images written to {args.out}; {len(errors)} "
-              f"problem(s)", file=sys.stderr)
-        return 1 if errors or not written else 0
+        return cli.report_written(PROG, len(written), len(found.files), errors, args.out)
 
-    return cli.run(PROG, work, interrupted=lambda: f"the masks and overlays already in {args.out} are complete "
-                                                   f"(none is half-written); run again to do them all")
+    return cli.run(
+        PROG,
+        work,
+        interrupted=lambda: cli.outputs_kept(args.out),
+    )
 
 
 if __name__ == "__main__":

@@ -26,12 +26,12 @@ def parse_image_size(value) -> tuple[int, int]:
     try:
         if isinstance(value, int) or (isinstance(value, str) and value.strip().isdigit()):
             return int(value), int(value)
-        if isinstance(value, str):
-            value = value.lower().replace("x", ",").split(",")
-        return tuple(int(v) for v in value)
+        parts = value.lower().replace("x", ",").split(",") if isinstance(value, str) else value
+        return tuple(int(v) for v in parts)
     except (TypeError, ValueError):
-        raise ConfigError(f"image_size (--image-size): expected a size like 256 or HxW like 192x256, "
-                          f"got {value!r}") from None
+        raise ConfigError(
+            f"image_size (--image-size): expected a size like 256 or HxW like 192x256, got {value!r}"
+        ) from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,8 +80,11 @@ class TrainConfig:
             fail("model_preset", f"one of {sorted(MODEL_PRESETS)}")
         if self.has_pretrained_encoder and any(side % 32 for side in self.image_size):
             nearest = "x".join(str(max(32, 32 * round(side / 32))) for side in self.image_size)
-            fail("image_size", f"sides that are multiples of 32 for {self.model_preset} (its pretrained encoder halves "
-                               f"the image 5 times), e.g. {nearest}")
+            fail(
+                "image_size",
+                f"sides that are multiples of 32 for {self.model_preset} (its pretrained encoder halves "
+                f"the image 5 times), e.g. {nearest}",
+            )
         if self.loss not in LOSS_NAMES:
             fail("loss", f"one of {list(LOSS_NAMES)}")
         if self.strategy not in STRATEGIES:
@@ -108,8 +111,11 @@ class TrainConfig:
         if not isinstance(freeze, int) or not 0 <= freeze <= self.epochs:
             fail("freeze_encoder_epochs", f"an integer in [0, epochs={self.epochs}]")
         if freeze and not self.has_pretrained_encoder:
-            fail("freeze_encoder_epochs", f"0: model preset {self.model_preset!r} has no pretrained encoder to "
-                                          f"freeze (use unet-lite0, unet-vgg16 or segnet-vgg16)")
+            fail(
+                "freeze_encoder_epochs",
+                f"0: model preset {self.model_preset!r} has no pretrained encoder to "
+                f"freeze (use unet-lite0, unet-vgg16 or segnet-vgg16)",
+            )
         if not 0 < self.encoder_lr_multiplier <= 1:
             fail("encoder_lr_multiplier", "a number in (0, 1]")
         if not 0 <= self.dropout < 1:
@@ -139,32 +145,97 @@ class TrainConfig:
 TRAINING_PRESETS: dict[str, dict] = {
     # PH2 images are 4:3; 192x256 keeps their shape. unet-small in bfloat16 fits 120 epochs in the time
     # budget on 2 CPU cores, where the base-32 unet fits far fewer (figures: README, "Training").
-    "ph2-unet": dict(dataset="tfds_ph2/ph2", model_preset="unet-small", image_size=(192, 256), batch_size=8, epochs=120,
-                     learning_rate=3e-3, loss="bce_dice", augmentation="strong", mixed_precision=True,
-                     output_dir="runs/ph2-unet"),
-    "ph2-segnet": dict(dataset="tfds_ph2/ph2", model_preset="segnet", image_size=(256, 256), batch_size=8, epochs=100,
-                       learning_rate=2e-3, loss="bce_dice", augmentation="strong", output_dir="runs/ph2-segnet"),
+    "ph2-unet": dict(
+        dataset="tfds_ph2/ph2",
+        model_preset="unet-small",
+        image_size=(192, 256),
+        batch_size=8,
+        epochs=120,
+        learning_rate=3e-3,
+        loss="bce_dice",
+        augmentation="strong",
+        mixed_precision=True,
+        output_dir="runs/ph2-unet",
+    ),
+    "ph2-segnet": dict(
+        dataset="tfds_ph2/ph2",
+        model_preset="segnet",
+        image_size=(256, 256),
+        batch_size=8,
+        epochs=100,
+        learning_rate=2e-3,
+        loss="bce_dice",
+        augmentation="strong",
+        output_dir="runs/ph2-segnet",
+    ),
     # MADS frames come in both orientations, so the input is square.
-    "mads-unet": dict(dataset="tfds_ph2/mads", model_preset="unet-small", image_size=(256, 256), batch_size=8, epochs=30,
-                      learning_rate=3e-3, loss="bce_dice", augmentation="medium", mixed_precision=True,
-                      output_dir="runs/mads-unet"),
+    "mads-unet": dict(
+        dataset="tfds_ph2/mads",
+        model_preset="unet-small",
+        image_size=(256, 256),
+        batch_size=8,
+        epochs=30,
+        learning_rate=3e-3,
+        loss="bce_dice",
+        augmentation="medium",
+        mixed_precision=True,
+        output_dir="runs/mads-unet",
+    ),
     # Pretrained encoders (README, "Pretrained encoders"): the decoder trains alone while the encoder is frozen,
     # then both, the encoder at a tenth of the rate. float32: on CPUs without AMX, bfloat16 is much slower
     # once the depthwise encoder trains (bench/models.py).
-    "ph2-unet-lite0": dict(dataset="tfds_ph2/ph2", model_preset="unet-lite0", image_size=(192, 256), batch_size=8,
-                           epochs=80, learning_rate=1e-3, loss="bce_dice", augmentation="strong",
-                           freeze_encoder_epochs=5, encoder_lr_multiplier=0.1, output_dir="runs/ph2-unet-lite0"),
-    "ph2-segnet-vgg16": dict(dataset="tfds_ph2/ph2", model_preset="segnet-vgg16", image_size=(192, 256),
-                             batch_size=8, epochs=30, learning_rate=1e-3, loss="bce_dice", augmentation="strong",
-                             freeze_encoder_epochs=8, encoder_lr_multiplier=0.1, output_dir="runs/ph2-segnet-vgg16"),
-    "mads-unet-lite0": dict(dataset="tfds_ph2/mads", model_preset="unet-lite0", image_size=(256, 256), batch_size=8,
-                            epochs=30, learning_rate=1e-3, loss="bce_dice", augmentation="medium",
-                            freeze_encoder_epochs=3, encoder_lr_multiplier=0.1, output_dir="runs/mads-unet-lite0"),
-    "synthetic-unet": dict(dataset="tfds_ph2/synthetic", model_preset="unet-small", image_size=(128, 128), batch_size=16,
-                           epochs=12, learning_rate=3e-3, loss="bce_dice", augmentation="medium",
-                           output_dir="runs/synthetic-unet"),
+    "ph2-unet-lite0": dict(
+        dataset="tfds_ph2/ph2",
+        model_preset="unet-lite0",
+        image_size=(192, 256),
+        batch_size=8,
+        epochs=80,
+        learning_rate=1e-3,
+        loss="bce_dice",
+        augmentation="strong",
+        freeze_encoder_epochs=5,
+        encoder_lr_multiplier=0.1,
+        output_dir="runs/ph2-unet-lite0",
+    ),
+    "ph2-segnet-vgg16": dict(
+        dataset="tfds_ph2/ph2",
+        model_preset="segnet-vgg16",
+        image_size=(192, 256),
+        batch_size=8,
+        epochs=30,
+        learning_rate=1e-3,
+        loss="bce_dice",
+        augmentation="strong",
+        freeze_encoder_epochs=8,
+        encoder_lr_multiplier=0.1,
+        output_dir="runs/ph2-segnet-vgg16",
+    ),
+    "mads-unet-lite0": dict(
+        dataset="tfds_ph2/mads",
+        model_preset="unet-lite0",
+        image_size=(256, 256),
+        batch_size=8,
+        epochs=30,
+        learning_rate=1e-3,
+        loss="bce_dice",
+        augmentation="medium",
+        freeze_encoder_epochs=3,
+        encoder_lr_multiplier=0.1,
+        output_dir="runs/mads-unet-lite0",
+    ),
+    "synthetic-unet": dict(
+        dataset="tfds_ph2/synthetic",
+        model_preset="unet-small",
+        image_size=(128, 128),
+        batch_size=16,
+        epochs=12,
+        learning_rate=3e-3,
+        loss="bce_dice",
+        augmentation="medium",
+        output_dir="runs/synthetic-unet",
+    ),
 }
-DEFAULT_PRESET = "ph2-unet"
+DEFAULT_PRESET = "ph2-unet-lite0"  # the best PH2 recipe (README, "Benchmarks")
 FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
 #: Older spellings of fields, accepted in config files and in the config.json of earlier runs.
 FIELD_ALIASES = {"model": "model_preset"}

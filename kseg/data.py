@@ -50,6 +50,8 @@ FOLDER_PREFIX = "folder:"
 SPLITS = ("train", "validation", "test")
 ALL = "all"
 KSEG_DATASETS = ("tfds_ph2/ph2", "tfds_ph2/mads", "tfds_ph2/synthetic")
+
+
 class DataError(KsegError, ValueError):
     """A dataset name, split, feature, folder or argument that cannot be used; the message names it and what
     was expected. Every error kseg.data raises for a user to act on is one (besides ``ImageReadError``)."""

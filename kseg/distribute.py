@@ -26,7 +26,9 @@ def split_cpu(logical_cpus: int) -> None:
     try:
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * logical_cpus)
     except RuntimeError as e:
-        raise UsageError(f"--logical-cpus: cannot split the CPU into {logical_cpus} devices after TensorFlow started: {e}") from None
+        raise UsageError(
+            f"--logical-cpus: cannot split the CPU into {logical_cpus} devices after TensorFlow started: {e}"
+        ) from None
 
 
 def resolve_name(name: str) -> str:
@@ -52,9 +54,11 @@ def make_strategy(name: str, tpu: str | None = None) -> tf.distribute.Strategy:
         return tf.distribute.MirroredStrategy(devices=devices)
     if name == "multiworker":
         if "TF_CONFIG" not in os.environ:
-            raise UsageError("strategy multiworker needs TF_CONFIG describing the cluster and this worker's task "
-                             '(e.g. {"cluster": {"worker": ["host1:port", "host2:port"]}, '
-                             '"task": {"type": "worker", "index": 0}})')
+            raise UsageError(
+                "strategy multiworker needs TF_CONFIG describing the cluster and this worker's task "
+                '(e.g. {"cluster": {"worker": ["host1:port", "host2:port"]}, '
+                '"task": {"type": "worker", "index": 0}})'
+            )
         try:
             json.loads(os.environ["TF_CONFIG"])
         except json.JSONDecodeError as e:
@@ -73,8 +77,9 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
     resolver = getattr(strategy, "cluster_resolver", None)
     if resolver is None or not getattr(resolver, "task_type", None):
         return True
-    return resolver.task_type == "chief" or (resolver.task_type == "worker" and resolver.task_id == 0 and
-                                              "chief" not in resolver.cluster_spec().as_dict())
+    return resolver.task_type == "chief" or (
+        resolver.task_type == "worker" and resolver.task_id == 0 and "chief" not in resolver.cluster_spec().as_dict()
+    )
 
 
 #: ``1`` forces bfloat16 mixed precision on any CPU, ``0`` forces float32 on any CPU (e.g. to benchmark both).
@@ -139,7 +144,7 @@ def forced_cpu_bfloat16() -> bool | None:
         return True
     if value in ("0", "false", "no", "off"):
         return False
-    raise ValueError(f"{CPU_BFLOAT16_ENV}={value!r}: expected 1 (force bfloat16 on CPU) or 0 (force float32)")
+    raise UsageError(f"{CPU_BFLOAT16_ENV}={value!r}: expected 1 (force bfloat16 on CPU) or 0 (force float32)")
 
 
 def accelerator_kind() -> str:
@@ -158,13 +163,16 @@ def cpu_precision_policy(cpuinfo_text: str, force_bfloat16: bool | None = None) 
     pays, has = cpu_bfloat16_pays(cpuinfo_text)
     if pays:
         return "mixed_bfloat16"
-    log.info(f"mixed precision: float32 on this CPU, which has {has}: there bfloat16 trains slower than "
-             f"float32 (README, \"Training speed\"); set {CPU_BFLOAT16_ENV}=1 to use bfloat16 anyway")
+    log.info(
+        f"mixed precision: float32 on this CPU, which has {has}: there bfloat16 trains slower than "
+        f'float32 (README, "Training speed"); set {CPU_BFLOAT16_ENV}=1 to use bfloat16 anyway'
+    )
     return "float32"
 
 
-def precision_policy(enabled: bool, device: str | None = None, cpuinfo_text: str | None = None,
-                     cpu_bfloat16: bool | None = None) -> str:
+def precision_policy(
+    enabled: bool, device: str | None = None, cpuinfo_text: str | None = None, cpu_bfloat16: bool | None = None
+) -> str:
     """The Keras policy for ``--mixed-precision``: ``mixed_float16`` on GPUs, ``mixed_bfloat16`` on TPUs
     (no loss scaling needed), on CPUs ``mixed_bfloat16`` only where it is faster than float32 (AMX, or AMD
     with AVX512_BF16: :func:`cpu_bfloat16_pays`), and ``float32`` when mixed precision is off.

@@ -22,27 +22,48 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m kseg.evaluate",
         description="Score a model on a dataset split at each image's original resolution; write cases.csv, "
-                    "summary.json and figures.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        "summary.json and figures.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     parser.add_argument("--model", required=True, help="a .keras file, a run directory or an exported SavedModel")
     parser.add_argument("--dataset", default="tfds_ph2/ph2", help="TFDS name (tfds_ph2/ph2, ...) or folder:PATH")
     parser.add_argument("--split", default="test", help="split to score; 'all' scores every image")
     parser.add_argument("--output-dir", required=True, help="where cases.csv, summary.json and figures go")
-    parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
-                        help="average over flips (and 90-degree rotations for square models); default: stored choice")
+    parser.add_argument(
+        "--tta",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="average over flips (and 90-degree rotations for square models); default: stored choice",
+    )
     parser.add_argument("--threshold", type=float, default=None, help="probability threshold; default: stored choice")
-    parser.add_argument("--fill-holes", action=argparse.BooleanOptionalAction, default=None,
-                        help="fill enclosed background; default: stored choice")
-    parser.add_argument("--largest-component", action=argparse.BooleanOptionalAction, default=None,
-                        help="keep only the largest connected region; default: stored choice")
-    parser.add_argument("--choose-postprocessing", action="store_true",
-                        help="choose TTA, hole filling, largest component and threshold on the validation split "
-                             "and store the choice next to the model (used by predict and export)")
-    parser.add_argument("--ablation", action="store_true",
-                        help="also report the Dice of each post-processing step alone")
-    parser.add_argument("--group-by", default="auto", metavar="FEATURE",
-                        help="report mean Dice per value of this dataset feature (e.g. clinical_diagnosis); "
-                             "'auto': the one the dataset declares, if any; 'none': no grouping")
+    parser.add_argument(
+        "--fill-holes",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="fill enclosed background; default: stored choice",
+    )
+    parser.add_argument(
+        "--largest-component",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="keep only the largest connected region; default: stored choice",
+    )
+    parser.add_argument(
+        "--choose-postprocessing",
+        action="store_true",
+        help="choose TTA, hole filling, largest component and threshold on the validation split "
+        "and store the choice next to the model (used by predict and export)",
+    )
+    parser.add_argument(
+        "--ablation", action="store_true", help="also report the Dice of each post-processing step alone"
+    )
+    parser.add_argument(
+        "--group-by",
+        default="auto",
+        metavar="FEATURE",
+        help="report mean Dice per value of this dataset feature (e.g. clinical_diagnosis); "
+        "'auto': the one the dataset declares, if any; 'none': no grouping",
+    )
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--data-dir", default=None, help="TFDS data dir")
     parser.add_argument("--manual-dir", default=None, help="manual download folder (builds the TFDS config)")
@@ -70,16 +91,29 @@ def main(argv=None) -> int:
 
         if args.batch_size < 1:
             raise UsageError("--batch-size must be >= 1")
-        overrides = {name: getattr(args, name) for name in ("tta", "threshold", "fill_holes", "largest_component")
-                     if getattr(args, name) is not None}
+        overrides = {
+            name: getattr(args, name)
+            for name in ("tta", "threshold", "fill_holes", "largest_component")
+            if getattr(args, name) is not None
+        }
         PostProcessing(**overrides)  # a bad --threshold fails here, before any model is loaded
         group_by = None if args.group_by == "none" else args.group_by
         with data.reraise_read_errors():
             summary = report.evaluate(
-                args.model, args.dataset, args.split, args.output_dir, postprocessing_overrides=overrides,
-                choose=args.choose_postprocessing, run_ablation=args.ablation, data_dir=args.data_dir,
-                manual_dir=args.manual_dir, num_classes=args.num_classes, batch_size=args.batch_size,
-                group_by=group_by, progress=_progress)
+                args.model,
+                args.dataset,
+                args.split,
+                args.output_dir,
+                postprocessing_overrides=overrides,
+                choose=args.choose_postprocessing,
+                run_ablation=args.ablation,
+                data_dir=args.data_dir,
+                manual_dir=args.manual_dir,
+                num_classes=args.num_classes,
+                batch_size=args.batch_size,
+                group_by=group_by,
+                progress=_progress,
+            )
         postprocessing = PostProcessing.from_dict(summary["postprocessing"])
         print("\n" + report.format_table(summary, postprocessing, summary.get("group_by")))
         print(f"{PROG}: wrote {args.output_dir}/summary.json, cases.csv and figures", file=sys.stderr)

@@ -22,21 +22,34 @@ PROG = "kseg.export"
 
 # ------------------------------------------------------------------------------------ command line ---
 
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m kseg.export",
-        description="Export a trained kseg model as a TensorFlow Serving SavedModel (EXPORT_DIR/NAME/VERSION).")
-    parser.add_argument("--model", required=True,
-                        help="a .keras file or a training run directory (its best.keras)")
-    parser.add_argument("--export-dir", type=pathlib.Path, default=DEFAULT_EXPORT_DIR,
-                        help=f"folder of served models (default: {DEFAULT_EXPORT_DIR})")
-    parser.add_argument("--name", default=DEFAULT_NAME,
-                        help=f"model name in TF Serving: the folder under --export-dir and the name in "
-                             f"/v1/models/NAME (default: {DEFAULT_NAME}, as in export/models.config)")
-    parser.add_argument("--version", type=int,
-                        help="version number (default: one more than the highest existing version, or 1)")
-    parser.add_argument("--max-megapixels", type=float, default=DEFAULT_MAX_MEGAPIXELS,
-                        help=f"refuse larger images with INVALID_ARGUMENT (default: {DEFAULT_MAX_MEGAPIXELS:g})")
+        description="Export a trained kseg model as a TensorFlow Serving SavedModel (EXPORT_DIR/NAME/VERSION).",
+    )
+    parser.add_argument("--model", required=True, help="a .keras file or a training run directory (its best.keras)")
+    parser.add_argument(
+        "--export-dir",
+        type=pathlib.Path,
+        default=DEFAULT_EXPORT_DIR,
+        help=f"folder of served models (default: {DEFAULT_EXPORT_DIR})",
+    )
+    parser.add_argument(
+        "--name",
+        default=DEFAULT_NAME,
+        help=f"model name in TF Serving: the folder under --export-dir and the name in "
+        f"/v1/models/NAME (default: {DEFAULT_NAME}, as in export/models.config)",
+    )
+    parser.add_argument(
+        "--version", type=int, help="version number (default: one more than the highest existing version, or 1)"
+    )
+    parser.add_argument(
+        "--max-megapixels",
+        type=float,
+        default=DEFAULT_MAX_MEGAPIXELS,
+        help=f"refuse larger images with INVALID_ARGUMENT (default: {DEFAULT_MAX_MEGAPIXELS:g})",
+    )
     parser.add_argument("--output-dir", dest="export_dir", type=pathlib.Path, help=argparse.SUPPRESS)
     return parser
 
@@ -47,17 +60,18 @@ def main(argv=None) -> int:
     def work():
         from kseg.postprocess import PostProcessing
 
-        target = export_model(args.model, args.export_dir, args.name, args.version,
-                              max_megapixels=args.max_megapixels)
+        target = export_model(args.model, args.export_dir, args.name, args.version, max_megapixels=args.max_megapixels)
         metadata = json.loads((target / KSEG_FILE).read_text())
         postprocessing = PostProcessing.from_dict(metadata["postprocessing"])
-        print(f"exported {args.model} to {target}\n"
-              f"  signatures: {SERVING_SIGNATURE} (image_bytes -> mask_bytes, height, width, foreground_fraction), "
-              f"{PROBABILITIES_SIGNATURE} (images -> probabilities)\n"
-              f"  model input {metadata['image_size'][0]}x{metadata['image_size'][1]}, "
-              f"{metadata['num_classes']} output channel(s); post-processing in the graph: "
-              f"{postprocessing.describe()}\n"
-              f"  serve it: see export/README.md (model base path {target.parent.resolve()})")
+        print(
+            f"exported {args.model} to {target}\n"
+            f"  signatures: {SERVING_SIGNATURE} (image_bytes -> mask_bytes, height, width, foreground_fraction), "
+            f"{PROBABILITIES_SIGNATURE} (images -> probabilities)\n"
+            f"  model input {metadata['image_size'][0]}x{metadata['image_size'][1]}, "
+            f"{metadata['num_classes']} output channel(s); post-processing in the graph: "
+            f"{postprocessing.describe()}\n"
+            f"  serve it: see export/README.md (model base path {target.parent.resolve()})"
+        )
 
     return cli.run(PROG, work, interrupted=lambda: "no version was written (the partial export was removed)")
 

@@ -67,6 +67,7 @@ def make_output_dir(path, flag: str = "--output-dir", needed_bytes: int = 0) -> 
     if needed_bytes:
         free = shutil.disk_usage(path).free
         if free < needed_bytes:
-            raise OutputDirError(f"{flag} {path} has {free / 2**20:.0f} MiB free; this needs about "
-                                 f"{needed_bytes / 2**20:.0f} MiB")
+            raise OutputDirError(
+                f"{flag} {path} has {free / 2**20:.0f} MiB free; this needs about {needed_bytes / 2**20:.0f} MiB"
+            )
     return path

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import pathlib
 import zipfile
-from typing import Callable
+from collections.abc import Callable
 
 import tensorflow as tf
 
@@ -32,6 +32,7 @@ def model_image_size(model) -> tuple[int, int]:
 
 
 # ------------------------------------------------------------------------------------ loading models ---
+
 
 @dataclasses.dataclass(frozen=True)
 class Predictor:
@@ -57,7 +58,7 @@ class Predictor:
         postprocessing = postprocessing or self.postprocessing
         masks = []
         for start in range(0, len(images), batch_size):
-            chunk = images[start:start + batch_size]
+            chunk = images[start : start + batch_size]
             probs = self.model_probabilities(model_input(chunk, self.image_size), tta=postprocessing.tta)
             for image, prob in zip(chunk, probs):
                 masks.append(postprocess.final_mask(prob, image.shape[:2], postprocessing).numpy())
@@ -70,9 +71,11 @@ def _keras_predictor(path: pathlib.Path) -> Predictor:
     import kseg.models  # noqa: F401  (registers kseg's layers for deserialization)
 
     if not zipfile.is_zipfile(path):
-        raise ModelLoadError(f"{path}: not a .keras archive (a .keras file is a zip archive); the file is "
-                             f"truncated or corrupt, or is another format. Use a run's best.keras or re-save it "
-                             f"with model.save('model.keras')")
+        raise ModelLoadError(
+            f"{path}: not a .keras archive (a .keras file is a zip archive); the file is "
+            f"truncated or corrupt, or is another format. Use a run's best.keras or re-save it "
+            f"with model.save('model.keras')"
+        )
     try:  # compile=False: inference needs no loss or metrics (and so no kseg.losses import)
         model = keras.models.load_model(path, compile=False)
     except Exception as e:  # Keras raises many types for a bad archive
@@ -80,16 +83,23 @@ def _keras_predictor(path: pathlib.Path) -> Predictor:
     return predictor_for_model(model, path, postprocess.for_model(path))
 
 
-def predictor_for_model(model, path="<in memory>", postprocessing: postprocess.PostProcessing | None = None
-                        ) -> Predictor:
+def predictor_for_model(
+    model, path="<in memory>", postprocessing: postprocess.PostProcessing | None = None
+) -> Predictor:
     """A ``Predictor`` for a Keras model already in memory (training scores its best model this way)."""
 
     @tf.function(reduce_retracing=True)
     def model_probabilities(batch):
         return postprocess.probabilities_from_logits(model(batch, training=False))
 
-    return Predictor(str(path), model_image_size(model), int(model.outputs[0].shape[-1]),
-                     postprocessing or postprocess.PostProcessing(), model_probabilities, keras_model=model)
+    return Predictor(
+        str(path),
+        model_image_size(model),
+        int(model.outputs[0].shape[-1]),
+        postprocessing or postprocess.PostProcessing(),
+        model_probabilities,
+        keras_model=model,
+    )
 
 
 def _saved_model_predictor(path: pathlib.Path) -> Predictor:
@@ -99,18 +109,25 @@ def _saved_model_predictor(path: pathlib.Path) -> Predictor:
         raise ModelLoadError(f"{path}: cannot load as a SavedModel ({type(e).__name__}: {e})") from None
     name = serving_contract.PROBABILITIES_SIGNATURE
     if name not in loaded.signatures:
-        raise ModelLoadError(f"{path}: the SavedModel has no {name!r} signature (it has "
-                             f"{sorted(loaded.signatures)}); export it with python -m kseg.export")
+        raise ModelLoadError(
+            f"{path}: the SavedModel has no {name!r} signature (it has "
+            f"{sorted(loaded.signatures)}); export it with python -m kseg.export"
+        )
     signature = loaded.signatures[name]
-    (input_name, spec), = signature.structured_input_signature[1].items()
+    ((input_name, spec),) = signature.structured_input_signature[1].items()
     output_spec = signature.structured_outputs[serving_contract.PROBABILITIES_OUTPUT]
 
     def model_probabilities(batch):
         outputs = signature(**{input_name: tf.convert_to_tensor(batch, tf.float32)})
         return outputs[serving_contract.PROBABILITIES_OUTPUT]
 
-    return Predictor(str(path), (int(spec.shape[1]), int(spec.shape[2])), int(output_spec.shape[-1]),
-                     postprocess.for_model(path), model_probabilities)
+    return Predictor(
+        str(path),
+        (int(spec.shape[1]), int(spec.shape[2])),
+        int(output_spec.shape[-1]),
+        postprocess.for_model(path),
+        model_probabilities,
+    )
 
 
 def load_predictor(path) -> Predictor:
@@ -118,8 +135,9 @@ def load_predictor(path) -> Predictor:
     directory, or a folder of numbered versions (the newest)."""
     path = pathlib.Path(path)
     if not path.exists():
-        raise ModelLoadError(f"{path}: no such file or directory; expected a .keras file, a run directory "
-                             f"or an exported SavedModel")
+        raise ModelLoadError(
+            f"{path}: no such file or directory; expected a .keras file, a run directory or an exported SavedModel"
+        )
     if path.is_file():
         if path.suffix != ".keras":
             raise ModelLoadError(f"{path}: expected a .keras file, a run directory or a SavedModel directory")
@@ -129,5 +147,7 @@ def load_predictor(path) -> Predictor:
     saved_model = serving_contract.resolve_saved_model(path)
     if saved_model is not None:
         return _saved_model_predictor(saved_model)
-    raise ModelLoadError(f"{path}: found neither best.keras (a run directory), saved_model.pb (an exported "
-                         f"version) nor numbered version folders")
+    raise ModelLoadError(
+        f"{path}: found neither best.keras (a run directory), saved_model.pb (an exported "
+        f"version) nor numbered version folders"
+    )

@@ -40,11 +40,15 @@ def collect_image_files(inputs, recursive: bool = False) -> InputFiles:
             others = [p for p in entries if p.is_file() and p.suffix.lower() not in IMAGE_SUFFIXES]
             folders = [p for p in entries if p.is_dir()] if not recursive else []
             if folders:
-                skipped.append(f"{path}: {len(folders)} subfolder(s) not read (e.g. {folders[0].name}/); add "
-                               f"--recursive to include them")
+                skipped.append(
+                    f"{path}: {len(folders)} subfolder(s) not read (e.g. {folders[0].name}/); add "
+                    f"--recursive to include them"
+                )
             if others:
-                skipped.append(f"{path}: {len(others)} file(s) without an image suffix not read (e.g. "
-                               f"{others[0].name}); images end in {', '.join(IMAGE_SUFFIXES)}")
+                skipped.append(
+                    f"{path}: {len(others)} file(s) without an image suffix not read (e.g. "
+                    f"{others[0].name}); images end in {', '.join(IMAGE_SUFFIXES)}"
+                )
             if not images:
                 problems.append(f"{path}: folder holds no images ({', '.join(IMAGE_SUFFIXES)})")
             for image in images:
@@ -61,7 +65,7 @@ def _name(path: pathlib.Path, level: int) -> str:
     if level == 0:
         return path.stem
     name = path.stem + (f"_{path.suffix[1:]}" if path.suffix else "")
-    parents = [p for p in path.resolve().parent.parts if p not in ("/", "")][::-1][:level - 1][::-1]
+    parents = [p for p in path.resolve().parent.parts if p not in ("/", "")][::-1][: level - 1][::-1]
     return "_".join([*parents, name])
 
 

@@ -55,7 +55,8 @@ def _categorical_inputs(y_true, y_pred):
 def _sparse_ce(y_true, y_pred):
     """Keras' logit sparse categorical cross-entropy, per pixel ``[B, H, W]``."""
     return keras.losses.sparse_categorical_crossentropy(
-        _class_ids(y_true, y_pred), ops.cast(y_pred, _FLOAT), from_logits=True)
+        _class_ids(y_true, y_pred), ops.cast(y_pred, _FLOAT), from_logits=True
+    )
 
 
 def _per_image_mean(values):
@@ -127,8 +128,7 @@ class DiceLoss(_SegLoss):
 class BCEDiceLoss(_SegLoss):
     """BCE gives dense per-pixel gradients early on; Dice keeps small structures from being swamped."""
 
-    def __init__(self, bce_weight=1.0, dice_weight=1.0, smooth=1.0, name="bce_dice",
-                 reduction="sum_over_batch_size"):
+    def __init__(self, bce_weight=1.0, dice_weight=1.0, smooth=1.0, name="bce_dice", reduction="sum_over_batch_size"):
         super().__init__(name=name, reduction=reduction)
         self.bce_weight = float(bce_weight)
         self.dice_weight = float(dice_weight)
@@ -136,22 +136,26 @@ class BCEDiceLoss(_SegLoss):
 
     def call(self, y_true, y_pred):
         target, prob = _binary_inputs(y_true, y_pred)
-        bce = _per_image_mean(
-            keras.losses.binary_crossentropy(target, ops.cast(y_pred, _FLOAT), from_logits=True))
+        bce = _per_image_mean(keras.losses.binary_crossentropy(target, ops.cast(y_pred, _FLOAT), from_logits=True))
         dice = 1.0 - _soft_dice(target, prob, self.smooth)
         return self.bce_weight * bce + self.dice_weight * dice
 
     def get_config(self):
-        return {**super().get_config(), "bce_weight": self.bce_weight,
-                "dice_weight": self.dice_weight, "smooth": self.smooth}
+        return {
+            **super().get_config(),
+            "bce_weight": self.bce_weight,
+            "dice_weight": self.dice_weight,
+            "smooth": self.smooth,
+        }
 
 
 @keras.saving.register_keras_serializable(package="kseg")
 class BinaryFocalLoss(_SegLoss):
     """Keras' logit binary focal cross-entropy (same parameters and defaults), averaged per image."""
 
-    def __init__(self, gamma=2.0, alpha=0.25, apply_class_balancing=False, name="focal",
-                 reduction="sum_over_batch_size"):
+    def __init__(
+        self, gamma=2.0, alpha=0.25, apply_class_balancing=False, name="focal", reduction="sum_over_batch_size"
+    ):
         super().__init__(name=name, reduction=reduction)
         self.gamma = float(gamma)
         self.alpha = float(alpha)
@@ -160,13 +164,22 @@ class BinaryFocalLoss(_SegLoss):
     def call(self, y_true, y_pred):
         y_true, _ = _binary_inputs(y_true, y_pred)
         focal = keras.losses.binary_focal_crossentropy(
-            y_true, ops.cast(y_pred, _FLOAT), apply_class_balancing=self.apply_class_balancing,
-            alpha=self.alpha, gamma=self.gamma, from_logits=True)
+            y_true,
+            ops.cast(y_pred, _FLOAT),
+            apply_class_balancing=self.apply_class_balancing,
+            alpha=self.alpha,
+            gamma=self.gamma,
+            from_logits=True,
+        )
         return _per_image_mean(focal)
 
     def get_config(self):
-        return {**super().get_config(), "gamma": self.gamma, "alpha": self.alpha,
-                "apply_class_balancing": self.apply_class_balancing}
+        return {
+            **super().get_config(),
+            "gamma": self.gamma,
+            "alpha": self.alpha,
+            "apply_class_balancing": self.apply_class_balancing,
+        }
 
 
 @keras.saving.register_keras_serializable(package="kseg")
@@ -220,8 +233,7 @@ class CategoricalDiceLoss(DiceLoss):
 class CEDiceLoss(_SegLoss):
     """Multi-class counterpart of :class:`BCEDiceLoss`: sparse CE plus class-averaged soft Dice."""
 
-    def __init__(self, ce_weight=1.0, dice_weight=1.0, smooth=1.0, name="ce_dice",
-                 reduction="sum_over_batch_size"):
+    def __init__(self, ce_weight=1.0, dice_weight=1.0, smooth=1.0, name="ce_dice", reduction="sum_over_batch_size"):
         super().__init__(name=name, reduction=reduction)
         self.ce_weight = float(ce_weight)
         self.dice_weight = float(dice_weight)
@@ -234,8 +246,12 @@ class CEDiceLoss(_SegLoss):
         return self.ce_weight * ce + self.dice_weight * dice
 
     def get_config(self):
-        return {**super().get_config(), "ce_weight": self.ce_weight,
-                "dice_weight": self.dice_weight, "smooth": self.smooth}
+        return {
+            **super().get_config(),
+            "ce_weight": self.ce_weight,
+            "dice_weight": self.dice_weight,
+            "smooth": self.smooth,
+        }
 
 
 @keras.saving.register_keras_serializable(package="kseg")
@@ -250,7 +266,8 @@ class CategoricalFocalLoss(_SegLoss):
     def call(self, y_true, y_pred):
         target, _ = _categorical_inputs(y_true, y_pred)
         focal = keras.losses.categorical_focal_crossentropy(
-            target, ops.cast(y_pred, _FLOAT), alpha=self.alpha, gamma=self.gamma, from_logits=True)
+            target, ops.cast(y_pred, _FLOAT), alpha=self.alpha, gamma=self.gamma, from_logits=True
+        )
         return _per_image_mean(focal)
 
     def get_config(self):

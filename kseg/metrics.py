@@ -114,8 +114,12 @@ class _ConfusionMetric(keras.metrics.Metric):
         return ops.where(ops.greater(self.weight_sum, 0.0), value, 0.0)
 
     def get_config(self):
-        return {**super().get_config(), "num_classes": self.num_classes,
-                "threshold": self.threshold, "per_image": self.per_image}
+        return {
+            **super().get_config(),
+            "num_classes": self.num_classes,
+            "threshold": self.threshold,
+            "per_image": self.per_image,
+        }
 
 
 @keras.saving.register_keras_serializable(package="kseg")
@@ -123,8 +127,7 @@ class Dice(_ConfusionMetric):
     """Dice (F1) = 2TP / (2TP + FP + FN): the usual headline number for lesion segmentation."""
 
     def __init__(self, num_classes=1, threshold=THRESHOLD, per_image=True, name="dice", dtype=None):
-        super().__init__(num_classes=num_classes, threshold=threshold, per_image=per_image,
-                         name=name, dtype=dtype)
+        super().__init__(num_classes=num_classes, threshold=threshold, per_image=per_image, name=name, dtype=dtype)
 
     def _score(self, tp, fp, fn, tn):
         return _foreground_mean(_safe_ratio(2.0 * tp, 2.0 * tp + fp + fn))
@@ -135,8 +138,7 @@ class IoU(_ConfusionMetric):
     """Jaccard index TP / (TP + FP + FN); unlike ``keras.metrics.IoU`` it takes logits and skips background."""
 
     def __init__(self, num_classes=1, threshold=THRESHOLD, per_image=True, name="iou", dtype=None):
-        super().__init__(num_classes=num_classes, threshold=threshold, per_image=per_image,
-                         name=name, dtype=dtype)
+        super().__init__(num_classes=num_classes, threshold=threshold, per_image=per_image, name=name, dtype=dtype)
 
     def _score(self, tp, fp, fn, tn):
         return _foreground_mean(_safe_ratio(tp, tp + fp + fn))
@@ -146,10 +148,8 @@ class IoU(_ConfusionMetric):
 class PixelAccuracy(_ConfusionMetric):
     """Fraction of correctly classified pixels over all classes, background included."""
 
-    def __init__(self, num_classes=1, threshold=THRESHOLD, per_image=True, name="pixel_accuracy",
-                 dtype=None):
-        super().__init__(num_classes=num_classes, threshold=threshold, per_image=per_image,
-                         name=name, dtype=dtype)
+    def __init__(self, num_classes=1, threshold=THRESHOLD, per_image=True, name="pixel_accuracy", dtype=None):
+        super().__init__(num_classes=num_classes, threshold=threshold, per_image=per_image, name=name, dtype=dtype)
 
     def _score(self, tp, fp, fn, tn):
         # Every pixel has exactly one true class, so summing TP + FN over classes counts the pixels.
@@ -160,10 +160,8 @@ class PixelAccuracy(_ConfusionMetric):
 class Sensitivity(_ConfusionMetric):
     """Recall TP / (TP + FN): how much of the lesion was found."""
 
-    def __init__(self, num_classes=1, threshold=THRESHOLD, per_image=True, name="sensitivity",
-                 dtype=None):
-        super().__init__(num_classes=num_classes, threshold=threshold, per_image=per_image,
-                         name=name, dtype=dtype)
+    def __init__(self, num_classes=1, threshold=THRESHOLD, per_image=True, name="sensitivity", dtype=None):
+        super().__init__(num_classes=num_classes, threshold=threshold, per_image=per_image, name=name, dtype=dtype)
 
     def _score(self, tp, fp, fn, tn):
         return _foreground_mean(_safe_ratio(tp, tp + fn))
@@ -173,10 +171,8 @@ class Sensitivity(_ConfusionMetric):
 class Specificity(_ConfusionMetric):
     """TN / (TN + FP): how much healthy tissue was left alone."""
 
-    def __init__(self, num_classes=1, threshold=THRESHOLD, per_image=True, name="specificity",
-                 dtype=None):
-        super().__init__(num_classes=num_classes, threshold=threshold, per_image=per_image,
-                         name=name, dtype=dtype)
+    def __init__(self, num_classes=1, threshold=THRESHOLD, per_image=True, name="specificity", dtype=None):
+        super().__init__(num_classes=num_classes, threshold=threshold, per_image=per_image, name=name, dtype=dtype)
 
     def _score(self, tp, fp, fn, tn):
         return _foreground_mean(_safe_ratio(tn, tn + fp))

@@ -17,8 +17,19 @@ from PIL import Image
 from kseg.files import atomic_write_bytes
 
 #: Fill and outline colours of classes 1, 2, ... in overlays (class 0 is background).
-CLASS_COLOURS = np.array([(255, 23, 68), (41, 121, 255), (255, 196, 0), (0, 230, 118), (213, 0, 249),
-                          (0, 229, 255), (255, 109, 0), (118, 255, 3)], dtype=np.float32)
+CLASS_COLOURS = np.array(
+    [
+        (255, 23, 68),
+        (41, 121, 255),
+        (255, 196, 0),
+        (0, 230, 118),
+        (213, 0, 249),
+        (0, 229, 255),
+        (255, 109, 0),
+        (118, 255, 3),
+    ],
+    dtype=np.float32,
+)
 FILL_ALPHA = 0.35
 
 
@@ -43,7 +54,7 @@ def decode_mask_png(data: bytes, binary: bool) -> np.ndarray:
 def _outline(region: np.ndarray) -> np.ndarray:
     """Pixels of ``region`` with a 4-neighbour outside it (the image border counts as outside)."""
     padded = np.pad(region, 1, constant_values=False)
-    interior = (padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:])
+    interior = padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
     return region & ~interior
 
 

@@ -28,6 +28,7 @@ import tensorflow as tf
 
 from kseg.defaults import THRESHOLD
 from kseg.errors import KsegError
+from kseg.files import atomic_write_text
 from kseg.serving_contract import POSTPROCESSING_FILE
 
 #: Sidecar file that stores the choice next to a ``.keras`` model (``best.keras`` -> ``best.postprocessing.json``).
@@ -50,8 +51,11 @@ class PostProcessing:
     largest_component: bool = False
 
     def __post_init__(self):
-        if isinstance(self.threshold, bool) or not isinstance(self.threshold, (int, float)) \
-                or not 0.0 < float(self.threshold) < 1.0:
+        if (
+            isinstance(self.threshold, bool)
+            or not isinstance(self.threshold, (int, float))
+            or not 0.0 < float(self.threshold) < 1.0
+        ):
             raise PostProcessingError(f"threshold: expected a probability in (0, 1), got {self.threshold!r}")
         object.__setattr__(self, "threshold", float(self.threshold))
         for name in ("tta", "fill_holes", "largest_component"):
@@ -62,7 +66,7 @@ class PostProcessing:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict, source: str = "post-processing") -> "PostProcessing":
+    def from_dict(cls, values: dict, source: str = "post-processing") -> PostProcessing:
         if not isinstance(values, dict):
             raise PostProcessingError(f"{source}: expected a JSON object, got {type(values).__name__}")
         fields = {f.name for f in dataclasses.fields(cls)}
@@ -102,10 +106,7 @@ def write(path, postprocessing: PostProcessing, **extra) -> pathlib.Path:
     """Write ``postprocessing`` (and ``extra`` notes, e.g. the validation scores behind it) as JSON, atomically."""
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps({**postprocessing.to_dict(), **extra}, indent=2) + "\n")
-    temporary.replace(path)
-    return path
+    return atomic_write_text(path, json.dumps({**postprocessing.to_dict(), **extra}, indent=2) + "\n")
 
 
 def for_model(model_path) -> PostProcessing:
@@ -122,6 +123,7 @@ def probabilities_from_logits(logits):
 
 
 # ------------------------------------------------------------------------------- test-time augmentation ---
+
 
 def tta_transforms(height: int, width: int) -> list[tuple[bool, bool, bool]]:
     """``(transpose, flip_up_down, flip_left_right)`` triples: the 8 symmetries of a square, or the 4 that keep
@@ -156,6 +158,7 @@ def tta_probabilities(predict, batch):
 
 # ------------------------------------------------------------------------------ components and holes ---
 
+
 def _propagate_until_stable(values, allowed, step):
     """Repeat ``values = where(allowed, step(values), 0)`` until nothing changes (graph-friendly)."""
     values = tf.where(allowed, values, tf.zeros_like(values))
@@ -164,8 +167,7 @@ def _propagate_until_stable(values, allowed, step):
         updated = tf.where(allowed, step(current), tf.zeros_like(current))
         return updated, tf.reduce_any(tf.not_equal(updated, current))
 
-    values, _ = tf.while_loop(lambda _, changed: changed, body, [values, tf.constant(True)],
-                              parallel_iterations=1)
+    values, _ = tf.while_loop(lambda _, changed: changed, body, [values, tf.constant(True)], parallel_iterations=1)
     return values
 
 
@@ -174,8 +176,10 @@ def _max_8(x):
 
 
 def _max_4(x):
-    return tf.maximum(tf.nn.max_pool2d(x, ksize=(3, 1), strides=1, padding="SAME"),
-                      tf.nn.max_pool2d(x, ksize=(1, 3), strides=1, padding="SAME"))
+    return tf.maximum(
+        tf.nn.max_pool2d(x, ksize=(3, 1), strides=1, padding="SAME"),
+        tf.nn.max_pool2d(x, ksize=(1, 3), strides=1, padding="SAME"),
+    )
 
 
 def component_labels(masks):
@@ -196,9 +200,9 @@ def largest_component(masks):
     shape = tf.shape(labels)
     per_image = shape[1] * shape[2] + 1
     offsets = tf.range(shape[0])[:, None, None] * per_image
-    sizes = tf.math.unsorted_segment_sum(tf.reshape(tf.cast(labels > 0, tf.int32), [-1]),
-                                         tf.reshape(labels + offsets, [-1]),
-                                         shape[0] * per_image)
+    sizes = tf.math.unsorted_segment_sum(
+        tf.reshape(tf.cast(labels > 0, tf.int32), [-1]), tf.reshape(labels + offsets, [-1]), shape[0] * per_image
+    )
     best = tf.argmax(tf.reshape(sizes, [shape[0], per_image]), axis=1, output_type=tf.int32)
     return masks & tf.equal(labels, best[:, None, None])
 
@@ -218,6 +222,7 @@ def fill_holes(masks):
 
 
 # ----------------------------------------------------------------------------------------- the mask ---
+
 
 def _resize_nearest(masks, size):
     return tf.cast(tf.image.resize(tf.cast(masks, tf.uint8)[..., None], size, method="nearest")[..., 0], tf.bool)

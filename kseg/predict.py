@@ -21,14 +21,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m kseg.predict",
         description="Write NAME_mask.png and NAME_overlay.png for each input image, at the image's size.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files (PNG, JPEG, BMP, ...) or folders")
     parser.add_argument("--model", required=True, help="a .keras file, a run directory or an exported SavedModel")
     parser.add_argument("--output-dir", "--out", dest="output_dir", required=True, help="where the PNGs go")
     parser.add_argument("--recursive", action="store_true", help="also read images in subfolders of folder inputs")
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
-                        help="test-time augmentation; default: the choice stored with the model")
+    parser.add_argument(
+        "--tta",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="test-time augmentation; default: the choice stored with the model",
+    )
     parser.add_argument("--threshold", type=float, default=None, help="default: the choice stored with the model")
     parser.add_argument("--fill-holes", action=argparse.BooleanOptionalAction, default=None)
     parser.add_argument("--largest-component", action=argparse.BooleanOptionalAction, default=None)
@@ -49,27 +54,36 @@ def main(argv=None) -> int:
         for line in found.skipped:
             print(f"{PROG}: note: {line}", file=sys.stderr)
         predictor = inference.load_predictor(args.model)
-        overrides = {n: getattr(args, n) for n in ("tta", "threshold", "fill_holes", "largest_component")
-                     if getattr(args, n) is not None}
+        overrides = {
+            n: getattr(args, n)
+            for n in ("tta", "threshold", "fill_holes", "largest_component")
+            if getattr(args, n) is not None
+        }
         postprocessing = dataclasses.replace(predictor.postprocessing, **overrides)
         errors = list(found.problems)
         if found.files:
             import keras
 
             bar = keras.utils.Progbar(len(found.files), unit_name="image")
-            done, read_errors = prediction.predict_files(predictor, found.files, args.output_dir,
-                                                         batch_size=args.batch_size, postprocessing=postprocessing,
-                                                         progress=bar.update)
+            done, read_errors = prediction.predict_files(
+                predictor,
+                found.files,
+                args.output_dir,
+                batch_size=args.batch_size,
+                postprocessing=postprocessing,
+                progress=bar.update,
+            )
             written.extend(done)
             errors += read_errors
-        for error in errors:
-            print(f"{PROG}: skipped {error}", file=sys.stderr)
-        print(f"{PROG}: {len(written)} of {len(found.files)} images written to {args.output_dir} "
-              f"({postprocessing.describe()}); {len(errors)} problem(s)", file=sys.stderr)
-        return 1 if errors or not written else 0
+        return cli.report_written(
+            PROG, len(written), len(found.files), errors, args.output_dir, postprocessing.describe()
+        )
 
-    return cli.run(PROG, work, interrupted=lambda: f"the masks and overlays already in {args.output_dir} are "
-                                                   f"complete (none is half-written); run again to do them all")
+    return cli.run(
+        PROG,
+        work,
+        interrupted=lambda: cli.outputs_kept(args.output_dir),
+    )
 
 
 if __name__ == "__main__":

@@ -9,15 +9,23 @@ from __future__ import annotations
 from kseg import imageio, inference, inputs, outputs, postprocess
 
 
-def predict_files(predictor: inference.Predictor, files, output_dir, *, batch_size: int = 8,
-                  postprocessing: postprocess.PostProcessing | None = None, progress=None) -> tuple[list, list]:
+def predict_files(
+    predictor: inference.Predictor,
+    files,
+    output_dir,
+    *,
+    batch_size: int = 8,
+    postprocessing: postprocess.PostProcessing | None = None,
+    progress=None,
+) -> tuple[list, list]:
     """Write mask and overlay PNGs for each file; returns ``(written, errors)``. A file that cannot be read
     is an error line naming it; the others are still predicted."""
     written, errors, batch = [], [], []
 
     def flush():
-        masks = predictor.predict([image for _, _, image in batch], batch_size=batch_size,
-                                  postprocessing=postprocessing)
+        masks = predictor.predict(
+            [image for _, _, image in batch], batch_size=batch_size, postprocessing=postprocessing
+        )
         for (_, stem, image), mask in zip(batch, masks):
             written.append(outputs.write_prediction(output_dir, stem, image, mask, binary=predictor.num_classes == 1))
         batch.clear()

@@ -42,15 +42,23 @@ import re
 import shutil
 import uuid
 
-import kseg  # noqa: F401  (sets the Keras backend and quiets TensorFlow before they are imported)
 import tensorflow as tf
 
+import kseg  # noqa: F401  (sets the Keras backend and quiets TensorFlow before they are imported)
 from kseg import inference, postprocess
 from kseg.errors import FAILURE, KsegError
 from kseg.preprocessing import resize_image, scale_to_unit
-from kseg.serving_contract import (IMAGE_BYTES, KSEG_FILE, PROBABILITIES_INPUT, PROBABILITIES_OUTPUT,
-                                   PROBABILITIES_SIGNATURE, SERVING_OUTPUTS, SERVING_SIGNATURE, STAGING_PREFIX,
-                                   version_numbers)
+from kseg.serving_contract import (
+    IMAGE_BYTES,
+    KSEG_FILE,
+    PROBABILITIES_INPUT,
+    PROBABILITIES_OUTPUT,
+    PROBABILITIES_SIGNATURE,
+    SERVING_OUTPUTS,
+    SERVING_SIGNATURE,
+    STAGING_PREFIX,
+    version_numbers,
+)
 
 log = logging.getLogger(__name__)
 
@@ -76,15 +84,20 @@ class ExportWriteError(ExportError):
 
 # -------------------------------------------------------------------------------- the serving graph ---
 
+
 def _little_endian(byte_values, signed=False):
     """Integer (int64) from little-endian bytes (a uint8 vector)."""
     values = tf.cast(byte_values, tf.int64)
-    result = tf.reduce_sum(values * tf.bitwise.left_shift(tf.constant(1, tf.int64),
-                                                          8 * tf.range(tf.size(values, tf.int64))))
+    result = tf.reduce_sum(
+        values * tf.bitwise.left_shift(tf.constant(1, tf.int64), 8 * tf.range(tf.size(values, tf.int64)))
+    )
     if signed:
         bits = 8 * tf.size(values, tf.int64)
-        result = tf.where(result >= tf.bitwise.left_shift(tf.constant(1, tf.int64), bits - 1),
-                          result - tf.bitwise.left_shift(tf.constant(1, tf.int64), bits), result)
+        result = tf.where(
+            result >= tf.bitwise.left_shift(tf.constant(1, tf.int64), bits - 1),
+            result - tf.bitwise.left_shift(tf.constant(1, tf.int64), bits),
+            result,
+        )
     return result
 
 
@@ -112,8 +125,9 @@ def decode_checked(data, index, max_pixels: int):
     problem (empty, unknown format, truncated, unsupported BMP depth, too large) before TF's own decoders,
     whose errors name neither."""
     length = tf.strings.length(data)
-    header = tf.strings.substr(tf.strings.join([tf.strings.substr(data, 0, _HEADER_BYTES),
-                                                b"\0" * _HEADER_BYTES]), 0, _HEADER_BYTES)
+    header = tf.strings.substr(
+        tf.strings.join([tf.strings.substr(data, 0, _HEADER_BYTES), b"\0" * _HEADER_BYTES]), 0, _HEADER_BYTES
+    )
     is_png = tf.equal(tf.strings.substr(header, 0, 8), _PNG_SIGNATURE)
     is_jpeg = tf.equal(tf.strings.substr(header, 0, 3), b"\xff\xd8\xff")
     is_gif = tf.equal(tf.strings.substr(header, 0, 4), b"GIF8")
@@ -122,47 +136,100 @@ def decode_checked(data, index, max_pixels: int):
     known = is_png | is_jpeg | is_gif | is_bmp | is_webp
 
     checks = [_check(length > 0, index, "is empty; expected an encoded PNG, JPEG, BMP, GIF or WebP image")]
-    checks.append(_check((length == 0) | known, index,
-                         "is not a PNG, JPEG, BMP, GIF or WebP image ({} bytes starting with {}); "
-                         "convert other formats (e.g. TIFF) to PNG", length,
-                         tf.strings.substr(data, 0, 8), after=checks))
-    checks.append(_check(~is_png | _ends_with_marker(data, length, b"IEND"), index,
-                         "is a truncated PNG ({} bytes, no IEND chunk at its end)", length, after=checks))
-    checks.append(_check(~is_jpeg | _ends_with_marker(data, length, b"\xff\xd9"), index,
-                         "is a truncated JPEG ({} bytes, no end-of-image marker)", length, after=checks))
+    checks.append(
+        _check(
+            (length == 0) | known,
+            index,
+            "is not a PNG, JPEG, BMP, GIF or WebP image ({} bytes starting with {}); "
+            "convert other formats (e.g. TIFF) to PNG",
+            length,
+            tf.strings.substr(data, 0, 8),
+            after=checks,
+        )
+    )
+    checks.append(
+        _check(
+            ~is_png | _ends_with_marker(data, length, b"IEND"),
+            index,
+            "is a truncated PNG ({} bytes, no IEND chunk at its end)",
+            length,
+            after=checks,
+        )
+    )
+    checks.append(
+        _check(
+            ~is_jpeg | _ends_with_marker(data, length, b"\xff\xd9"),
+            index,
+            "is a truncated JPEG ({} bytes, no end-of-image marker)",
+            length,
+            after=checks,
+        )
+    )
     bmp_bits = _header_field(header, 28, 2)
-    checks.append(_check(~is_bmp | tf.reduce_any(tf.equal(bmp_bits, [8, 24, 32])), index,
-                         "is a {}-bit BMP; TensorFlow decodes 8-, 24- and 32-bit BMPs only: convert it to PNG",
-                         bmp_bits, after=checks))
+    checks.append(
+        _check(
+            ~is_bmp | tf.reduce_any(tf.equal(bmp_bits, [8, 24, 32])),
+            index,
+            "is a {}-bit BMP; TensorFlow decodes 8-, 24- and 32-bit BMPs only: convert it to PNG",
+            bmp_bits,
+            after=checks,
+        )
+    )
 
     # The size from the header, so that a huge image is refused before it is decoded (-1: not in the header).
     png_size = tf.stack([_header_field(header, 20, 4, big_endian=True), _header_field(header, 16, 4, big_endian=True)])
     gif_size = tf.stack([_header_field(header, 8, 2), _header_field(header, 6, 2)])
     bmp_size = tf.stack([tf.abs(_header_field(header, 22, 4, signed=True)), _header_field(header, 18, 4, signed=True)])
     with tf.control_dependencies(checks):
-        jpeg_size = tf.cond(is_jpeg, lambda: tf.io.extract_jpeg_shape(data, output_type=tf.int32)[:2],
-                            lambda: tf.constant([-1, -1], tf.int32))
-    size = tf.where(is_png, png_size, tf.where(is_gif, gif_size, tf.where(
-        is_bmp, bmp_size, tf.where(is_jpeg, tf.cast(jpeg_size, tf.int64), tf.constant([-1, -1], tf.int64)))))
+        jpeg_size = tf.cond(
+            is_jpeg,
+            lambda: tf.io.extract_jpeg_shape(data, output_type=tf.int32)[:2],
+            lambda: tf.constant([-1, -1], tf.int32),
+        )
+    size = tf.where(
+        is_png,
+        png_size,
+        tf.where(
+            is_gif,
+            gif_size,
+            tf.where(
+                is_bmp, bmp_size, tf.where(is_jpeg, tf.cast(jpeg_size, tf.int64), tf.constant([-1, -1], tf.int64))
+            ),
+        ),
+    )
     pixels = size[0] * size[1]
-    checks.append(_check(pixels <= max_pixels, index,
-                         "is {}x{} pixels, more than the {}-pixel limit of this export; resize it first",
-                         size[1], size[0], max_pixels, after=checks + [jpeg_size]))
+    checks.append(
+        _check(
+            pixels <= max_pixels,
+            index,
+            "is {}x{} pixels, more than the {}-pixel limit of this export; resize it first",
+            size[1],
+            size[0],
+            max_pixels,
+            after=checks + [jpeg_size],
+        )
+    )
 
     with tf.control_dependencies(checks):
         image = tf.io.decode_image(data, channels=3, dtype=tf.uint8, expand_animations=False)
     image = tf.ensure_shape(image, [None, None, 3])
     shape = tf.shape(image)
     # WebP carries its size outside the fixed header: check after decoding.
-    decoded_check = _check(tf.cast(shape[0], tf.int64) * tf.cast(shape[1], tf.int64) <= max_pixels, index,
-                           "is {}x{} pixels, more than the {}-pixel limit of this export; resize it first",
-                           shape[1], shape[0], max_pixels)
+    decoded_check = _check(
+        tf.cast(shape[0], tf.int64) * tf.cast(shape[1], tf.int64) <= max_pixels,
+        index,
+        "is {}x{} pixels, more than the {}-pixel limit of this export; resize it first",
+        shape[1],
+        shape[0],
+        max_pixels,
+    )
     with tf.control_dependencies([decoded_check]):
         return tf.identity(image)
 
 
-def serving_functions(model, postprocessing: postprocess.PostProcessing,
-                      max_pixels: int = int(DEFAULT_MAX_MEGAPIXELS * 1e6)):
+def serving_functions(
+    model, postprocessing: postprocess.PostProcessing, max_pixels: int = int(DEFAULT_MAX_MEGAPIXELS * 1e6)
+):
     """``(serve, predict_images)``: the two endpoints for ``model``, as plain functions to trace."""
     height, width = inference.model_image_size(model)
     num_classes = int(model.outputs[0].shape[-1])
@@ -187,8 +254,11 @@ def serving_functions(model, postprocessing: postprocess.PostProcessing,
             image = decode_checked(data, index, max_pixels)
             return resize_image(image, (height, width)), tf.shape(image)[:2]
 
-        resized, sizes = tf.map_fn(prepare, (tf.range(count), image_bytes), fn_output_signature=(
-            tf.TensorSpec([height, width, 3], tf.uint8), tf.TensorSpec([2], tf.int32)))
+        resized, sizes = tf.map_fn(
+            prepare,
+            (tf.range(count), image_bytes),
+            fn_output_signature=(tf.TensorSpec([height, width, 3], tf.uint8), tf.TensorSpec([2], tf.int32)),
+        )
         batch = scale_to_unit(resized)
         if postprocessing.tta:
             probs = postprocess.tta_probabilities(probabilities, batch)
@@ -201,8 +271,9 @@ def serving_functions(model, postprocessing: postprocess.PostProcessing,
             png = tf.io.encode_png((mask * 255 if binary else mask)[..., None])
             return png, tf.reduce_mean(tf.cast(mask > 0, tf.float32))
 
-        masks, fractions = tf.map_fn(finish, (probs, sizes), fn_output_signature=(
-            tf.TensorSpec([], tf.string), tf.TensorSpec([], tf.float32)))
+        masks, fractions = tf.map_fn(
+            finish, (probs, sizes), fn_output_signature=(tf.TensorSpec([], tf.string), tf.TensorSpec([], tf.float32))
+        )
         return dict(zip(SERVING_OUTPUTS, (masks, sizes[:, 0], sizes[:, 1], fractions)))
 
     return serve, predict_images
@@ -210,10 +281,13 @@ def serving_functions(model, postprocessing: postprocess.PostProcessing,
 
 # ----------------------------------------------------------------------------------------- the files ---
 
+
 def check_name(name: str) -> str:
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name or ""):
-        raise ExportError(f"--name {name!r}: use letters, digits, '.', '_' and '-' (it becomes part of the "
-                          f"serving URL /v1/models/NAME)")
+        raise ExportError(
+            f"--name {name!r}: use letters, digits, '.', '_' and '-' (it becomes part of the "
+            f"serving URL /v1/models/NAME)"
+        )
     return name
 
 
@@ -244,8 +318,10 @@ def remove_stale_staging(model_dir: pathlib.Path) -> list[pathlib.Path]:
             removed.append(path)
             log.warning(f"removed {path}, left by an export that was killed before it finished")
         elif not match:
-            log.warning(f"{path} looks like the staging folder of an unfinished export; TF Serving ignores it. "
-                        f"Remove it if no export is running")
+            log.warning(
+                f"{path} looks like the staging folder of an unfinished export; TF Serving ignores it. "
+                f"Remove it if no export is running"
+            )
     return removed
 
 
@@ -253,9 +329,14 @@ def _describe_os_error(e: OSError) -> str:
     return e.strerror or type(e).__name__
 
 
-def export_model(model_path, export_dir=DEFAULT_EXPORT_DIR, name: str | None = None, version: int | None = None,
-                 postprocessing: postprocess.PostProcessing | None = None,
-                 max_megapixels: float = DEFAULT_MAX_MEGAPIXELS) -> pathlib.Path:
+def export_model(
+    model_path,
+    export_dir=DEFAULT_EXPORT_DIR,
+    name: str | None = None,
+    version: int | None = None,
+    postprocessing: postprocess.PostProcessing | None = None,
+    max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
+) -> pathlib.Path:
     """Export the Keras model at ``model_path`` (a ``.keras`` file or a run directory) to
     ``export_dir/name/version`` and return that folder. ``postprocessing`` defaults to the model's stored
     choice (its ``best.postprocessing.json`` sidecar, else a plain 0.5 threshold)."""
@@ -263,8 +344,10 @@ def export_model(model_path, export_dir=DEFAULT_EXPORT_DIR, name: str | None = N
 
     predictor = inference.load_predictor(model_path)
     if predictor.keras_model is None:
-        raise ExportError(f"{model_path}: this is already an exported SavedModel; export the .keras model (or "
-                          f"run directory) it came from")
+        raise ExportError(
+            f"{model_path}: this is already an exported SavedModel; export the .keras model (or "
+            f"run directory) it came from"
+        )
     postprocessing = postprocessing or predictor.postprocessing
     name = check_name(name or DEFAULT_NAME)
     if version is not None and (isinstance(version, bool) or int(version) < 1):
@@ -282,19 +365,22 @@ def export_model(model_path, export_dir=DEFAULT_EXPORT_DIR, name: str | None = N
     version = int(version) if version is not None else next_version(model_dir)
     target = model_dir / str(version)
     if target.exists():
-        raise ExportError(f"{target} already exists; versions are never overwritten. Leave out --version to "
-                          f"export as version {next_version(model_dir)}, or pass another one")
+        raise ExportError(
+            f"{target} already exists; versions are never overwritten. Leave out --version to "
+            f"export as version {next_version(model_dir)}, or pass another one"
+        )
 
     model = predictor.keras_model
     height, width = predictor.image_size
     serve, predict_images = serving_functions(model, postprocessing, int(max_megapixels * 1e6))
     archive = keras.export.ExportArchive()
     archive.track(model)
-    archive.add_endpoint(SERVING_SIGNATURE, serve,
-                         input_signature=[tf.TensorSpec([None], tf.string, name=IMAGE_BYTES)])
-    archive.add_endpoint(PROBABILITIES_SIGNATURE, predict_images,
-                         input_signature=[tf.TensorSpec([None, height, width, 3], tf.float32,
-                                                        name=PROBABILITIES_INPUT)])
+    archive.add_endpoint(SERVING_SIGNATURE, serve, input_signature=[tf.TensorSpec([None], tf.string, name=IMAGE_BYTES)])
+    archive.add_endpoint(
+        PROBABILITIES_SIGNATURE,
+        predict_images,
+        input_signature=[tf.TensorSpec([None, height, width, 3], tf.float32, name=PROBABILITIES_INPUT)],
+    )
 
     remove_stale_staging(model_dir)
     # Not a number, so TF Serving skips it; the pid tells a later export whether its writer is still alive.
@@ -309,12 +395,19 @@ def export_model(model_path, export_dir=DEFAULT_EXPORT_DIR, name: str | None = N
             "postprocessing": postprocessing.to_dict(),
             "max_megapixels": max_megapixels,
             "signatures": {
-                SERVING_SIGNATURE: {"inputs": {IMAGE_BYTES: "string [N]"},
-                                    "outputs": {"mask_bytes": "string [N] (PNG)", "height": "int32 [N]",
-                                                "width": "int32 [N]", "foreground_fraction": "float32 [N]"}},
-                PROBABILITIES_SIGNATURE: {"inputs": {"images": f"float32 [N, {height}, {width}, 3]"},
-                                          "outputs": {"probabilities":
-                                                      f"float32 [N, {height}, {width}, {predictor.num_classes}]"}},
+                SERVING_SIGNATURE: {
+                    "inputs": {IMAGE_BYTES: "string [N]"},
+                    "outputs": {
+                        "mask_bytes": "string [N] (PNG)",
+                        "height": "int32 [N]",
+                        "width": "int32 [N]",
+                        "foreground_fraction": "float32 [N]",
+                    },
+                },
+                PROBABILITIES_SIGNATURE: {
+                    "inputs": {"images": f"float32 [N, {height}, {width}, 3]"},
+                    "outputs": {"probabilities": f"float32 [N, {height}, {width}, {predictor.num_classes}]"},
+                },
             },
             "source_model": str(pathlib.Path(predictor.path).resolve()),
             "exported_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

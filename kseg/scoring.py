@@ -85,8 +85,12 @@ def case_scores(pred: np.ndarray, true: np.ndarray, num_classes: int = 1) -> dic
     foreground class, HD95 of the foreground as one region)."""
     pred, true = np.asarray(pred), np.asarray(true)
     scores = binary_scores(pred, true) if num_classes == 1 else multiclass_scores(pred, true, num_classes)
-    return {**scores, "hd95": hd95(pred > 0, true > 0), "predicted_area": int(np.count_nonzero(pred)),
-            "true_area": int(np.count_nonzero(true))}
+    return {
+        **scores,
+        "hd95": hd95(pred > 0, true > 0),
+        "predicted_area": int(np.count_nonzero(pred)),
+        "true_area": int(np.count_nonzero(true)),
+    }
 
 
 def summarize(values) -> dict[str, float]:
@@ -95,12 +99,26 @@ def summarize(values) -> dict[str, float]:
     array = np.asarray(list(values), dtype=np.float64)
     finite = array[np.isfinite(array)]
     if finite.size == 0:
-        return {"mean": float("nan"), "std": float("nan"), "median": float("nan"), "q1": float("nan"),
-                "q3": float("nan"), "min": float("nan"), "max": float("nan"), "count": 0,
-                "undefined": int(array.size)}
+        return {
+            "mean": float("nan"),
+            "std": float("nan"),
+            "median": float("nan"),
+            "q1": float("nan"),
+            "q3": float("nan"),
+            "min": float("nan"),
+            "max": float("nan"),
+            "count": 0,
+            "undefined": int(array.size),
+        }
     q1, median, q3 = np.percentile(finite, [25, 50, 75])
     return {
-        "mean": float(finite.mean()), "std": float(finite.std()), "median": float(median),
-        "q1": float(q1), "q3": float(q3), "min": float(finite.min()), "max": float(finite.max()),
-        "count": int(finite.size), "undefined": int(array.size - finite.size),
+        "mean": float(finite.mean()),
+        "std": float(finite.std()),
+        "median": float(median),
+        "q1": float(q1),
+        "q3": float(q3),
+        "min": float(finite.min()),
+        "max": float(finite.max()),
+        "count": int(finite.size),
+        "undefined": int(array.size - finite.size),
     }

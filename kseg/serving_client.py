@@ -40,9 +40,12 @@ from kseg.serving_contract import IMAGE_BYTES as INPUT_NAME
 from kseg.serving_contract import SERVING_OUTPUTS as OUTPUT_NAMES
 from kseg.serving_contract import SERVING_SIGNATURE as DEFAULT_SIGNATURE
 from kseg.serving_contract import resolve_saved_model
-GRPC_INSTALL_HINT = ("gRPC needs grpcio and tensorflow-serving-api: pip install grpcio && "
-                     "pip install --no-deps tensorflow-serving-api  (--no-deps: it would otherwise pull in the "
-                     "full tensorflow package next to tensorflow-cpu); or use REST with --server")
+
+GRPC_INSTALL_HINT = (
+    "gRPC needs grpcio and tensorflow-serving-api: pip install grpcio && "
+    "pip install --no-deps tensorflow-serving-api  (--no-deps: it would otherwise pull in the "
+    "full tensorflow package next to tensorflow-cpu); or use REST with --server"
+)
 
 
 class ServingError(KsegError, RuntimeError):
@@ -65,9 +68,11 @@ class Prediction:
 #: TF Serving's messages for a request that does not fit the signature (as opposed to one image's data). Its
 #: REST API answers an input name the signature lacks with "JSON object: does not have named input: NAME"
 #: (the test double with "input 'NAME' is not in the signature").
-_REQUEST_PROBLEM = re.compile(r'signature (name|key):? "|does not match signature|input tensor alias not found|'
-                              r'Missing .* in (the )?request|does not have named input|is not in the signature',
-                              re.IGNORECASE)
+_REQUEST_PROBLEM = re.compile(
+    r'signature (name|key):? "|does not match signature|input tensor alias not found|'
+    r"Missing .* in (the )?request|does not have named input|is not in the signature",
+    re.IGNORECASE,
+)
 
 
 #: Server messages can quote the request (kilobytes of image bytes): keep the start, which says what is wrong.
@@ -88,11 +93,19 @@ def _fatal_if_not_about_images(message: str, where: str, hint: str = "") -> None
 
 # ---------------------------------------------------------------------------------------------- REST ---
 
+
 class RestClient:
     """TF Serving's REST predict API: ``POST /v1/models/NAME[/versions/N]:predict``."""
 
-    def __init__(self, server: str, model: str, version: int | None = None, signature: str = DEFAULT_SIGNATURE,
-                 timeout: float = 120.0, request_format: str = "row"):
+    def __init__(
+        self,
+        server: str,
+        model: str,
+        version: int | None = None,
+        signature: str = DEFAULT_SIGNATURE,
+        timeout: float = 120.0,
+        request_format: str = "row",
+    ):
         if "://" not in server:
             server = "http://" + server
         self.server = server.rstrip("/")
@@ -116,8 +129,9 @@ class RestClient:
 
     def predict(self, payloads) -> list[Prediction]:
         data = json.dumps(self.request_body(payloads)).encode("utf-8")
-        request = urllib.request.Request(self.url, data=data, method="POST",
-                                         headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(
+            self.url, data=data, method="POST", headers={"Content-Type": "application/json"}
+        )
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
                 document = json.loads(response.read().decode("utf-8"))
@@ -125,15 +139,21 @@ class RestClient:
             raise self._http_error(e) from None
         except urllib.error.URLError as e:
             reason = getattr(e.reason, "strerror", None) or str(e.reason)
-            raise ServingError(f"cannot reach TF Serving at {self.server}: {reason}. Is the server running and "
-                               f"its REST port (default 8501) published? See export/README.md") from None
+            raise ServingError(
+                f"cannot reach TF Serving at {self.server}: {reason}. Is the server running and "
+                f"its REST port (default 8501) published? See export/README.md"
+            ) from None
         except (TimeoutError, ConnectionError) as e:
-            raise ServingError(f"no answer from {self.server} ({type(e).__name__}: {e}); try a larger "
-                               f"--timeout or a smaller --batch-size") from None
+            raise ServingError(
+                f"no answer from {self.server} ({type(e).__name__}: {e}); try a larger "
+                f"--timeout or a smaller --batch-size"
+            ) from None
         except http.client.HTTPException as e:
-            raise ServingError(f"{self.server} closed the connection before its answer was complete "
-                               f"({type(e).__name__}); is it a TF Serving REST port, and did the server restart? "
-                               f"Try again, or a smaller --batch-size") from None
+            raise ServingError(
+                f"{self.server} closed the connection before its answer was complete "
+                f"({type(e).__name__}); is it a TF Serving REST port, and did the server restart? "
+                f"Try again, or a smaller --batch-size"
+            ) from None
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ServingError(f"{self.url} answered with something that is not JSON ({e})") from None
         return self._parse(document, len(payloads))
@@ -146,13 +166,19 @@ class RestClient:
             message = body.strip()[:500] or error.reason
         where = f"{self.url}"
         if error.code == 404:
-            return ServingError(f"{where}: HTTP 404: {message}. Check --model"
-                                f"{' and --version' if self.version is not None else ''} against the server's "
-                                f"model config (GET {self.server}/v1/models/{self.model} shows its versions)")
+            return ServingError(
+                f"{where}: HTTP 404: {message}. Check --model"
+                f"{' and --version' if self.version is not None else ''} against the server's "
+                f"model config (GET {self.server}/v1/models/{self.model} shows its versions)"
+            )
         if error.code == 400:
-            _fatal_if_not_about_images(message, where, f" (check --signature {self.signature!r}: kseg.client sends "
-                                                       f"encoded images to a signature with an {INPUT_NAME!r} "
-                                                       f"input, such as {DEFAULT_SIGNATURE!r})")
+            _fatal_if_not_about_images(
+                message,
+                where,
+                f" (check --signature {self.signature!r}: kseg.client sends "
+                f"encoded images to a signature with an {INPUT_NAME!r} "
+                f"input, such as {DEFAULT_SIGNATURE!r})",
+            )
             return RequestRejected(shorten(message))
         return ServingError(f"{where}: HTTP {error.code} {error.reason}: {shorten(message)}")
 
@@ -168,8 +194,10 @@ class RestClient:
             try:
                 rows = [{name: columns[name][i] for name in OUTPUT_NAMES} for i in range(count)]
             except (KeyError, IndexError, TypeError) as e:
-                raise ServingError(f"{self.url}: outputs lack {e} (expected {OUTPUT_NAMES}); is this a kseg "
-                                   f"export and --signature its serving signature?") from None
+                raise ServingError(
+                    f"{self.url}: outputs lack {e} (expected {OUTPUT_NAMES}); is this a kseg "
+                    f"export and --signature its serving signature?"
+                ) from None
         else:
             raise ServingError(f"{self.url}: answer has neither 'predictions' nor 'outputs': {str(document)[:200]}")
         if not isinstance(rows, list) or len(rows) != count:
@@ -179,15 +207,19 @@ class RestClient:
             try:
                 mask = row["mask_bytes"]
                 mask = base64.b64decode(mask["b64"]) if isinstance(mask, dict) else base64.b64decode(mask)
-                results.append(Prediction(mask, int(row["height"]), int(row["width"]),
-                                          float(row["foreground_fraction"])))
+                results.append(
+                    Prediction(mask, int(row["height"]), int(row["width"]), float(row["foreground_fraction"]))
+                )
             except (KeyError, TypeError, ValueError) as e:
-                raise ServingError(f"{self.url}: prediction lacks or garbles {e} (expected {OUTPUT_NAMES}); is "
-                                   f"this a kseg export and --signature its serving signature?") from None
+                raise ServingError(
+                    f"{self.url}: prediction lacks or garbles {e} (expected {OUTPUT_NAMES}); is "
+                    f"this a kseg export and --signature its serving signature?"
+                ) from None
         return results
 
 
 # ---------------------------------------------------------------------------------------------- gRPC ---
+
 
 def _import_grpc():
     try:
@@ -205,8 +237,12 @@ def tensor_values(proto) -> list:
     if proto.dtype == types_pb2.DT_STRING:
         return list(proto.string_val)
     if proto.tensor_content:
-        dtype = {types_pb2.DT_INT32: "<i4", types_pb2.DT_INT64: "<i8", types_pb2.DT_FLOAT: "<f4",
-                 types_pb2.DT_DOUBLE: "<f8"}[proto.dtype]
+        dtype = {
+            types_pb2.DT_INT32: "<i4",
+            types_pb2.DT_INT64: "<i8",
+            types_pb2.DT_FLOAT: "<f4",
+            types_pb2.DT_DOUBLE: "<f8",
+        }[proto.dtype]
         return np.frombuffer(proto.tensor_content, dtype=dtype).tolist()
     for field in ("int_val", "int64_val", "float_val", "double_val"):
         values = list(getattr(proto, field))
@@ -218,8 +254,14 @@ def tensor_values(proto) -> list:
 class GrpcClient:
     """TF Serving's gRPC ``PredictionService.Predict``."""
 
-    def __init__(self, target: str, model: str, version: int | None = None, signature: str = DEFAULT_SIGNATURE,
-                 timeout: float = 120.0):
+    def __init__(
+        self,
+        target: str,
+        model: str,
+        version: int | None = None,
+        signature: str = DEFAULT_SIGNATURE,
+        timeout: float = 120.0,
+    ):
         self.grpc, self.predict_pb2, services = _import_grpc()
         self.target, self.model, self.version, self.signature, self.timeout = target, model, version, signature, timeout
         # TF Serving accepts messages up to 2 GiB; the client's default limit (4 MiB) would refuse big batches.
@@ -252,8 +294,10 @@ class GrpcClient:
         try:
             columns = {name: tensor_values(response.outputs[name]) for name in OUTPUT_NAMES}
         except KeyError as e:
-            raise ServingError(f"{self.describe()}: the response lacks output {e} (it has "
-                               f"{sorted(response.outputs)}); is this a kseg export?") from None
+            raise ServingError(
+                f"{self.describe()}: the response lacks output {e} (it has "
+                f"{sorted(response.outputs)}); is this a kseg export?"
+            ) from None
         if any(len(values) != len(payloads) for values in columns.values()):
             raise ServingError(f"{self.describe()}: expected {len(payloads)} values per output")
         return [Prediction(*(columns[name][i] for name in OUTPUT_NAMES)) for i in range(len(payloads))]
@@ -263,24 +307,35 @@ class GrpcClient:
         details = error.details() or ""
         codes = self.grpc.StatusCode
         if code == codes.UNAVAILABLE:
-            return ServingError(f"cannot reach TF Serving at {self.target} over gRPC: {details}. Is the server "
-                                f"running and its gRPC port (default 8500) published? See export/README.md")
+            return ServingError(
+                f"cannot reach TF Serving at {self.target} over gRPC: {details}. Is the server "
+                f"running and its gRPC port (default 8500) published? See export/README.md"
+            )
         if code == codes.DEADLINE_EXCEEDED:
-            return ServingError(f"no answer from {self.target} within {self.timeout:g} s; try a larger --timeout "
-                                f"or a smaller --batch-size")
+            return ServingError(
+                f"no answer from {self.target} within {self.timeout:g} s; try a larger --timeout "
+                f"or a smaller --batch-size"
+            )
         if code == codes.NOT_FOUND:
-            return ServingError(f"{self.describe()}: NOT_FOUND: {details}. Check --model"
-                                f"{' and --version' if self.version is not None else ''} against the server's "
-                                f"model config")
+            return ServingError(
+                f"{self.describe()}: NOT_FOUND: {details}. Check --model"
+                f"{' and --version' if self.version is not None else ''} against the server's "
+                f"model config"
+            )
         if code == codes.INVALID_ARGUMENT:
-            _fatal_if_not_about_images(details, self.describe(), f" (check --signature {self.signature!r}: "
-                                                                 f"kseg.client sends encoded images to a signature "
-                                                                 f"with an {INPUT_NAME!r} input)")
+            _fatal_if_not_about_images(
+                details,
+                self.describe(),
+                f" (check --signature {self.signature!r}: "
+                f"kseg.client sends encoded images to a signature "
+                f"with an {INPUT_NAME!r} input)",
+            )
             return RequestRejected(shorten(details))
         return ServingError(f"{self.describe()}: {code.name}: {shorten(details)}")
 
 
 # ---------------------------------------------------------------------------------------- in process ---
+
 
 class LocalClient:
     """The export's signature run in this process with ``tf.saved_model.load``: the graph TF Serving would
@@ -293,8 +348,10 @@ class LocalClient:
         path = pathlib.Path(path)
         resolved = resolve_saved_model(path)
         if resolved is None:
-            raise UsageError(f"{path}: not an exported SavedModel (no saved_model.pb; expected "
-                               f"export/models/NAME or export/models/NAME/VERSION from python -m kseg.export)")
+            raise UsageError(
+                f"{path}: not an exported SavedModel (no saved_model.pb; expected "
+                f"export/models/NAME or export/models/NAME/VERSION from python -m kseg.export)"
+            )
         path = resolved
         self.path, self.signature = path, signature
         loaded = tf.saved_model.load(str(path))
@@ -303,9 +360,11 @@ class LocalClient:
         function = loaded.signatures[signature]
         input_names = sorted(function.structured_input_signature[1])
         if input_names != [INPUT_NAME]:
-            raise UsageError(f"{path}: signature {signature!r} takes {input_names}, not encoded images; kseg.client "
-                             f"sends them to a signature with one {INPUT_NAME!r} input, such as "
-                             f"{DEFAULT_SIGNATURE!r}")
+            raise UsageError(
+                f"{path}: signature {signature!r} takes {input_names}, not encoded images; kseg.client "
+                f"sends them to a signature with one {INPUT_NAME!r} input, such as "
+                f"{DEFAULT_SIGNATURE!r}"
+            )
         self._loaded, self._function = loaded, function
 
     def describe(self) -> str:
@@ -317,11 +376,19 @@ class LocalClient:
             result = self._function(**{INPUT_NAME: tf.constant(list(payloads), tf.string)})
         except tf.errors.InvalidArgumentError as e:
             raise RequestRejected(e.message) from None
-        return [Prediction(result["mask_bytes"][i].numpy(), int(result["height"][i]), int(result["width"][i]),
-                           float(result["foreground_fraction"][i])) for i in range(len(payloads))]
+        return [
+            Prediction(
+                result["mask_bytes"][i].numpy(),
+                int(result["height"][i]),
+                int(result["width"][i]),
+                float(result["foreground_fraction"][i]),
+            )
+            for i in range(len(payloads))
+        ]
 
 
 # -------------------------------------------------------------------------------------------- inputs ---
+
 
 def server_decodes_as_pillow(image: Image.Image) -> bool:
     """Whether TensorFlow's ``decode_image`` gives the same RGB pixels as ``imageio.to_rgb_array`` (up to JPEG
@@ -361,13 +428,16 @@ def decode_mask(prediction: Prediction, source: str) -> tuple[np.ndarray, bool]:
     except Exception as e:  # noqa: BLE001 - Pillow raises several types for a bad PNG
         raise ServingError(f"{source}: the server's mask_bytes is not a PNG ({e})") from None
     if mask.shape != (prediction.height, prediction.width):
-        raise ServingError(f"{source}: the mask is {mask.shape[1]}x{mask.shape[0]} but the server reported "
-                           f"{prediction.width}x{prediction.height}")
+        raise ServingError(
+            f"{source}: the mask is {mask.shape[1]}x{mask.shape[0]} but the server reported "
+            f"{prediction.width}x{prediction.height}"
+        )
     binary = bool(mask.max(initial=0) == 255)
     return ((mask > 127).astype(np.uint8) if binary else mask), binary
 
 
 # -------------------------------------------------------------------------------------- the command ---
+
 
 def send_files(client, files, output_dir, batch_size: int = 8, reencode: bool = False, log=print):
     """Send ``files`` in batches and write their masks and overlays; returns ``(written, errors)``.
@@ -380,8 +450,10 @@ def send_files(client, files, output_dir, batch_size: int = 8, reencode: bool = 
         path, stem, rgb = item
         mask, binary = decode_mask(prediction, str(path))
         if mask.shape != rgb.shape[:2]:
-            errors.append(f"{path}: the server's mask is {mask.shape[1]}x{mask.shape[0]}, the image "
-                          f"{rgb.shape[1]}x{rgb.shape[0]} (the server decoded it differently; try --reencode)")
+            errors.append(
+                f"{path}: the server's mask is {mask.shape[1]}x{mask.shape[0]}, the image "
+                f"{rgb.shape[1]}x{rgb.shape[0]} (the server decoded it differently; try --reencode)"
+            )
             return
         mask_path, overlay_path = outputs.write_prediction(output_dir, stem, rgb, mask, binary)
         written.append((mask_path, overlay_path))

@@ -23,8 +23,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", default="samples.png", help="PNG file to write (.png is added if missing)")
     parser.add_argument("--data-dir", help="TFDS data dir")
     parser.add_argument("--manual-dir", help="manual download folder, to build a TFDS config on first use")
-    parser.add_argument("--save-images", metavar="DIR",
-                        help="also write the examples' images as IMAGE_ID.png (inputs for kseg.predict / kseg.client)")
+    parser.add_argument(
+        "--save-images",
+        metavar="DIR",
+        help="also write the examples' images as IMAGE_ID.png (inputs for kseg.predict / kseg.client)",
+    )
     return parser
 
 
@@ -45,8 +48,11 @@ def main(argv=None) -> int:
         if args.save_images:
             files.check_output_dir(args.save_images, "--save-images")
         with data.reraise_read_errors():
-            examples = list(data.load_examples(args.dataset, args.split, data_dir=args.data_dir,
-                                               manual_dir=args.manual_dir).take(args.count).as_numpy_iterator())
+            examples = list(
+                data.load_examples(args.dataset, args.split, data_dir=args.data_dir, manual_dir=args.manual_dir)
+                .take(args.count)
+                .as_numpy_iterator()
+            )
         if not examples:
             raise UsageError(f"{args.dataset} split {args.split!r} holds no examples")
         out.parent.mkdir(parents=True, exist_ok=True)

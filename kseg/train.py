@@ -18,22 +18,25 @@ PROG = "kseg.train"
 
 # ------------------------------------------------------------------------------------------- flags ---
 
+
 def build_parser() -> argparse.ArgumentParser:
     presets = ", ".join(config_lib.TRAINING_PRESETS)
     parser = argparse.ArgumentParser(
         prog="python -m kseg.train",
         description="Train a U-Net or SegNet. A preset sets good defaults; a --config file and then flags "
-                    f"override them. Presets: {presets} (default {config_lib.DEFAULT_PRESET}).",
+        f"override them. Presets: {presets} (default {config_lib.DEFAULT_PRESET}).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         argument_default=None,
     )
     add = parser.add_argument
     add("--preset", help=f"named starting point: {presets}")
     add("--config", help="JSON or YAML file of config fields (same names as the flags, with underscores)")
-    add("--dataset", help="tfds_ph2/ph2, tfds_ph2/mads, tfds_ph2/synthetic, any TFDS name, or folder:PATH "
-                          "(PATH/images + PATH/masks, optionally inside train/ validation/ test/)")
-    add("--model-preset", "--model", dest="model_preset",
-        help="model and size: " + ", ".join(config_lib.MODEL_PRESETS))
+    add(
+        "--dataset",
+        help="tfds_ph2/ph2, tfds_ph2/mads, tfds_ph2/synthetic, any TFDS name, or folder:PATH "
+        "(PATH/images + PATH/masks, optionally inside train/ validation/ test/)",
+    )
+    add("--model-preset", "--model", dest="model_preset", help="model and size: " + ", ".join(config_lib.MODEL_PRESETS))
     add("--image-size", help="model input size, 256 or HxW like 256x320 (divisible by 2**depth)")
     add("--batch-size", type=int, help="global batch size (split across replicas)")
     add("--epochs", type=int, help="number of epochs")
@@ -44,8 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
     add("--manual-dir", help="manual download folder: builds the TFDS config on first use")
     add("--data-dir", help="TFDS data dir (default ~/tensorflow_datasets)")
     add("--strategy", help="auto, default, one_device, mirrored, multiworker (TF_CONFIG) or tpu")
-    add("--mixed-precision", action=argparse.BooleanOptionalAction,
-        help="bfloat16 on CPU/TPU, float16 on GPU; outputs stay float32")
+    add(
+        "--mixed-precision",
+        action=argparse.BooleanOptionalAction,
+        help="bfloat16 on CPU/TPU, float16 on GPU; outputs stay float32",
+    )
     add("--jit-compile", action=argparse.BooleanOptionalAction, help="compile the train step with XLA")
     add("--optimizer", help="adamw, adam or sgd (momentum 0.9, Nesterov)")
     add("--weight-decay", type=float, help="decoupled weight decay")
@@ -53,16 +59,26 @@ def build_parser() -> argparse.ArgumentParser:
     add("--warmup-epochs", type=int, help="epochs of linear warm-up (default: a tenth of the epochs, at most 3)")
     add("--augmentation", help="none, flips, light, medium or strong")
     add("--dropout", type=float, help="dropout at the bottleneck")
-    add("--freeze-encoder-epochs", type=int,
-        help="pretrained encoders: epochs with the encoder frozen while the decoder learns (then fine-tuned)")
-    add("--encoder-lr-multiplier", type=float,
-        help="pretrained encoders: the encoder's learning rate as a fraction of the decoder's once it trains")
+    add(
+        "--freeze-encoder-epochs",
+        type=int,
+        help="pretrained encoders: epochs with the encoder frozen while the decoder learns (then fine-tuned)",
+    )
+    add(
+        "--encoder-lr-multiplier",
+        type=float,
+        help="pretrained encoders: the encoder's learning rate as a fraction of the decoder's once it trains",
+    )
     add("--steps-per-epoch", type=int, help="batches per epoch (default: one pass over the training split)")
     add("--num-classes", type=int, help="folder datasets with multi-class masks: number of classes")
     add("--threshold", type=float, help="foreground probability threshold for metrics and reports")
     add("--tpu", help="TPU name or grpc:// address for --strategy tpu")
-    add("--logical-cpus", type=int, default=1,
-        help="split the CPU into N logical devices (mirrored training without GPUs)")
+    add(
+        "--logical-cpus",
+        type=int,
+        default=1,
+        help="split the CPU into N logical devices (mirrored training without GPUs)",
+    )
     return parser
 
 
@@ -81,8 +97,10 @@ def _interrupted(config: config_lib.TrainConfig | None) -> str:
     epoch = checkpoints.read_state(f"{config.output_dir}/checkpoints").epoch
     if not epoch:
         return f"no epoch had finished, so nothing was kept in {config.output_dir}"
-    return (f"epoch {epoch} of {config.epochs} is the last one kept in {config.output_dir}/checkpoints; run the "
-            f"same command again to resume from there")
+    return (
+        f"epoch {epoch} of {config.epochs} is the last one kept in {config.output_dir}/checkpoints; run the "
+        f"same command again to resume from there"
+    )
 
 
 def main(argv=None) -> int:

@@ -55,8 +55,10 @@ def dummy_ph2(tmp_path) -> pathlib.Path:
 def dummy_mads(tmp_path) -> pathlib.Path:
     """A writable copy of the dummy MADS download (the doubly nested Kaggle layout)."""
     target = tmp_path / "mads"
-    shutil.copytree(DUMMY_DATA / "segmentation_full_body_mads_dataset_1192_img", target /
-                    "segmentation_full_body_mads_dataset_1192_img")
+    shutil.copytree(
+        DUMMY_DATA / "segmentation_full_body_mads_dataset_1192_img",
+        target / "segmentation_full_body_mads_dataset_1192_img",
+    )
     return target
 
 
@@ -79,7 +81,21 @@ def trained_synthetic_run(tmp_path_factory, synthetic_data_dir) -> pathlib.Path:
     from kseg import train
 
     run_dir = tmp_path_factory.mktemp("synthetic-run") / "run"
-    code = train.main(["--preset", "synthetic-unet", "--image-size", "64", "--epochs", "8", "--seed", "0",
-                       "--data-dir", synthetic_data_dir, "--output-dir", str(run_dir)])
+    code = train.main(
+        [
+            "--preset",
+            "synthetic-unet",
+            "--image-size",
+            "64",
+            "--epochs",
+            "8",
+            "--seed",
+            "0",
+            "--data-dir",
+            synthetic_data_dir,
+            "--output-dir",
+            str(run_dir),
+        ]
+    )
     assert code == 0, "training the shared synthetic model failed"
     return run_dir

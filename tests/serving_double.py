@@ -37,9 +37,18 @@ import tensorflow as tf
 
 _PREDICT_PATH = re.compile(r"(?i)/v1/models/([^/:]+)(?:/versions/(\d+))?:predict")
 _STATUS_PATH = re.compile(r"(?i)/v1/models/([^/:]+)(?:/versions/(\d+))?(/metadata)?")
-_HTTP_STATUS = {"INVALID_ARGUMENT": 400, "FAILED_PRECONDITION": 400, "OUT_OF_RANGE": 400, "NOT_FOUND": 404,
-                "ALREADY_EXISTS": 409, "PERMISSION_DENIED": 403, "RESOURCE_EXHAUSTED": 429,
-                "UNIMPLEMENTED": 501, "UNAVAILABLE": 503, "DEADLINE_EXCEEDED": 504}
+_HTTP_STATUS = {
+    "INVALID_ARGUMENT": 400,
+    "FAILED_PRECONDITION": 400,
+    "OUT_OF_RANGE": 400,
+    "NOT_FOUND": 404,
+    "ALREADY_EXISTS": 409,
+    "PERMISSION_DENIED": 403,
+    "RESOURCE_EXHAUSTED": 429,
+    "UNIMPLEMENTED": 501,
+    "UNAVAILABLE": 503,
+    "DEADLINE_EXCEEDED": 504,
+}
 
 
 class ServingFailure(Exception):
@@ -53,9 +62,12 @@ class ServingFailure(Exception):
 def _tf_error_text(error: tf.errors.OpError) -> str:
     """TF's message without the Python-side "Detected at node ... File ..." decoration that only eager
     execution adds (the C++ server reports the op's message and node)."""
-    lines = [line for line in error.message.splitlines()
-             if line.strip() and not line.startswith(("Graph execution error", "Detected at node", "  File ",
-                                                      "<stack traces unavailable>"))]
+    lines = [
+        line
+        for line in error.message.splitlines()
+        if line.strip()
+        and not line.startswith(("Graph execution error", "Detected at node", "  File ", "<stack traces unavailable>"))
+    ]
     return "\n".join(lines) or error.message
 
 
@@ -65,8 +77,11 @@ class ServingDouble:
     def __init__(self, models: dict):
         self.models = {}
         for name, base_path in models.items():
-            versions = sorted(int(p.name) for p in pathlib.Path(base_path).iterdir()
-                              if p.name.isdigit() and (p / "saved_model.pb").exists())
+            versions = sorted(
+                int(p.name)
+                for p in pathlib.Path(base_path).iterdir()
+                if p.name.isdigit() and (p / "saved_model.pb").exists()
+            )
             self.models[name] = {v: tf.saved_model.load(str(pathlib.Path(base_path) / str(v))) for v in versions}
         self.requests = 0
         self._http = self._grpc = None
@@ -76,8 +91,12 @@ class ServingDouble:
     def _servable(self, name, version):
         versions = self.models.get(name)
         if not versions:
-            raise ServingFailure("NOT_FOUND", f"Servable not found for request: Latest({name})" if version is None
-                                 else f"Servable not found for request: Specific({name}, {version})")
+            raise ServingFailure(
+                "NOT_FOUND",
+                f"Servable not found for request: Latest({name})"
+                if version is None
+                else f"Servable not found for request: Specific({name}, {version})",
+            )
         if version is None:
             return max(versions), versions[max(versions)]
         if int(version) not in versions:
@@ -100,10 +119,13 @@ class ServingDouble:
         specs = self.input_specs(signature)
         missing, extra = set(specs) - set(inputs), set(inputs) - set(specs)
         if missing or extra:
-            raise ServingFailure("INVALID_ARGUMENT", f"input size does not match signature: {len(inputs)}!="
-                                 f"{len(specs)} len({{{','.join(sorted(inputs))}}}) != len({{{','.join(sorted(specs))}}})."
-                                 f" Sent extra: {{{','.join(sorted(extra))}}}. Missing but required: "
-                                 f"{{{','.join(sorted(missing))}}}.")
+            raise ServingFailure(
+                "INVALID_ARGUMENT",
+                f"input size does not match signature: {len(inputs)}!="
+                f"{len(specs)} len({{{','.join(sorted(inputs))}}}) != len({{{','.join(sorted(specs))}}})."
+                f" Sent extra: {{{','.join(sorted(extra))}}}. Missing but required: "
+                f"{{{','.join(sorted(missing))}}}.",
+            )
         tensors = {}
         for key, spec in specs.items():
             try:
@@ -111,8 +133,10 @@ class ServingDouble:
             except (TypeError, ValueError) as e:
                 raise ServingFailure("INVALID_ARGUMENT", f"input {key!r}: expected {spec.dtype.name}: {e}") from None
             if not spec.shape.is_compatible_with(tensor.shape):
-                raise ServingFailure("INVALID_ARGUMENT", f"input {key!r}: shape {tensor.shape} does not match the "
-                                     f"signature's {spec.shape}")
+                raise ServingFailure(
+                    "INVALID_ARGUMENT",
+                    f"input {key!r}: shape {tensor.shape} does not match the signature's {spec.shape}",
+                )
             tensors[key] = tensor
         self.requests += 1
         try:
@@ -131,25 +155,32 @@ class ServingDouble:
         if not isinstance(request, dict):
             raise ServingFailure("INVALID_ARGUMENT", "JSON Value: request body must be an object")
         if ("instances" in request) == ("inputs" in request):
-            raise ServingFailure("INVALID_ARGUMENT", "JSON Value: must have exactly one of 'instances' (row format) "
-                                 "or 'inputs' (columnar format)")
+            raise ServingFailure(
+                "INVALID_ARGUMENT",
+                "JSON Value: must have exactly one of 'instances' (row format) or 'inputs' (columnar format)",
+            )
         signature_name = request.get("signature_name") or "serving_default"
         _, loaded = self._servable(name, version)
         if signature_name not in loaded.signatures:  # the REST handler looks the inputs up first
-            raise ServingFailure("INVALID_ARGUMENT", f'Serving signature name: "{signature_name}" not found in '
-                                 f'signature def')
+            raise ServingFailure(
+                "INVALID_ARGUMENT", f'Serving signature name: "{signature_name}" not found in signature def'
+            )
         _, signature = self.signature(name, version, signature_name)
         specs = self.input_specs(signature)
         row_format = "instances" in request
-        inputs = self._rows_to_inputs(request["instances"], specs) if row_format \
+        inputs = (
+            self._rows_to_inputs(request["instances"], specs)
+            if row_format
             else self._columns_to_inputs(request["inputs"], specs)
+        )
         outputs = self.run(signature, inputs)
         encoded = {key: _to_json(key, value) for key, value in outputs.items()}
         if row_format:
             sizes = {len(v) for v in encoded.values() if isinstance(v, list)}
             if len(sizes) != 1:
-                raise ServingFailure("INVALID_ARGUMENT", "Tensor name: outputs have different 0-th dimensions; use "
-                                     "the columnar format")
+                raise ServingFailure(
+                    "INVALID_ARGUMENT", "Tensor name: outputs have different 0-th dimensions; use the columnar format"
+                )
             count = sizes.pop()
             if len(encoded) == 1:
                 return {"predictions": next(iter(encoded.values()))}
@@ -163,10 +194,14 @@ class ServingDouble:
             return [ServingDouble._decode(v, spec) for v in value]
         if isinstance(value, dict):
             if set(value) != {"b64"}:
-                raise ServingFailure("INVALID_ARGUMENT", f"JSON object: expected {{\"b64\": ...}}, got keys {sorted(value)}")
+                raise ServingFailure(
+                    "INVALID_ARGUMENT", f'JSON object: expected {{"b64": ...}}, got keys {sorted(value)}'
+                )
             if spec.dtype != tf.string:
-                raise ServingFailure("INVALID_ARGUMENT", f"JSON Value: b64 is only allowed for DT_STRING inputs, "
-                                     f"this one is {spec.dtype.name}")
+                raise ServingFailure(
+                    "INVALID_ARGUMENT",
+                    f"JSON Value: b64 is only allowed for DT_STRING inputs, this one is {spec.dtype.name}",
+                )
             try:
                 return base64.b64decode(value["b64"], validate=True)
             except (ValueError, TypeError) as e:
@@ -181,29 +216,38 @@ class ServingDouble:
         named = all(isinstance(i, dict) and set(i) != {"b64"} for i in instances) and instances
         if not named:
             if len(specs) != 1:
-                raise ServingFailure("INVALID_ARGUMENT", f"JSON Value: expected objects with the named inputs "
-                                     f"{sorted(specs)} in 'instances'")
+                raise ServingFailure(
+                    "INVALID_ARGUMENT",
+                    f"JSON Value: expected objects with the named inputs {sorted(specs)} in 'instances'",
+                )
             key, spec = next(iter(specs.items()))
             return {key: self._decode(instances, spec)}
         keys = set(instances[0])
         if any(set(i) != keys for i in instances):
-            raise ServingFailure("INVALID_ARGUMENT", "Failed to process element: all objects in 'instances' must "
-                                 "have the same keys")
+            raise ServingFailure(
+                "INVALID_ARGUMENT", "Failed to process element: all objects in 'instances' must have the same keys"
+            )
         unknown = keys - set(specs)
         if unknown:
-            raise ServingFailure("INVALID_ARGUMENT", f"JSON object: input {sorted(unknown)[0]!r} is not in the "
-                                 f"signature (inputs: {sorted(specs)})")
+            raise ServingFailure(
+                "INVALID_ARGUMENT",
+                f"JSON object: input {sorted(unknown)[0]!r} is not in the signature (inputs: {sorted(specs)})",
+            )
         return {key: [self._decode(i[key], specs[key]) for i in instances] for key in keys}
 
     def _columns_to_inputs(self, inputs, specs) -> dict:
         if isinstance(inputs, dict) and set(inputs) != {"b64"}:
             unknown = set(inputs) - set(specs)
             if unknown:
-                raise ServingFailure("INVALID_ARGUMENT", f"JSON object: input {sorted(unknown)[0]!r} is not in the "
-                                     f"signature (inputs: {sorted(specs)})")
+                raise ServingFailure(
+                    "INVALID_ARGUMENT",
+                    f"JSON object: input {sorted(unknown)[0]!r} is not in the signature (inputs: {sorted(specs)})",
+                )
             return {key: self._decode(value, specs[key]) for key, value in inputs.items()}
         if len(specs) != 1:
-            raise ServingFailure("INVALID_ARGUMENT", f"JSON Value: expected an object with the named inputs {sorted(specs)}")
+            raise ServingFailure(
+                "INVALID_ARGUMENT", f"JSON Value: expected an object with the named inputs {sorted(specs)}"
+            )
         key, spec = next(iter(specs.items()))
         return {key: self._decode(inputs, spec)}
 
@@ -217,12 +261,19 @@ class ServingDouble:
                 signatures[key] = {
                     "inputs": {k: _tensor_info(s) for k, s in self.input_specs(fn).items()},
                     "outputs": {k: _tensor_info(s) for k, s in fn.structured_outputs.items()},
-                    "method_name": "tensorflow/serving/predict"}
-            return {"model_spec": {"name": name, "signature_name": "", "version": str(version)},
-                    "metadata": {"signature_def": {"signature_def": signatures}}}
+                    "method_name": "tensorflow/serving/predict",
+                }
+            return {
+                "model_spec": {"name": name, "signature_name": "", "version": str(version)},
+                "metadata": {"signature_def": {"signature_def": signatures}},
+            }
         versions = [version] if version is not None else sorted(self.models[name], reverse=True)
-        return {"model_version_status": [{"version": str(v), "state": "AVAILABLE",
-                                          "status": {"error_code": "OK", "error_message": ""}} for v in versions]}
+        return {
+            "model_version_status": [
+                {"version": str(v), "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}
+                for v in versions
+            ]
+        }
 
     def _handler(self):
         double = self
@@ -260,8 +311,9 @@ class ServingDouble:
                 if not match:
                     return self._handle(lambda: _raise("INVALID_ARGUMENT", f"Malformed request: GET {self.path}"))
                 name, version, metadata = match.groups()
-                self._handle(lambda: double.rest_status(name, None if version is None else int(version),
-                                                        bool(metadata)))
+                self._handle(
+                    lambda: double.rest_status(name, None if version is None else int(version), bool(metadata))
+                )
 
         return Handler
 
@@ -277,8 +329,9 @@ class ServingDouble:
             def Predict(self, request, context):  # noqa: N802 (gRPC's naming)
                 try:
                     version = request.model_spec.version.value if request.model_spec.HasField("version") else None
-                    version, signature = double.signature(request.model_spec.name, version,
-                                                          request.model_spec.signature_name)
+                    version, signature = double.signature(
+                        request.model_spec.name, version, request.model_spec.signature_name
+                    )
                     inputs = {key: tf.make_ndarray(proto) for key, proto in request.inputs.items()}
                     outputs = double.run(signature, inputs)
                 except ServingFailure as e:
@@ -295,7 +348,7 @@ class ServingDouble:
 
     # -------------------------------------------------------------------------------- start / stop ---
 
-    def start(self, grpc_server: bool = True) -> "ServingDouble":
+    def start(self, grpc_server: bool = True) -> ServingDouble:
         self._http = http.server.ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._http.daemon_threads = True
         threading.Thread(target=self._http.serve_forever, daemon=True).start()
@@ -304,9 +357,10 @@ class ServingDouble:
             import grpc
 
             servicer, add = self._grpc_servicer()
-            self._grpc = grpc.server(concurrent.futures.ThreadPoolExecutor(max_workers=4),
-                                     options=[("grpc.max_send_message_length", -1),
-                                              ("grpc.max_receive_message_length", -1)])
+            self._grpc = grpc.server(
+                concurrent.futures.ThreadPoolExecutor(max_workers=4),
+                options=[("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)],
+            )
             add(servicer, self._grpc)
             port = self._grpc.add_insecure_port("127.0.0.1:0")
             self._grpc.start()
@@ -347,18 +401,23 @@ def _map_nested(values, fn):
 
 def _tensor_info(spec) -> dict:
     dims = [{"size": str(-1 if d is None else d), "name": ""} for d in spec.shape.as_list()]
-    return {"dtype": "DT_" + spec.dtype.name.upper(), "tensor_shape": {"dim": dims, "unknown_rank": False},
-            "name": spec.name or ""}
+    return {
+        "dtype": "DT_" + spec.dtype.name.upper(),
+        "tensor_shape": {"dim": dims, "unknown_rank": False},
+        "name": spec.name or "",
+    }
 
 
 def _as_proto_field(value: np.ndarray):
     """A ``TensorProto`` with the values in typed fields, as TF Serving's default serialisation."""
     from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2
 
-    proto = tensor_pb2.TensorProto(dtype=tf.as_dtype(value.dtype if value.dtype.kind not in "SO" else tf.string)
-                                   .as_datatype_enum,
-                                   tensor_shape=tensor_shape_pb2.TensorShapeProto(
-                                       dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=s) for s in value.shape]))
+    proto = tensor_pb2.TensorProto(
+        dtype=tf.as_dtype(value.dtype if value.dtype.kind not in "SO" else tf.string).as_datatype_enum,
+        tensor_shape=tensor_shape_pb2.TensorShapeProto(
+            dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=s) for s in value.shape]
+        ),
+    )
     flat = value.reshape(-1)
     if value.dtype.kind in "SO":
         proto.string_val.extend(flat.tolist())
@@ -378,6 +437,7 @@ def _as_proto_field(value: np.ndarray):
 
 
 # ------------------------------------------------------------------------------ shared test helpers ---
+
 
 def save_test_model(path, image_size=(64, 96), num_classes=1, seed=0):
     """A tiny untrained U-Net saved as ``path`` (a ``.keras`` file). Its logits layer is scaled up so that
@@ -452,5 +512,19 @@ def bad_inputs(image: np.ndarray) -> dict:
 
 
 #: The cases of ``bad_inputs``: all either work or fail with INVALID_ARGUMENT naming image_bytes[1].
-BAD_INPUT_CASES = ["not_an_image", "empty", "truncated_png", "truncated_jpeg", "tiff", "bmp_1bit", "too_many_pixels",
-                   "png_16bit", "png_gray", "png_rgba", "png_palette", "gif", "webp_lossless", "photo_6000x4000"]
+BAD_INPUT_CASES = [
+    "not_an_image",
+    "empty",
+    "truncated_png",
+    "truncated_jpeg",
+    "tiff",
+    "bmp_1bit",
+    "too_many_pixels",
+    "png_16bit",
+    "png_gray",
+    "png_rgba",
+    "png_palette",
+    "gif",
+    "webp_lossless",
+    "photo_6000x4000",
+]

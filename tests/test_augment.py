@@ -14,7 +14,7 @@ def _batch(size=32, batch=6):
     masks = np.zeros((batch, size, size, 1), np.float32)
     for i in range(batch):
         y, x = rng.integers(4, size - 12, 2)
-        masks[i, y:y + 8, x:x + 10] = 1
+        masks[i, y : y + 8, x : x + 10] = 1
     # The image encodes the mask in its red channel, so alignment can be checked after transforms.
     images = np.concatenate([masks, rng.uniform(0, 1, (batch, size, size, 2)).astype(np.float32)], axis=-1)
     return tf.constant(images), tf.constant(masks)
@@ -60,11 +60,20 @@ def test_same_seed_same_result_different_seed_differs():
 
 def test_colour_jitter_leaves_mask_and_stays_in_range():
     images, masks = _batch()
-    colour_only = Augmentation(flip=False, rotate90=False, scale=0, rotate_degrees=0, translate=0,
-                               brightness=0.3, contrast=0.5, saturation=0.5, hue=0.2)
+    colour_only = Augmentation(
+        flip=False,
+        rotate90=False,
+        scale=0,
+        rotate_degrees=0,
+        translate=0,
+        brightness=0.3,
+        contrast=0.5,
+        saturation=0.5,
+        hue=0.2,
+    )
     out_images, out_masks = augment_batch(images, masks, tf.constant([1, 1]), colour_only)
     np.testing.assert_array_equal(out_masks.numpy(), masks.numpy())
-    assert 0.0 <= out_images.numpy().min() and out_images.numpy().max() <= 1.0
+    assert out_images.numpy().min() >= 0.0 and out_images.numpy().max() <= 1.0
     assert np.abs(out_images.numpy() - images.numpy()).mean() > 0.01
 
 
@@ -94,7 +103,9 @@ def _colour_reference(images, seed, aug):
 
 @pytest.mark.parametrize("name", ["light", "medium", "strong"])
 def test_colour_jitter_matches_step_by_step_reference(name):
-    colour = dataclasses.replace(AUGMENTATIONS[name], flip=False, rotate90=False, scale=0, rotate_degrees=0, translate=0)
+    colour = dataclasses.replace(
+        AUGMENTATIONS[name], flip=False, rotate90=False, scale=0, rotate_degrees=0, translate=0
+    )
     images, masks = _batch()
     seed = tf.constant([3, 7])
     out_images, _ = augment_batch(images, masks, seed, colour)

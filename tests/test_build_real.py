@@ -67,6 +67,24 @@ def test_ph2_examples(ph2_built):
     assert features["segmentation_mask"].names == ["background", "lesion"]
 
 
+def test_ph2_declares_its_group_by_feature(ph2_built):
+    """Evaluation reports mean Dice per clinical diagnosis because the dataset says so (TFDS metadata), not
+    because generic code knows PH2; the examples carry the diagnosis's name when asked."""
+    from kseg import data
+
+    data_dir = str(pathlib.Path(ph2_built.data_dir).parents[2])  # ROOT/tfds_ph2/ph2/1.0.0
+    spec = data.dataset_spec("tfds_ph2/ph2", data_dir=data_dir)
+    assert spec.default_group_by == "clinical_diagnosis" and "clinical_diagnosis" in spec.features
+    example = next(
+        iter(
+            data.load_examples(
+                "tfds_ph2/ph2", "test", data_dir=data_dir, extra_features=("clinical_diagnosis",)
+            ).as_numpy_iterator()
+        )
+    )
+    assert example["clinical_diagnosis"].decode() in {"common_nevus", "atypical_nevus", "melanoma"}
+
+
 def test_build_mads_from_bodies(bodies_dir, tmp_path):
     builder = tfds.builder("tfds_ph2/mads", data_dir=str(tmp_path))
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(bodies_dir)))

@@ -17,9 +17,9 @@ import urllib.request
 
 import numpy as np
 import pytest
+import serving_double as sd
 from PIL import Image
 
-import serving_double as sd
 from kseg import client, imageio, inference, outputs, postprocess, saved_model_export, serving_client
 
 CHOICE = postprocess.PostProcessing(threshold=0.5, fill_holes=True)
@@ -83,10 +83,24 @@ def check_outputs(out, predictor, folder, exact_jpeg=False):
 
 # ------------------------------------------------------------------------------------- end to end ---
 
+
 @pytest.mark.parametrize("request_format", ["row", "columnar"])
 def test_rest_client_writes_masks_like_kseg_predict(request_format, double, predictor, inputs, tmp_path, capsys):
-    code = client.main([str(inputs), "--server", double.rest_url, "--model", "lesions", "--out", str(tmp_path),
-                        "--format", request_format, "--batch-size", "3"])
+    code = client.main(
+        [
+            str(inputs),
+            "--server",
+            double.rest_url,
+            "--model",
+            "lesions",
+            "--out",
+            str(tmp_path),
+            "--format",
+            request_format,
+            "--batch-size",
+            "3",
+        ]
+    )
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert "4 of 4 images written" in captured.err
@@ -97,9 +111,23 @@ def test_rest_client_writes_masks_like_kseg_predict(request_format, double, pred
 
 
 def test_grpc_client_writes_the_same_masks(double, predictor, inputs, tmp_path, capsys):
-    code = client.main([str(inputs / "IMD002.bmp"), str(inputs / "IMD004.jpg"), str(inputs / "IMD003.png"),
-                        str(inputs / "IMD004-palette.bmp"), "--grpc", double.grpc_target, "--model", "lesions",
-                        "--version", "1", "--out", str(tmp_path), "--reencode"])
+    code = client.main(
+        [
+            str(inputs / "IMD002.bmp"),
+            str(inputs / "IMD004.jpg"),
+            str(inputs / "IMD003.png"),
+            str(inputs / "IMD004-palette.bmp"),
+            "--grpc",
+            double.grpc_target,
+            "--model",
+            "lesions",
+            "--version",
+            "1",
+            "--out",
+            str(tmp_path),
+            "--reencode",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     check_outputs(tmp_path, predictor, inputs, exact_jpeg=True)
 
@@ -107,8 +135,9 @@ def test_grpc_client_writes_the_same_masks(double, predictor, inputs, tmp_path, 
 def test_saved_model_in_process_gives_the_same_masks(run_dir, predictor, inputs, tmp_path, capsys):
     saved_model_export.export_model(run_dir, tmp_path / "models", name="lesions")
     out = tmp_path / "out"
-    code = client.main([str(inputs), "--saved-model", str(tmp_path / "models" / "lesions"), "--out", str(out),
-                        "--reencode"])
+    code = client.main(
+        [str(inputs), "--saved-model", str(tmp_path / "models" / "lesions"), "--out", str(out), "--reencode"]
+    )
     assert code == 0, capsys.readouterr().err
     check_outputs(out, predictor, inputs, exact_jpeg=True)
     assert client.main([str(inputs), "--saved-model", str(tmp_path), "--out", str(out)]) == 2
@@ -122,8 +151,12 @@ def test_sends_original_bytes_only_where_tensorflow_decodes_like_pillow(inputs, 
     assert serving_client.read_input(inputs / "IMD004.jpg")[1] == (inputs / "IMD004.jpg").read_bytes()
     Image.open(inputs / "IMD004.jpg").convert("1").save(tmp_path / "one-bit.bmp")  # like PH2's masks
     Image.open(inputs / "IMD004.jpg").save(tmp_path / "photo.tiff")
-    for path, reencode in ((inputs / "IMD004-palette.bmp", False), (inputs / "IMD004.jpg", True),
-                           (tmp_path / "one-bit.bmp", False), (tmp_path / "photo.tiff", False)):
+    for path, reencode in (
+        (inputs / "IMD004-palette.bmp", False),
+        (inputs / "IMD004.jpg", True),
+        (tmp_path / "one-bit.bmp", False),
+        (tmp_path / "photo.tiff", False),
+    ):
         rgb, payload = serving_client.read_input(path, reencode=reencode)
         assert payload.startswith(b"\x89PNG") and sd.mismatch(sd.decode_png(payload), rgb) == 0
 
@@ -136,8 +169,18 @@ def test_unreadable_files_are_named_and_skipped(double, inputs, tmp_path, capsys
     png = (inputs / "IMD003.png").read_bytes()
     (folder / "truncated.png").write_bytes(png[: len(png) // 2])
     (folder / "empty.bmp").write_bytes(b"")
-    code = client.main([str(folder), str(tmp_path / "missing.png"), "--server", double.rest_url, "--model",
-                        "lesions", "--out", str(tmp_path / "out")])
+    code = client.main(
+        [
+            str(folder),
+            str(tmp_path / "missing.png"),
+            "--server",
+            double.rest_url,
+            "--model",
+            "lesions",
+            "--out",
+            str(tmp_path / "out"),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 1
     assert re.search(r"skipped .*broken\.png: not a recognised image format", err)
@@ -151,16 +194,31 @@ def test_unreadable_files_are_named_and_skipped(double, inputs, tmp_path, capsys
 @pytest.mark.parametrize("transport", ["rest", "grpc"])
 def test_an_image_the_server_rejects_fails_alone(transport, double, inputs, tmp_path, capsys):
     where = ["--server", double.rest_url] if transport == "rest" else ["--grpc", double.grpc_target]
-    code = client.main([str(inputs / "IMD002.bmp"), str(inputs / "IMD004.jpg"), *where, "--model", "small-limit",
-                        "--out", str(tmp_path), "--batch-size", "2"])
+    code = client.main(
+        [
+            str(inputs / "IMD002.bmp"),
+            str(inputs / "IMD004.jpg"),
+            *where,
+            "--model",
+            "small-limit",
+            "--out",
+            str(tmp_path),
+            "--batch-size",
+            "2",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 1, err
-    assert re.search(r"skipped .*IMD002\.bmp: the server rejected it: .*image_bytes\[0\] is 765x572 pixels, more "
-                     r"than the 300000-pixel limit", err), err
+    assert re.search(
+        r"skipped .*IMD002\.bmp: the server rejected it: .*image_bytes\[0\] is 765x572 pixels, more "
+        r"than the 300000-pixel limit",
+        err,
+    ), err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["IMD004_mask.png", "IMD004_overlay.png"]
 
 
 # ---------------------------------------------------------------------------------- server errors ---
+
 
 @pytest.mark.parametrize("transport", ["rest", "grpc"])
 @pytest.mark.parametrize("case", ["unknown_model", "unknown_version", "unknown_signature", "connection_refused"])
@@ -169,15 +227,21 @@ def test_server_errors_stop_with_the_server_message(case, transport, double, inp
     server = {"rest": ["--server", double.rest_url], "grpc": ["--grpc", double.grpc_target]}[transport]
     args, expected = {
         "unknown_model": (["--model", "nope"], r"Servable not found for request: Latest\(nope\)"),
-        "unknown_version": (["--model", "lesions", "--version", "9"],
-                            r"Servable not found for request: Specific\(lesions, 9\).*--version"),
-        "unknown_signature": (["--model", "lesions", "--signature", "nope"],
-                              r'Serving signature (name|key): "nope" not found|signature key "nope" not found'),
+        "unknown_version": (
+            ["--model", "lesions", "--version", "9"],
+            r"Servable not found for request: Specific\(lesions, 9\).*--version",
+        ),
+        "unknown_signature": (
+            ["--model", "lesions", "--signature", "nope"],
+            r'Serving signature (name|key): "nope" not found|signature key "nope" not found',
+        ),
         "connection_refused": (["--model", "lesions"], r"cannot reach TF Serving at .*" + str(closed_port)),
     }[case]
     if case == "connection_refused":
-        server = {"rest": ["--server", f"http://127.0.0.1:{closed_port}"],
-                  "grpc": ["--grpc", f"127.0.0.1:{closed_port}"]}[transport]
+        server = {
+            "rest": ["--server", f"http://127.0.0.1:{closed_port}"],
+            "grpc": ["--grpc", f"127.0.0.1:{closed_port}"],
+        }[transport]
     code = client.main([str(inputs / "IMD004.jpg"), *server, *args, "--out", str(tmp_path)])
     err = capsys.readouterr().err
     assert code == 2
@@ -209,9 +273,11 @@ def _closed_port() -> int:
 
 # ---------------------------------------------------------------- the double follows TF Serving's rules ---
 
+
 def _post(url, document):
-    request = urllib.request.Request(url, data=json.dumps(document).encode(), method="POST",
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        url, data=json.dumps(document).encode(), method="POST", headers={"Content-Type": "application/json"}
+    )
     try:
         with urllib.request.urlopen(request, timeout=60) as response:
             return response.status, json.loads(response.read())
@@ -235,18 +301,28 @@ def test_rest_rules_row_columnar_b64_status_and_errors(double, inputs):
     row = rows["predictions"][0]
     assert set(row) == {"mask_bytes", "height", "width", "foreground_fraction"}
     assert set(row["mask_bytes"]) == {"b64"} and (row["height"], row["width"]) == (143, 190)
-    status, columns = _post(url + "/versions/1:predict", {"signature_name": "serving_default",
-                                                          "inputs": {"image_bytes": [data]}})
+    status, columns = _post(
+        url + "/versions/1:predict", {"signature_name": "serving_default", "inputs": {"image_bytes": [data]}}
+    )
     assert status == 200 and columns["outputs"]["mask_bytes"] == [row["mask_bytes"]]
-    status, probabilities = _post(url + ":predict", {"signature_name": "predict_images",
-                                                     "inputs": np.full((1, 64, 96, 3), 0.5).tolist()})
+    status, probabilities = _post(
+        url + ":predict", {"signature_name": "predict_images", "inputs": np.full((1, 64, 96, 3), 0.5).tolist()}
+    )
     assert status == 200 and np.asarray(probabilities["outputs"]).shape == (1, 64, 96, 1)  # one output: no name
 
-    assert _get(url) == (200, {"model_version_status": [
-        {"version": "1", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}]})
+    assert _get(url) == (
+        200,
+        {
+            "model_version_status": [
+                {"version": "1", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}
+            ]
+        },
+    )
     status, metadata = _get(url + "/metadata")
-    assert status == 200 and set(metadata["metadata"]["signature_def"]["signature_def"]) == \
-        {"serving_default", "predict_images"}
+    assert status == 200 and set(metadata["metadata"]["signature_def"]["signature_def"]) == {
+        "serving_default",
+        "predict_images",
+    }
     assert _get(f"{double.rest_url}/v1/models/nope")[0] == 404
     status, error = _post(url + ":predict", {"instances": [data], "inputs": [data]})
     assert status == 400 and "exactly one of" in error["error"]
@@ -282,8 +358,9 @@ def test_bad_requests_fail_with_invalid_argument_or_work(case, transport, double
         try:
             if expected is None:
                 predictions = grpc_client.predict([good, data])
-                assert (predictions[1].height, predictions[1].width) == \
-                    imageio.to_rgb_array(imageio.decode_pil(data)).shape[:2]
+                assert (predictions[1].height, predictions[1].width) == imageio.to_rgb_array(
+                    imageio.decode_pil(data)
+                ).shape[:2]
             else:
                 with pytest.raises(serving_client.RequestRejected, match=re.escape(expected)):
                     grpc_client.predict([good, data])

@@ -20,8 +20,20 @@ def _rows(path):
 
 def test_synthetic_test_split_end_to_end(trained_synthetic_run, synthetic_data_dir, tmp_path, capsys):
     out = tmp_path / "eval"
-    code = evaluate.main(["--model", str(trained_synthetic_run), "--dataset", "tfds_ph2/synthetic",
-                          "--split", "test", "--output-dir", str(out), "--data-dir", synthetic_data_dir])
+    code = evaluate.main(
+        [
+            "--model",
+            str(trained_synthetic_run),
+            "--dataset",
+            "tfds_ph2/synthetic",
+            "--split",
+            "test",
+            "--output-dir",
+            str(out),
+            "--data-dir",
+            synthetic_data_dir,
+        ]
+    )
     assert code == 0
     for name in ("cases.csv", "summary.json", "grid.png", "dice_histogram.png", "dice_vs_threshold.png"):
         assert (out / name).stat().st_size > 0, name
@@ -46,9 +58,22 @@ def test_choose_postprocessing_is_stored_and_used(trained_synthetic_run, synthet
     run_dir = tmp_path / "run"
     shutil.copytree(trained_synthetic_run, run_dir)
     out = tmp_path / "eval"
-    code = evaluate.main(["--model", str(run_dir), "--dataset", "tfds_ph2/synthetic", "--split", "test",
-                          "--output-dir", str(out), "--data-dir", synthetic_data_dir, "--choose-postprocessing",
-                          "--ablation"])
+    code = evaluate.main(
+        [
+            "--model",
+            str(run_dir),
+            "--dataset",
+            "tfds_ph2/synthetic",
+            "--split",
+            "test",
+            "--output-dir",
+            str(out),
+            "--data-dir",
+            synthetic_data_dir,
+            "--choose-postprocessing",
+            "--ablation",
+        ]
+    )
     assert code == 0
     stored = json.loads((run_dir / "best.postprocessing.json").read_text())
     assert stored["chosen_on"].startswith("tfds_ph2/synthetic validation (50 images)")
@@ -59,13 +84,31 @@ def test_choose_postprocessing_is_stored_and_used(trained_synthetic_run, synthet
     assert summary["postprocessing"] == chosen.to_dict()
     ablation = summary["ablation"]
     assert ablation["plain (threshold 0.5)"] == pytest.approx(
-        json.loads((trained_synthetic_run / "metrics.json").read_text())["test"]["dice"], abs=1e-4)
+        json.loads((trained_synthetic_run / "metrics.json").read_text())["test"]["dice"], abs=1e-4
+    )
     assert ablation[f"chosen ({chosen.describe()})"] == pytest.approx(summary["dice"]["mean"], abs=1e-6)
     # Later evaluations of this model use the stored choice unless a flag overrides it.
     again = tmp_path / "again"
-    assert evaluate.main(["--model", str(run_dir / "best.keras"), "--dataset", "tfds_ph2/synthetic",
-                          "--split", "validation", "--output-dir", str(again), "--data-dir", synthetic_data_dir,
-                          "--no-tta", "--threshold", "0.4"]) == 0
+    assert (
+        evaluate.main(
+            [
+                "--model",
+                str(run_dir / "best.keras"),
+                "--dataset",
+                "tfds_ph2/synthetic",
+                "--split",
+                "validation",
+                "--output-dir",
+                str(again),
+                "--data-dir",
+                synthetic_data_dir,
+                "--no-tta",
+                "--threshold",
+                "0.4",
+            ]
+        )
+        == 0
+    )
     used = json.loads((again / "summary.json").read_text())["postprocessing"]
     assert used == {**chosen.to_dict(), "tta": False, "threshold": 0.4}
 
@@ -99,11 +142,26 @@ def test_real_ph2_cases_scored_at_original_size(ph2_dir, trained_synthetic_run, 
     for image_id in ids:
         case = ph2_dir / "PH2 Dataset images" / image_id
         shutil.copy(case / f"{image_id}_Dermoscopic_Image" / f"{image_id}.bmp", folder / "test" / "images")
-        shutil.copy(case / f"{image_id}_lesion" / f"{image_id}_lesion.bmp",
-                    folder / "test" / "masks" / f"{image_id}.bmp")
+        shutil.copy(
+            case / f"{image_id}_lesion" / f"{image_id}_lesion.bmp", folder / "test" / "masks" / f"{image_id}.bmp"
+        )
     out = tmp_path / "eval"
-    assert evaluate.main(["--model", str(trained_synthetic_run), "--dataset", f"folder:{folder}", "--split", "test",
-                          "--output-dir", str(out), "--tta"]) == 0
+    assert (
+        evaluate.main(
+            [
+                "--model",
+                str(trained_synthetic_run),
+                "--dataset",
+                f"folder:{folder}",
+                "--split",
+                "test",
+                "--output-dir",
+                str(out),
+                "--tta",
+            ]
+        )
+        == 0
+    )
     rows = {r["image_id"]: r for r in _rows(out / "cases.csv")}
     assert sorted(rows) == ids
     for image_id in ids:
@@ -115,13 +173,21 @@ def test_real_ph2_cases_scored_at_original_size(ph2_dir, trained_synthetic_run, 
 
 
 def test_summary_reports_dice_per_group():
-    rows = [{"image_id": str(i), "dice": d, "clinical_diagnosis": g, **{c: 0.5 for c in scoring.CASE_COLUMNS
-                                                                           if c != "dice"}}
-            for i, (d, g) in enumerate([(0.9, "melanoma"), (0.7, "melanoma"), (0.95, "common_nevus")])]
+    rows = [
+        {
+            "image_id": str(i),
+            "dice": d,
+            "clinical_diagnosis": g,
+            **{c: 0.5 for c in scoring.CASE_COLUMNS if c != "dice"},
+        }
+        for i, (d, g) in enumerate([(0.9, "melanoma"), (0.7, "melanoma"), (0.95, "common_nevus")])
+    ]
     cases = [_case(np.ones((2, 2)), np.ones((2, 2)), r["image_id"]) for r in rows]
     summary = summarize(rows, cases, [np.ones((2, 2), np.uint8)] * 3, 1, group_by="clinical_diagnosis")
-    assert summary["dice_by_clinical_diagnosis"] == {"common_nevus": {"mean": 0.95, "images": 1},
-                                            "melanoma": {"mean": pytest.approx(0.8), "images": 2}}
+    assert summary["dice_by_clinical_diagnosis"] == {
+        "common_nevus": {"mean": 0.95, "images": 1},
+        "melanoma": {"mean": pytest.approx(0.8), "images": 2},
+    }
 
 
 def test_errors_name_the_problem(tmp_path, synthetic_data_dir, trained_synthetic_run, capsys):
@@ -130,9 +196,62 @@ def test_errors_name_the_problem(tmp_path, synthetic_data_dir, trained_synthetic
     (tmp_path / "model.h5").write_bytes(b"x")
     assert evaluate.main(["--model", str(tmp_path / "model.h5"), "--output-dir", str(tmp_path)]) == 2
     assert "expected a .keras file" in capsys.readouterr().err
-    assert evaluate.main(["--model", str(trained_synthetic_run), "--dataset", "tfds_ph2/synthetic", "--split",
-                          "dev", "--data-dir", synthetic_data_dir, "--output-dir", str(tmp_path)]) == 2
+    assert (
+        evaluate.main(
+            [
+                "--model",
+                str(trained_synthetic_run),
+                "--dataset",
+                "tfds_ph2/synthetic",
+                "--split",
+                "dev",
+                "--data-dir",
+                synthetic_data_dir,
+                "--output-dir",
+                str(tmp_path),
+            ]
+        )
+        == 2
+    )
     assert "has no split 'dev'" in capsys.readouterr().err
-    assert evaluate.main(["--model", str(trained_synthetic_run), "--dataset", "tfds_ph2/synthetic",
-                          "--data-dir", synthetic_data_dir, "--output-dir", str(tmp_path), "--threshold", "2"]) == 2
+    assert (
+        evaluate.main(
+            [
+                "--model",
+                str(trained_synthetic_run),
+                "--dataset",
+                "tfds_ph2/synthetic",
+                "--data-dir",
+                synthetic_data_dir,
+                "--output-dir",
+                str(tmp_path),
+                "--threshold",
+                "2",
+            ]
+        )
+        == 2
+    )
     assert "threshold: expected a probability" in capsys.readouterr().err
+
+
+def test_split_all_scores_every_image(trained_synthetic_run, synthetic_data_dir, tmp_path):
+    """An external labelled set has no splits of its own: ``--split all`` scores every image."""
+    out = tmp_path / "eval"
+    code = evaluate.main(
+        [
+            "--model",
+            str(trained_synthetic_run),
+            "--dataset",
+            "tfds_ph2/synthetic",
+            "--split",
+            "all",
+            "--output-dir",
+            str(out),
+            "--data-dir",
+            synthetic_data_dir,
+        ]
+    )
+    assert code == 0
+    rows = _rows(out / "cases.csv")
+    assert len(rows) == 300 and len({r["image_id"] for r in rows}) == 300  # 200 + 50 + 50, each once
+    assert json.loads((out / "summary.json").read_text())["split"] == "all"

@@ -14,18 +14,18 @@ Pillow's JPEG decoder (what ``kseg.predict`` uses) differs from TensorFlow's by 
 
 import json
 import os
-import re
 import pathlib
+import re
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+import serving_double as sd
 import tensorflow as tf
 from PIL import Image
 from tensorflow.core.protobuf import saved_model_pb2
 
-import serving_double as sd
 from kseg import export, imageio, inference, postprocess, saved_model_export, serving_contract
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -88,6 +88,7 @@ def small_image(ph2):
 
 # ------------------------------------------------------------------------------------------ layout ---
 
+
 def test_export_layout_metadata_and_postprocessing(exported, export_dir, run_dir):
     assert exported == export_dir / "kseg" / "1"  # the name in export/models.config, versions from 1
     assert (exported / "saved_model.pb").is_file() and (exported / "variables").is_dir()
@@ -109,10 +110,15 @@ def test_export_layout_metadata_and_postprocessing(exported, export_dir, run_dir
     loaded = tf.saved_model.load(str(exported))
     assert set(loaded.signatures) == {"serving_default", "predict_images"}
     serving = loaded.signatures["serving_default"]
-    assert {k: (s.dtype, s.shape.as_list()) for k, s in serving.structured_input_signature[1].items()} == \
-        {"image_bytes": (tf.string, [None])}
+    assert {k: (s.dtype, s.shape.as_list()) for k, s in serving.structured_input_signature[1].items()} == {
+        "image_bytes": (tf.string, [None])
+    }
     assert {k: s.dtype for k, s in serving.structured_outputs.items()} == {
-        "mask_bytes": tf.string, "height": tf.int32, "width": tf.int32, "foreground_fraction": tf.float32}
+        "mask_bytes": tf.string,
+        "height": tf.int32,
+        "width": tf.int32,
+        "foreground_fraction": tf.float32,
+    }
     probabilities = loaded.signatures["predict_images"]
     assert probabilities.structured_input_signature[1]["images"].shape.as_list() == [None, 64, 96, 3]
     assert probabilities.structured_outputs["probabilities"].shape.as_list() == [None, 64, 96, 1]
@@ -143,8 +149,9 @@ def test_a_failed_export_leaves_no_version_and_no_staging_folder(run_dir, tmp_pa
     assert list((tmp_path / "m").iterdir()) == []
 
 
-@pytest.mark.parametrize("case", ["missing", "not_a_model_file", "empty_folder", "version_exists", "unwritable",
-                                  "bad_name", "saved_model"])
+@pytest.mark.parametrize(
+    "case", ["missing", "not_a_model_file", "empty_folder", "version_exists", "unwritable", "bad_name", "saved_model"]
+)
 def test_cli_errors_are_one_clear_line(case, run_dir, exported, export_dir, tmp_path, capsys):
     args = {
         "missing": ["--model", str(tmp_path / "nope"), "--export-dir", str(tmp_path)],
@@ -179,8 +186,17 @@ def test_cli_exports_and_says_what_it_did(run_dir, tmp_path, capsys):
 
 
 def test_cli_error_as_a_process_has_no_traceback(tmp_path):
-    result = _run([sys.executable, "-m", "kseg.export", "--model", str(tmp_path / "missing"),
-                   "--export-dir", str(tmp_path / "models")])
+    result = _run(
+        [
+            sys.executable,
+            "-m",
+            "kseg.export",
+            "--model",
+            str(tmp_path / "missing"),
+            "--export-dir",
+            str(tmp_path / "models"),
+        ]
+    )
     assert result.returncode == 2
     assert "kseg.export: error: " in result.stderr and "no such file or directory" in result.stderr
     assert "Traceback" not in result.stderr and not (tmp_path / "models").exists()
@@ -204,6 +220,7 @@ def _write(path, text):
 
 # ------------------------------------------------------------------- the SavedModel outside this process ---
 
+
 def _run(command, **kwargs):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     return subprocess.run(command, capture_output=True, text=True, cwd=REPO, env=env, timeout=300, **kwargs)
@@ -219,7 +236,8 @@ def test_fresh_process_loads_and_serves_the_export(exported, serving, ph2, tmp_p
         "out = sig(image_bytes=tf.constant([open(sys.argv[2], 'rb').read()]))\n"
         "print(json.dumps({'height': out['height'].numpy().tolist(), 'width': out['width'].numpy().tolist(),\n"
         "                  'mask': out['mask_bytes'].numpy()[0].hex(), 'modules': [m for m in sys.modules\n"
-        "                  if m.split('.')[0] in ('kseg', 'keras')]}))\n")
+        "                  if m.split('.')[0] in ('kseg', 'keras')]}))\n"
+    )
     result = _run([sys.executable, "-c", script, str(exported), str(png)])
     assert result.returncode == 0, result.stderr[-2000:]
     answer = json.loads(result.stdout.strip().splitlines()[-1])
@@ -233,17 +251,39 @@ def test_saved_model_cli_lists_and_runs_the_signatures(exported, tmp_path):
     cli = str(pathlib.Path(sys.executable).with_name("saved_model_cli"))
     shown = _run([cli, "show", "--dir", str(exported), "--all"])
     assert shown.returncode == 0, shown.stderr[-2000:]
-    for text in ("signature_def['serving_default']", "signature_def['predict_images']", "image_bytes",
-                 "mask_bytes", "foreground_fraction", "probabilities", "(-1, 64, 96, 3)"):
+    for text in (
+        "signature_def['serving_default']",
+        "signature_def['predict_images']",
+        "image_bytes",
+        "mask_bytes",
+        "foreground_fraction",
+        "probabilities",
+        "(-1, 64, 96, 3)",
+    ):
         assert text in shown.stdout
     np.save(tmp_path / "images.npy", np.full((2, 64, 96, 3), 0.5, np.float32))
-    ran = _run([cli, "run", "--dir", str(exported), "--tag_set", "serve", "--signature_def", "predict_images",
-                "--inputs", f"images={tmp_path / 'images.npy'}", "--outdir", str(tmp_path / "out")])
+    ran = _run(
+        [
+            cli,
+            "run",
+            "--dir",
+            str(exported),
+            "--tag_set",
+            "serve",
+            "--signature_def",
+            "predict_images",
+            "--inputs",
+            f"images={tmp_path / 'images.npy'}",
+            "--outdir",
+            str(tmp_path / "out"),
+        ]
+    )
     assert ran.returncode == 0, ran.stderr[-2000:]
     assert np.load(tmp_path / "out" / "probabilities.npy").shape == (2, 64, 96, 1)
 
 
 # -------------------------------------------------------------------------- masks match the Keras path ---
+
 
 def test_masks_match_keras_for_mixed_sizes_and_formats_in_one_batch(serving, keras_predictor, exported, ph2):
     paths, images = ph2
@@ -327,8 +367,9 @@ def bad_cases(small_image):
 
 
 @pytest.mark.parametrize("case", BAD_INPUT_CASES)
-def test_bad_inputs_fail_clearly_or_work_and_the_model_keeps_answering(case, bad_cases, serving, small_image,
-                                                                        keras_predictor):
+def test_bad_inputs_fail_clearly_or_work_and_the_model_keeps_answering(
+    case, bad_cases, serving, small_image, keras_predictor
+):
     data, expected = bad_cases[case]
     good = sd.encode(small_image, "PNG")
     if expected is None:

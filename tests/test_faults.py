@@ -53,6 +53,7 @@ TRAINED_ARGS = ["--preset", "synthetic-unet", "--image-size", "64", "--epochs", 
 
 # ----------------------------------------------------------------------------------------- helpers ---
 
+
 def error_line(err: str, prog: str) -> str:
     """The one line a refused command prints: ``prog: error: ...``, alone on stderr, without a traceback."""
     assert "Traceback" not in err, err
@@ -92,16 +93,23 @@ def colliding_inputs(root: pathlib.Path) -> tuple[list[str], dict[str, pathlib.P
         "y": save(small_image(5), root / "both" / "y.png"),
         "z": save(small_image(6), root / "both" / "z.png"),
     }
-    args = [str(files["x_jpg"]), str(files["x_png"]), str(files["site1_images_case_jpg"]),
-            str(files["site2_images_case_jpg"]), str(root / "both"), str(files["y"])]
+    args = [
+        str(files["x_jpg"]),
+        str(files["x_png"]),
+        str(files["site1_images_case_jpg"]),
+        str(files["site2_images_case_jpg"]),
+        str(root / "both"),
+        str(files["y"]),
+    ]
     return args, files
 
 
 def check_no_overwrites(out: pathlib.Path, err: str, prog: str, files: dict, expected: dict):
     """Every distinct file has its own mask and overlay, the summary counts exactly those, and each mask is
     the one its own input gives (an overwrite would leave another input's mask under its name)."""
-    assert sorted(p.name for p in out.iterdir()) == sorted(f"{stem}_{kind}.png" for stem in files
-                                                          for kind in ("mask", "overlay"))
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        f"{stem}_{kind}.png" for stem in files for kind in ("mask", "overlay")
+    )
     assert written_count(err, prog) == (len(files), len(files))
     for stem in files:
         written = outputs.decode_mask_png((out / f"{stem}_mask.png").read_bytes(), binary=True)
@@ -144,8 +152,9 @@ def start_command(module: str, args, log_dir: pathlib.Path) -> subprocess.Popen:
         signal.signal(signal.SIGINT, signal.SIG_DFL)
     try:
         with open(log_dir / "stdout", "w") as stdout, open(log_dir / "stderr", "w") as stderr:
-            return subprocess.Popen([sys.executable, "-m", module, *map(str, args)], cwd=REPO, env=env,
-                                    stdout=stdout, stderr=stderr)
+            return subprocess.Popen(
+                [sys.executable, "-m", module, *map(str, args)], cwd=REPO, env=env, stdout=stdout, stderr=stderr
+            )
     finally:
         if ignored:
             signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -174,6 +183,7 @@ def interrupted_line(log_dir: pathlib.Path, process: subprocess.Popen, prog: str
 
 # ---------------------------------------------------------------------------------- shared set-up ---
 
+
 @pytest.fixture(scope="module")
 def predictor(trained_synthetic_run):
     return inference.load_predictor(trained_synthetic_run)
@@ -195,8 +205,10 @@ def small_dataset(tmp_path_factory) -> str:
     for split, first in (("validation", 300), ("test", 310)):
         for index in range(first, first + 4):
             example = synthetic.generate_example(index)
-            save(np.asarray(Image.fromarray(example["image"]).resize((72, 56), Image.BILINEAR)),
-                 root / split / "images" / f"{index}.png")
+            save(
+                np.asarray(Image.fromarray(example["image"]).resize((72, 56), Image.BILINEAR)),
+                root / split / "images" / f"{index}.png",
+            )
             mask = Image.fromarray(example["segmentation_mask"][..., 0] * 255).resize((72, 56), Image.NEAREST)
             save(np.asarray(mask), root / split / "masks" / f"{index}.png")
     return f"folder:{root}"
@@ -220,6 +232,7 @@ def a_file(tmp_path) -> pathlib.Path:
 
 
 # ------------------------------------------------------------------------------------- kseg.predict ---
+
 
 def test_predict_colliding_names_each_get_their_own_files(predictor, trained_synthetic_run, tmp_path, capsys):
     """Case 1. --batch-size 1 so that each mask can be compared exactly with its input predicted alone."""
@@ -252,8 +265,9 @@ def test_predict_truncated_keras_file_is_not_a_keras_archive(truncated_model, tm
     assert not (tmp_path / "o").exists()
 
 
-def test_predict_names_what_it_skips_in_a_folder_and_recursive_reads_subfolders(trained_synthetic_run, tmp_path,
-                                                                                 capsys):
+def test_predict_names_what_it_skips_in_a_folder_and_recursive_reads_subfolders(
+    trained_synthetic_run, tmp_path, capsys
+):
     """Case 16: a subfolder of images and a .txt file are not silently ignored; --recursive reads the subfolder."""
     folder = tmp_path / "in"
     save(small_image(1), folder / "a.png")
@@ -265,8 +279,10 @@ def test_predict_names_what_it_skips_in_a_folder_and_recursive_reads_subfolders(
     err = capsys.readouterr().err
     assert code == 0, err
     assert f"kseg.predict: note: {folder}: 1 subfolder(s) not read (e.g. sub/); add --recursive to include them" in err
-    assert f"kseg.predict: note: {folder}: 1 file(s) without an image suffix not read (e.g. notes.txt); images " \
-           f"end in " in err
+    assert (
+        f"kseg.predict: note: {folder}: 1 file(s) without an image suffix not read (e.g. notes.txt); images "
+        f"end in " in err
+    )
     assert written_count(err, "kseg.predict") == (1, 1)
     assert sorted(p.name for p in (tmp_path / "flat").iterdir()) == ["a_mask.png", "a_overlay.png"]
 
@@ -275,8 +291,12 @@ def test_predict_names_what_it_skips_in_a_folder_and_recursive_reads_subfolders(
     assert code == 0, err
     assert "subfolder(s) not read" not in err and "1 file(s) without an image suffix not read" in err
     assert written_count(err, "kseg.predict") == (2, 2)
-    assert sorted(p.name for p in (tmp_path / "deep").iterdir()) == ["a_mask.png", "a_overlay.png", "b_mask.png",
-                                                                     "b_overlay.png"]
+    assert sorted(p.name for p in (tmp_path / "deep").iterdir()) == [
+        "a_mask.png",
+        "a_overlay.png",
+        "b_mask.png",
+        "b_overlay.png",
+    ]
 
 
 def test_predict_ctrl_c_leaves_only_whole_pngs(ph2_dir, trained_synthetic_run, tmp_path):
@@ -287,12 +307,17 @@ def test_predict_ctrl_c_leaves_only_whole_pngs(ph2_dir, trained_synthetic_run, t
     for i in range(40):
         shutil.copy(source, inputs / f"lesion{i:02d}.bmp")
     out = tmp_path / "out"
-    process = start_command("kseg.predict", [inputs, "--model", trained_synthetic_run, "--output-dir", out,
-                                             "--batch-size", "2"], tmp_path / "log")
+    process = start_command(
+        "kseg.predict",
+        [inputs, "--model", trained_synthetic_run, "--output-dir", out, "--batch-size", "2"],
+        tmp_path / "log",
+    )
     interrupt_when(process, lambda: out.is_dir() and any(out.glob("*_mask.png")), "the first mask")
     line = interrupted_line(tmp_path / "log", process, "kseg.predict")
-    assert line == (f"kseg.predict: interrupted; the masks and overlays already in {out} are complete (none is "
-                    f"half-written); run again to do them all")
+    assert line == (
+        f"kseg.predict: interrupted; the masks and overlays already in {out} are complete (none is "
+        f"half-written); run again to do them all"
+    )
     pngs = sorted(out.glob("*.png"))
     assert 0 < len(pngs) < 80, "interrupted mid-work"
     for png in pngs:
@@ -304,12 +329,14 @@ def test_predict_ctrl_c_leaves_only_whole_pngs(ph2_dir, trained_synthetic_run, t
 
 # -------------------------------------------------------------------------------------- kseg.client ---
 
+
 def test_client_colliding_names_each_get_their_own_files(exported_model, tmp_path, capsys):
     """Case 1 through the export run in process (--saved-model); each mask equals its input sent alone."""
     args, files = colliding_inputs(tmp_path / "in")
     out = tmp_path / "out"
-    code = client.main([*args, "--saved-model", str(exported_model), "--out", str(out), "--reencode",
-                        "--batch-size", "1"])
+    code = client.main(
+        [*args, "--saved-model", str(exported_model), "--out", str(out), "--reencode", "--batch-size", "1"]
+    )
     err = capsys.readouterr().err
     assert code == 0, err
     local = serving_client.LocalClient(exported_model)
@@ -372,29 +399,43 @@ def test_client_server_closing_mid_answer_is_one_line(tmp_path, capsys):
     image = save(small_image(1), tmp_path / "a.png")
     server = HalfAnswerServer()
     try:
-        code = client.main([str(image), "--server", server.url, "--model", "m", "--out", str(tmp_path / "out"),
-                            "--timeout", "30"])
+        code = client.main(
+            [str(image), "--server", server.url, "--model", "m", "--out", str(tmp_path / "out"), "--timeout", "30"]
+        )
     finally:
         server.close()
     line = error_line(capsys.readouterr().err, "kseg.client")
     assert code == 2 and server.requests == 1
-    assert line == (f"kseg.client: error: {server.url} closed the connection before its answer was complete "
-                    f"(IncompleteRead); is it a TF Serving REST port, and did the server restart? Try again, or a "
-                    f"smaller --batch-size")
+    assert line == (
+        f"kseg.client: error: {server.url} closed the connection before its answer was complete "
+        f"(IncompleteRead); is it a TF Serving REST port, and did the server restart? Try again, or a "
+        f"smaller --batch-size"
+    )
     assert not (tmp_path / "out").exists()
 
 
 def test_client_probabilities_signature_in_process_is_one_short_line(exported_model, tmp_path, capsys):
     """Case 12: --signature predict_images (float images in) names the signature and its inputs, briefly."""
     image = save(small_image(1), tmp_path / "a.png")
-    code = client.main([str(image), "--saved-model", str(exported_model), "--signature", "predict_images",
-                        "--out", str(tmp_path / "out")])
+    code = client.main(
+        [
+            str(image),
+            "--saved-model",
+            str(exported_model),
+            "--signature",
+            "predict_images",
+            "--out",
+            str(tmp_path / "out"),
+        ]
+    )
     err = capsys.readouterr().err
     line = error_line(err, "kseg.client")
     assert code == 2 and len(err) < 1000
-    assert line == (f"kseg.client: error: {exported_model / '1'}: signature 'predict_images' takes ['images'], not "
-                    f"encoded images; kseg.client sends them to a signature with one 'image_bytes' input, such as "
-                    f"'serving_default'")
+    assert line == (
+        f"kseg.client: error: {exported_model / '1'}: signature 'predict_images' takes ['images'], not "
+        f"encoded images; kseg.client sends them to a signature with one 'image_bytes' input, such as "
+        f"'serving_default'"
+    )
     assert not (tmp_path / "out").exists()
 
 
@@ -403,8 +444,19 @@ def test_client_probabilities_signature_over_rest_is_one_short_line(exported_mod
     images = [save(small_image(i), tmp_path / "in" / f"{i}.png") for i in (1, 2)]
     server = sd.ServingDouble({"m": exported_model}).start(grpc_server=False)
     try:
-        code = client.main([*map(str, images), "--server", server.rest_url, "--model", "m", "--signature",
-                            "predict_images", "--out", str(tmp_path / "out")])
+        code = client.main(
+            [
+                *map(str, images),
+                "--server",
+                server.rest_url,
+                "--model",
+                "m",
+                "--signature",
+                "predict_images",
+                "--out",
+                str(tmp_path / "out"),
+            ]
+        )
     finally:
         server.stop()
     err = capsys.readouterr().err
@@ -417,11 +469,13 @@ def test_client_probabilities_signature_over_rest_is_one_short_line(exported_mod
 
 # ---------------------------------------------------------------------------------------- kseg.show ---
 
+
 @pytest.mark.parametrize("count", ["-3", "0"])
 def test_show_count_below_one_is_one_line(count, synthetic_data_dir, tmp_path, capsys):
     """Cases 4 (-n -3) and 13 (-n 0): refused before any data is read, nothing written."""
-    code = show.main(["tfds_ph2/synthetic", "--data-dir", synthetic_data_dir, "-n", count, "--out",
-                      str(tmp_path / "grid.png")])
+    code = show.main(
+        ["tfds_ph2/synthetic", "--data-dir", synthetic_data_dir, "-n", count, "--out", str(tmp_path / "grid.png")]
+    )
     line = error_line(capsys.readouterr().err, "kseg.show")
     assert code == 2
     assert line == f"kseg.show: error: -n/--count must be at least 1, got {count}"
@@ -430,8 +484,9 @@ def test_show_count_below_one_is_one_line(count, synthetic_data_dir, tmp_path, c
 
 def test_show_out_without_png_suffix_writes_and_reports_name_png(synthetic_data_dir, tmp_path, capsys):
     """Case 4: --out NAME writes NAME.png and says so (the path it reports is the file that exists)."""
-    code = show.main(["tfds_ph2/synthetic", "--data-dir", synthetic_data_dir, "-n", "2", "--out",
-                      str(tmp_path / "grid")])
+    code = show.main(
+        ["tfds_ph2/synthetic", "--data-dir", synthetic_data_dir, "-n", "2", "--out", str(tmp_path / "grid")]
+    )
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert f"wrote {tmp_path / 'grid.png'} (2 examples of tfds_ph2/synthetic train)" in captured.out
@@ -444,14 +499,21 @@ def test_show_out_without_png_suffix_writes_and_reports_name_png(synthetic_data_
 def test_show_output_in_an_existing_file_is_refused_before_reading_data(flag, a_file, tmp_path, capsys):
     """Case 9: the dataset does not exist either; the output folder is checked first."""
     value = str(a_file) if flag == "--save-images" else str(a_file / "grid.png")
-    code = show.main([f"folder:{tmp_path / 'no-data'}", flag, value, *([] if flag == "--out" else
-                                                                       ["--out", str(tmp_path / "g.png")])])
+    code = show.main(
+        [
+            f"folder:{tmp_path / 'no-data'}",
+            flag,
+            value,
+            *([] if flag == "--out" else ["--out", str(tmp_path / "g.png")]),
+        ]
+    )
     line = error_line(capsys.readouterr().err, "kseg.show")
     assert code == 2
     assert line == f"kseg.show: error: {flag} {a_file} is an existing file, not a folder; choose a folder"
 
 
 # -------------------------------------------------------------------------------------- kseg.export ---
+
 
 def test_export_removes_staging_left_by_a_killed_export(trained_synthetic_run, tmp_path, capsys):
     """Case 15: a staging folder whose export process is gone is removed (with a warning); one in the old
@@ -470,8 +532,10 @@ def test_export_removes_staging_left_by_a_killed_export(trained_synthetic_run, t
     err = capsys.readouterr().err
     assert code == 0, err
     assert f"kseg.export: warning: removed {stale}, left by an export that was killed before it finished" in err
-    assert (f"kseg.export: warning: {old_style} looks like the staging folder of an unfinished export; TF Serving "
-            f"ignores it. Remove it if no export is running") in err
+    assert (
+        f"kseg.export: warning: {old_style} looks like the staging folder of an unfinished export; TF Serving "
+        f"ignores it. Remove it if no export is running"
+    ) in err
     assert str(running) not in err and "Traceback" not in err
     assert sorted(p.name for p in model_dir.iterdir()) == sorted(["1", old_style.name, running.name])
 
@@ -479,8 +543,11 @@ def test_export_removes_staging_left_by_a_killed_export(trained_synthetic_run, t
 def test_export_ctrl_c_leaves_no_version_and_no_staging_folder(trained_synthetic_run, tmp_path):
     """Case 11: SIGINT while the SavedModel is being staged; nothing is left for TF Serving to load."""
     model_dir = tmp_path / "models" / "m"
-    process = start_command("kseg.export", ["--model", trained_synthetic_run, "--export-dir", tmp_path / "models",
-                                            "--name", "m"], tmp_path / "log")
+    process = start_command(
+        "kseg.export",
+        ["--model", trained_synthetic_run, "--export-dir", tmp_path / "models", "--name", "m"],
+        tmp_path / "log",
+    )
     interrupt_when(process, lambda: model_dir.is_dir() and any(model_dir.glob(".export-*")), "a staging folder")
     line = interrupted_line(tmp_path / "log", process, "kseg.export")
     assert line == "kseg.export: interrupted; no version was written (the partial export was removed)"
@@ -488,6 +555,7 @@ def test_export_ctrl_c_leaves_no_version_and_no_staging_folder(trained_synthetic
 
 
 # ------------------------------------------------------------------------------------ kseg.evaluate ---
+
 
 def test_evaluate_output_dir_that_is_a_file_is_refused_before_the_model_loads(a_file, tmp_path, capsys):
     """Case 9: the model path does not exist either; the output folder is checked first."""
@@ -498,23 +566,27 @@ def test_evaluate_output_dir_that_is_a_file_is_refused_before_the_model_loads(a_
 
 
 def test_evaluate_keeps_the_chosen_postprocessing_when_the_model_folder_cannot_take_it(
-        trained_synthetic_run, small_dataset, tmp_path, capsys):
+    trained_synthetic_run, small_dataset, tmp_path, capsys
+):
     """Case 10: the choice took minutes to find; when the model's folder cannot take it, it goes to
     --output-dir, with a warning saying where, and the model folder is left as it was."""
     run_dir = tmp_path / "run"
     shutil.copytree(trained_synthetic_run, run_dir)
     out = tmp_path / "out"
     with unwritable_folder(run_dir):
-        code = evaluate.main(["--model", str(run_dir), "--dataset", small_dataset, "--output-dir", str(out),
-                              "--choose-postprocessing"])
+        code = evaluate.main(
+            ["--model", str(run_dir), "--dataset", small_dataset, "--output-dir", str(out), "--choose-postprocessing"]
+        )
     err = capsys.readouterr().err
     assert code == 0, err
     assert "Traceback" not in err
     warnings = [line for line in err.splitlines() if line.startswith("kseg.evaluate: warning: ")]
     assert len(warnings) == 1, err
     assert warnings[0].startswith(f"kseg.evaluate: warning: cannot write {run_dir / 'best.postprocessing.json'} (")
-    assert f"the choice is kept in {out / 'best.postprocessing.json'}: copy it next to {run_dir / 'best.keras'}" \
+    assert (
+        f"the choice is kept in {out / 'best.postprocessing.json'}: copy it next to {run_dir / 'best.keras'}"
         in warnings[0]
+    )
     kept = json.loads((out / "best.postprocessing.json").read_text())
     summary = json.loads((out / "summary.json").read_text())
     assert kept["chosen_on"] == f"{small_dataset} validation (4 images)"
@@ -524,8 +596,18 @@ def test_evaluate_keeps_the_chosen_postprocessing_when_the_model_folder_cannot_t
 
 def test_evaluate_truncated_keras_file_is_not_a_keras_archive(truncated_model, synthetic_data_dir, tmp_path, capsys):
     """Case 16."""
-    code = evaluate.main(["--model", str(truncated_model), "--dataset", "tfds_ph2/synthetic", "--data-dir",
-                          synthetic_data_dir, "--output-dir", str(tmp_path / "out")])
+    code = evaluate.main(
+        [
+            "--model",
+            str(truncated_model),
+            "--dataset",
+            "tfds_ph2/synthetic",
+            "--data-dir",
+            synthetic_data_dir,
+            "--output-dir",
+            str(tmp_path / "out"),
+        ]
+    )
     line = error_line(capsys.readouterr().err, "kseg.evaluate")
     assert code == 2
     assert line.startswith(f"kseg.evaluate: error: {truncated_model}: not a .keras archive")
@@ -536,8 +618,20 @@ def test_evaluate_truncated_keras_file_is_not_a_keras_archive(truncated_model, s
 def test_evaluate_unknown_split_leaves_no_output_folder(trained_synthetic_run, synthetic_data_dir, tmp_path, capsys):
     """Case 16: --split testing (not a split) is exit 2, and no empty --output-dir is left behind."""
     out = tmp_path / "out"
-    code = evaluate.main(["--model", str(trained_synthetic_run), "--dataset", "tfds_ph2/synthetic", "--data-dir",
-                          synthetic_data_dir, "--split", "testing", "--output-dir", str(out)])
+    code = evaluate.main(
+        [
+            "--model",
+            str(trained_synthetic_run),
+            "--dataset",
+            "tfds_ph2/synthetic",
+            "--data-dir",
+            synthetic_data_dir,
+            "--split",
+            "testing",
+            "--output-dir",
+            str(out),
+        ]
+    )
     line = error_line(capsys.readouterr().err, "kseg.evaluate")
     assert code == 2
     assert "'testing'" in line and "test" in line
@@ -545,6 +639,7 @@ def test_evaluate_unknown_split_leaves_no_output_folder(trained_synthetic_run, s
 
 
 # ----------------------------------------------------------------------------------------- kseg.train ---
+
 
 def test_train_rerunning_a_finished_run_changes_nothing(trained_synthetic_run, synthetic_data_dir, tmp_path, capsys):
     """Case 3: the same command again reports the finished run; metrics.json (train_seconds too) is kept."""
@@ -554,8 +649,7 @@ def test_train_rerunning_a_finished_run_changes_nothing(trained_synthetic_run, s
     code = train.main([*TRAINED_ARGS, "--data-dir", synthetic_data_dir, "--output-dir", str(run_dir)])
     captured = capsys.readouterr()
     assert code == 0, captured.err
-    assert f"kseg.train: {run_dir} is a finished run (8 of 8 epochs); its metrics.json is kept as it is" \
-        in captured.out
+    assert f"kseg.train: {run_dir} is a finished run (8 of 8 epochs); its metrics.json is kept as it is" in captured.out
     assert (run_dir / "metrics.json").read_bytes() == before[pathlib.Path("metrics.json")]
     assert json.loads((run_dir / "metrics.json").read_text())["train_seconds"] > 0
     after = {p.relative_to(run_dir): p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
@@ -575,26 +669,38 @@ def test_train_image_size_that_is_not_a_size(tmp_path, capsys):
     code = train.main(["--image-size", "abc", "--output-dir", str(tmp_path / "run")])
     line = error_line(capsys.readouterr().err, "kseg.train")
     assert code == 2
-    assert line.startswith("kseg.train: error: image_size (--image-size): expected a size like 256 or HxW like "
-                           "192x256, got ") and "abc" in line
+    assert (
+        line.startswith(
+            "kseg.train: error: image_size (--image-size): expected a size like 256 or HxW like 192x256, got "
+        )
+        and "abc" in line
+    )
     assert not (tmp_path / "run").exists()
 
 
 def test_train_nan_before_any_epoch_says_nothing_was_saved(tmp_path):
     """Case 16: with no finished epoch there is no checkpoint to point to."""
     message = str(callbacks.diverged_error(float("nan"), 0, 2, tmp_path, checkpoints.RunState()))
-    assert message == ("loss became nan in epoch 1, batch 3; stopped. No epoch had finished, so nothing was saved. "
-                       "Try a lower --learning-rate, or --no-mixed-precision.")
+    assert message == (
+        "loss became nan in epoch 1, batch 3; stopped. No epoch had finished, so nothing was saved. "
+        "Try a lower --learning-rate, or --no-mixed-precision."
+    )
 
     model = keras.Sequential([keras.Input((4, 4, 3), name="image"), keras.layers.Conv2D(1, 1, name="logits")])
     model.compile("adam", "mse")
     state = checkpoints.RunState()
-    hooks = [callbacks.StopOnNaN(tmp_path, state), callbacks.TrainTimer(state, 4),
-             checkpoints.EpochCheckpoint(tmp_path / "checkpoints", tmp_path / "best.keras", state)]
+    hooks = [
+        callbacks.StopOnNaN(tmp_path, state),
+        callbacks.TrainTimer(state, 4),
+        checkpoints.EpochCheckpoint(tmp_path / "checkpoints", tmp_path / "best.keras", state),
+    ]
     bad = np.full((4, 4, 4, 3), np.nan, np.float32)
     batches = tf.data.Dataset.from_tensor_slices(bad).map(lambda x: (x, x[..., :1])).batch(2)
-    with pytest.raises(TrainingDivergedError, match=r"loss became nan in epoch 1, batch 1; stopped\. No epoch had "
-                                                    r"finished, so nothing was saved\."):
+    with pytest.raises(
+        TrainingDivergedError,
+        match=r"loss became nan in epoch 1, batch 1; stopped\. No epoch had "
+        r"finished, so nothing was saved\.",
+    ):
         model.fit(batches.repeat(), epochs=2, steps_per_epoch=2, callbacks=hooks, verbose=0, shuffle=False)
     assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "best.keras").exists()
 
@@ -603,18 +709,42 @@ def test_train_nan_before_any_epoch_says_nothing_was_saved(tmp_path):
 def test_train_ctrl_c_keeps_finished_epochs_and_the_same_command_resumes(synthetic_data_dir, tmp_path):
     """Case 11: SIGINT after the first checkpoint; one line says which epoch is kept; the same command resumes."""
     run_dir = tmp_path / "run"
-    args = ["--preset", "synthetic-unet", "--image-size", "32", "--batch-size", "8", "--seed", "1", "--epochs", "6",
-            "--steps-per-epoch", "3", "--data-dir", synthetic_data_dir, "--output-dir", run_dir]
+    args = [
+        "--preset",
+        "synthetic-unet",
+        "--image-size",
+        "32",
+        "--batch-size",
+        "8",
+        "--seed",
+        "1",
+        "--epochs",
+        "6",
+        "--steps-per-epoch",
+        "3",
+        "--data-dir",
+        synthetic_data_dir,
+        "--output-dir",
+        run_dir,
+    ]
     process = start_command("kseg.train", args, tmp_path / "log")
     interrupt_when(process, lambda: checkpoints.read_state(run_dir / "checkpoints").epoch >= 1, "a finished epoch")
     line = interrupted_line(tmp_path / "log", process, "kseg.train")
     kept = checkpoints.read_state(run_dir / "checkpoints").epoch
     assert 1 <= kept < 6
-    assert line == (f"kseg.train: interrupted; epoch {kept} of 6 is the last one kept in {run_dir}/checkpoints; run "
-                    f"the same command again to resume from there")
+    assert line == (
+        f"kseg.train: interrupted; epoch {kept} of 6 is the last one kept in {run_dir}/checkpoints; run "
+        f"the same command again to resume from there"
+    )
 
-    again = subprocess.run([sys.executable, "-m", "kseg.train", *map(str, args)], cwd=REPO, capture_output=True,
-                           text=True, timeout=600, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    again = subprocess.run(
+        [sys.executable, "-m", "kseg.train", *map(str, args)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
     assert again.returncode == 0, again.stderr[-3000:]
     assert f"kseg.train: resuming {run_dir} after epoch {kept} of 6" in again.stdout
     assert checkpoints.read_state(run_dir / "checkpoints").epoch == 6 and (run_dir / "metrics.json").exists()

@@ -34,8 +34,9 @@ def test_phases_and_what_trains():
     model = setup.build_model(config.resolve(overrides={"preset": "ph2-unet-lite0", "image_size": "64"}), 1)
     setup.set_encoder_trainable(model, True)
     encoder = encoder_layers(model)
-    assert encoder and all(not layer.trainable for layer in encoder
-                           if isinstance(layer, keras.layers.BatchNormalization))
+    assert encoder and all(
+        not layer.trainable for layer in encoder if isinstance(layer, keras.layers.BatchNormalization)
+    )
     assert any(layer.trainable for layer in encoder if layer.weights)
     setup.set_encoder_trainable(model, False)
     assert not any(layer.trainable for layer in encoder)
@@ -53,12 +54,11 @@ def test_encoder_moves_a_tenth_as_far(cls):
     """Adam's step ignores the gradient's scale, so the multiplier must scale the step itself."""
     inputs = keras.Input((4,), name="image")
     outputs = keras.layers.Dense(1, name="head")(keras.layers.Dense(3, name="encoder_dense")(inputs))
+    reference = keras.Model(inputs, outputs)
+    initial = reference.get_weights()
     steps = {}
     for multiplier in (1.0, 0.1):
-        keras.utils.set_random_seed(0)
-        model = keras.Model(inputs, outputs) if not steps else keras.models.clone_model(reference)
-        if not steps:
-            reference, initial = model, model.get_weights()
+        model = keras.models.clone_model(reference)
         model.set_weights(initial)
         model.compile(cls(0.01, lr_multipliers={"encoder_": multiplier}), "mse")
         model.fit(np.ones((8, 4)), np.full((8, 1), 3.0), verbose=0, batch_size=8)
@@ -75,10 +75,32 @@ def _weights(path, model):
 
 def test_resume_after_sigkill_at_the_unfreeze_point(tmp_path, synthetic_data_dir):
     run_dir = tmp_path / "run"
-    args = ["--preset", "synthetic-unet", "--model", "unet-lite0", "--image-size", "64", "--epochs", "3",
-            "--freeze-encoder-epochs", "2", "--encoder-lr-multiplier", "0.1", "--steps-per-epoch", "2",
-            "--batch-size", "4", "--learning-rate", "0.001", "--seed", "3", "--data-dir", synthetic_data_dir,
-            "--output-dir", str(run_dir)]
+    args = [
+        "--preset",
+        "synthetic-unet",
+        "--model",
+        "unet-lite0",
+        "--image-size",
+        "64",
+        "--epochs",
+        "3",
+        "--freeze-encoder-epochs",
+        "2",
+        "--encoder-lr-multiplier",
+        "0.1",
+        "--steps-per-epoch",
+        "2",
+        "--batch-size",
+        "4",
+        "--learning-rate",
+        "0.001",
+        "--seed",
+        "3",
+        "--data-dir",
+        synthetic_data_dir,
+        "--output-dir",
+        str(run_dir),
+    ]
     command = [sys.executable, "-m", "kseg.train", *args]
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     state_dir = run_dir / "checkpoints"
@@ -92,8 +114,16 @@ def test_resume_after_sigkill_at_the_unfreeze_point(tmp_path, synthetic_data_dir
     process.wait()
     state = checkpoints.read_state(state_dir)
     assert state.epoch == 2  # killed after the frozen phase ended, before the fine-tuning epoch did
-    resolved = config.resolve(overrides={"preset": "synthetic-unet", "model": "unet-lite0", "image_size": "64",
-                                         "epochs": 3, "freeze_encoder_epochs": 2, "encoder_lr_multiplier": 0.1})
+    resolved = config.resolve(
+        overrides={
+            "preset": "synthetic-unet",
+            "model": "unet-lite0",
+            "image_size": "64",
+            "epochs": 3,
+            "freeze_encoder_epochs": 2,
+            "encoder_lr_multiplier": 0.1,
+        }
+    )
     model = setup.build_model(resolved, 1)
     pretrained = {v.path: np.array(v) for v in model.weights}
     setup.set_encoder_trainable(model, True)
@@ -110,7 +140,11 @@ def test_resume_after_sigkill_at_the_unfreeze_point(tmp_path, synthetic_data_dir
     assert result.returncode == 0, result.stderr[-3000:]
     assert "resuming" in result.stdout and "after epoch 2 of 3" in result.stdout
     final_state = checkpoints.read_state(state_dir)
-    assert final_state.epoch == 3 and [int(r["epoch"]) for r in history.read_history(run_dir / "history.csv")] == [0, 1, 2]
+    assert final_state.epoch == 3 and [int(r["epoch"]) for r in history.read_history(run_dir / "history.csv")] == [
+        0,
+        1,
+        2,
+    ]
     final = _weights(state_dir / final_state.weights, model)
     assert int(model.optimizer.iterations) == 6
     kernels = [p for p in encoder_paths if p.endswith("kernel")]

@@ -55,7 +55,7 @@ def _cycle() -> list[str] | None:
             if target.startswith(node + "."):
                 continue
             if state.get(target) == 1:
-                return stack[stack.index(target):] + [target]
+                return stack[stack.index(target) :] + [target]
             if target not in state:
                 found = visit(target)
                 if found:

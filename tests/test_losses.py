@@ -92,8 +92,10 @@ def _binary_cases(y, x):
         (losses.BCEDiceLoss(), ref_bce(y, x) + ref_dice(y, p)),
         (losses.BCEDiceLoss(bce_weight=0.3, dice_weight=2.0), 0.3 * ref_bce(y, x) + 2.0 * ref_dice(y, p)),
         (losses.BinaryFocalLoss(), ref_binary_focal(y, x, 2.0)),
-        (losses.BinaryFocalLoss(gamma=1.0, alpha=0.4, apply_class_balancing=True),
-         ref_binary_focal(y, x, 1.0, alpha=0.4)),
+        (
+            losses.BinaryFocalLoss(gamma=1.0, alpha=0.4, apply_class_balancing=True),
+            ref_binary_focal(y, x, 1.0, alpha=0.4),
+        ),
         (losses.TverskyLoss(), ref_tversky(y, p, 0.3, 0.7)),
         (losses.TverskyLoss(alpha=0.8, beta=0.2), ref_tversky(y, p, 0.8, 0.2)),
     ]
@@ -205,8 +207,11 @@ def test_loss_and_metrics_survive_keras_save_load(tmp_path):
     y = (rng.random((4, SIZE, SIZE, 1)) < 0.4).astype(np.float32)
     model = keras.Sequential([keras.Input((SIZE, SIZE, 2)), keras.layers.Conv2D(1, 1)])
     loss = losses.BCEDiceLoss(bce_weight=0.3, dice_weight=2.0, smooth=0.5)
-    model.compile(optimizer="sgd", loss=loss,
-                  metrics=metrics.default_metrics(threshold=0.3) + [metrics.IoU(per_image=False, name="iou_pooled")])
+    model.compile(
+        optimizer="sgd",
+        loss=loss,
+        metrics=metrics.default_metrics(threshold=0.3) + [metrics.IoU(per_image=False, name="iou_pooled")],
+    )
     before = model.evaluate(x, y, batch_size=2, verbose=0, return_dict=True)
 
     path = tmp_path / "tiny.keras"
@@ -223,5 +228,4 @@ def test_loss_and_metrics_survive_keras_save_load(tmp_path):
     dice = metrics.Dice(threshold=0.3)
     dice.update_state(y, loaded.predict(x, verbose=0))
     assert after["dice"] == pytest.approx(float(dice.result()), abs=1e-6)
-    assert after["dice"] != pytest.approx(
-        float(metrics.Dice(threshold=0.7)(y, loaded.predict(x, verbose=0))), abs=1e-6)
+    assert after["dice"] != pytest.approx(float(metrics.Dice(threshold=0.7)(y, loaded.predict(x, verbose=0))), abs=1e-6)

@@ -154,8 +154,9 @@ def test_empty_truth_with_false_positives(per_image):
     pred[0, :] = 3.0  # 4 false positives out of 16 negatives
     y, logits = _binary(np.zeros((4, 4)), pred)
     got = {name: _accumulate(cls(per_image=per_image), [(y, logits)]) for name, cls in METRIC_CLASSES.items()}
-    assert got == pytest.approx({"dice": 0.0, "iou": 0.0, "pixel_accuracy": 0.75,
-                                 "sensitivity": 1.0, "specificity": 0.75})
+    assert got == pytest.approx(
+        {"dice": 0.0, "iou": 0.0, "pixel_accuracy": 0.75, "sensitivity": 1.0, "specificity": 0.75}
+    )
 
 
 @pytest.mark.parametrize("per_image", [True, False])
@@ -164,8 +165,9 @@ def test_empty_prediction(per_image):
     truth[:2, :2] = 1.0  # 4 positives, all missed
     y, logits = _binary(truth, np.full((4, 4), -3.0))
     got = {name: _accumulate(cls(per_image=per_image), [(y, logits)]) for name, cls in METRIC_CLASSES.items()}
-    assert got == pytest.approx({"dice": 0.0, "iou": 0.0, "pixel_accuracy": 0.75,
-                                 "sensitivity": 0.0, "specificity": 1.0})
+    assert got == pytest.approx(
+        {"dice": 0.0, "iou": 0.0, "pixel_accuracy": 0.75, "sensitivity": 0.0, "specificity": 1.0}
+    )
 
 
 def test_all_foreground_truth_specificity_is_one():
@@ -199,7 +201,8 @@ def test_no_nan_before_update_and_after_reset():
             assert float(metric.result()) == 0.0
             other = _random_batch(rng, 2, 1)
             assert _accumulate(metric, [other]) == pytest.approx(
-                reference(metric.name, [other], per_image=per_image), abs=1e-6)
+                reference(metric.name, [other], per_image=per_image), abs=1e-6
+            )
 
 
 def test_multiclass_float_labels_and_rank3_labels():
@@ -216,7 +219,7 @@ def test_sample_weight_selects_and_weights_images():
     w = np.array([0.0, 1.0, 2.0, 0.0], np.float32)
     for name, cls in METRIC_CLASSES.items():
         # per_image: weighted mean of image scores.
-        scores = [reference(name, [(y[i:i + 1], logits[i:i + 1])]) for i in range(4)]
+        scores = [reference(name, [(y[i : i + 1], logits[i : i + 1])]) for i in range(4)]
         got = _accumulate(cls(), [(y, logits)], sample_weights=[w])
         assert got == pytest.approx((scores[1] + 2 * scores[2]) / 3, abs=1e-6), name
         # pooled: an integer weight is the same as repeating the image.
@@ -267,8 +270,9 @@ def test_compile_and_evaluate_match_reference(num_classes, threshold):
         y = rng.integers(0, num_classes, (6, SIZE, SIZE, 1)).astype(np.int32)
         loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     model = keras.Sequential([keras.Input((SIZE, SIZE, 2)), keras.layers.Conv2D(num_classes, 1)])
-    compiled = (metrics.default_metrics(num_classes, threshold=threshold)
-                + [metrics.Dice(num_classes, threshold, per_image=False, name="dice_pooled")])
+    compiled = metrics.default_metrics(num_classes, threshold=threshold) + [
+        metrics.Dice(num_classes, threshold, per_image=False, name="dice_pooled")
+    ]
     model.compile(optimizer="sgd", loss=loss, metrics=compiled)
     got = model.evaluate(x, y, batch_size=4, verbose=0, return_dict=True)  # batches of 4 and 2
     logits = model.predict(x, verbose=0)

@@ -1,13 +1,12 @@
 """Tests for kseg.models: shapes, argument checks, serialization, training, mixed precision, MaxUnpooling2D
 and the complexity counters. Models are tiny (base_filters 4, 32x32) so the file runs in well under a minute."""
 
+import keras
 import numpy as np
 import pytest
-
-import kseg  # noqa: F401  (sets KERAS_BACKEND before keras is imported)
-import keras
 import tensorflow as tf
 
+import kseg  # noqa: F401  (sets KERAS_BACKEND before keras is imported)
 from kseg.models import (
     MODEL_PRESETS,
     MaxUnpooling2D,

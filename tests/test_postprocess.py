@@ -49,8 +49,9 @@ def test_tta_inverts_every_transform(size, count):
     assert len(postprocess.tta_transforms(*size)) == count
     batch = tf.random.uniform((2, *size, 3), seed=1)
     identity = lambda b: b[..., :1]
-    np.testing.assert_allclose(postprocess.tta_probabilities(identity, batch).numpy(), batch[..., :1].numpy(),
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        postprocess.tta_probabilities(identity, batch).numpy(), batch[..., :1].numpy(), atol=1e-6
+    )
 
 
 def test_tta_averages_a_model_that_is_not_equivariant():
@@ -62,7 +63,7 @@ def test_tta_averages_a_model_that_is_not_equivariant():
 
 def _disk(height, width, cy, cx, radius):
     yy, xx = np.mgrid[:height, :width]
-    return (yy - cy) ** 2 + (xx - cx) ** 2 <= radius ** 2
+    return (yy - cy) ** 2 + (xx - cx) ** 2 <= radius**2
 
 
 def test_final_mask_threshold_holes_and_components_at_original_size():
@@ -77,8 +78,12 @@ def test_final_mask_threshold_holes_and_components_at_original_size():
 
     cleaned = postprocess.final_mask(probs, size, PostProcessing(fill_holes=True, largest_component=True)).numpy()
     assert cleaned[48, 54] == 1 and cleaned[15, 126] == 0
-    expected = tf.image.resize(np.where(ndimage.binary_fill_holes(big), 0.8, 0.1)[..., None].astype(np.float32),
-                               size).numpy()[..., 0] >= 0.5
+    expected = (
+        tf.image.resize(np.where(ndimage.binary_fill_holes(big), 0.8, 0.1)[..., None].astype(np.float32), size).numpy()[
+            ..., 0
+        ]
+        >= 0.5
+    )
     assert np.mean(cleaned.astype(bool) != expected) < 0.002  # equal but for upsampled border pixels
 
     high = postprocess.final_mask(probs, size, PostProcessing(threshold=0.9)).numpy()
@@ -94,8 +99,10 @@ def test_final_mask_multiclass_is_argmax():
 
 
 def test_final_mask_runs_in_a_graph_with_dynamic_sizes():
-    fn = tf.function(lambda p, s: postprocess.final_mask(p, s, PostProcessing(largest_component=True)),
-                     input_signature=[tf.TensorSpec([None, None, 1], tf.float32), tf.TensorSpec([2], tf.int32)])
+    fn = tf.function(
+        lambda p, s: postprocess.final_mask(p, s, PostProcessing(largest_component=True)),
+        input_signature=[tf.TensorSpec([None, None, 1], tf.float32), tf.TensorSpec([2], tf.int32)],
+    )
     probs = np.where(_disk(16, 16, 8, 8, 5), 0.9, 0.0).astype(np.float32)[..., None]
     assert fn(probs, tf.constant([40, 30])).shape == (40, 30)
     assert fn(probs, tf.constant([7, 9])).shape == (7, 9)

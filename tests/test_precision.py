@@ -56,17 +56,20 @@ def test_amx_needs_tiles_and_bf16():
     assert not distribute.cpu_has_amx_bf16({"amx_tile", "amx_int8"})  # int8 tiles alone do not do bfloat16
 
 
-@pytest.mark.parametrize("device, cpuinfo, expected", [
-    ("gpu", PLAIN_CPUINFO, "mixed_float16"),
-    ("gpu", AMX_CPUINFO, "mixed_float16"),
-    ("tpu", PLAIN_CPUINFO, "mixed_bfloat16"),
-    ("cpu", AMX_CPUINFO, "mixed_bfloat16"),
-    ("cpu", AVX512_BF16_CPUINFO, "float32"),
-    ("cpu", AMD_ZEN4_CPUINFO, "mixed_bfloat16"),
-    ("cpu", AMD_ZEN3_CPUINFO, "float32"),
-    ("cpu", PLAIN_CPUINFO, "float32"),
-    ("cpu", "", "float32"),  # no /proc/cpuinfo (not Linux): no AMX known
-])
+@pytest.mark.parametrize(
+    "device, cpuinfo, expected",
+    [
+        ("gpu", PLAIN_CPUINFO, "mixed_float16"),
+        ("gpu", AMX_CPUINFO, "mixed_float16"),
+        ("tpu", PLAIN_CPUINFO, "mixed_bfloat16"),
+        ("cpu", AMX_CPUINFO, "mixed_bfloat16"),
+        ("cpu", AVX512_BF16_CPUINFO, "float32"),
+        ("cpu", AMD_ZEN4_CPUINFO, "mixed_bfloat16"),
+        ("cpu", AMD_ZEN3_CPUINFO, "float32"),
+        ("cpu", PLAIN_CPUINFO, "float32"),
+        ("cpu", "", "float32"),  # no /proc/cpuinfo (not Linux): no AMX known
+    ],
+)
 def test_policy_per_device(device, cpuinfo, expected):
     assert distribute.precision_policy(True, device=device, cpuinfo_text=cpuinfo) == expected
 
@@ -99,17 +102,22 @@ def test_cpu_with_amx_logs_nothing(caplog):
 
 
 def test_argument_forces_the_cpu_choice():
-    assert distribute.precision_policy(True, device="cpu", cpuinfo_text=PLAIN_CPUINFO,
-                                       cpu_bfloat16=True) == "mixed_bfloat16"
+    assert (
+        distribute.precision_policy(True, device="cpu", cpuinfo_text=PLAIN_CPUINFO, cpu_bfloat16=True)
+        == "mixed_bfloat16"
+    )
     assert distribute.precision_policy(True, device="cpu", cpuinfo_text=AMX_CPUINFO, cpu_bfloat16=False) == "float32"
 
 
-@pytest.mark.parametrize("value, cpuinfo, expected", [
-    ("1", PLAIN_CPUINFO, "mixed_bfloat16"),
-    ("true", AVX512_BF16_CPUINFO, "mixed_bfloat16"),
-    ("0", AMX_CPUINFO, "float32"),
-    ("", AMX_CPUINFO, "mixed_bfloat16"),  # empty: as if unset
-])
+@pytest.mark.parametrize(
+    "value, cpuinfo, expected",
+    [
+        ("1", PLAIN_CPUINFO, "mixed_bfloat16"),
+        ("true", AVX512_BF16_CPUINFO, "mixed_bfloat16"),
+        ("0", AMX_CPUINFO, "float32"),
+        ("", AMX_CPUINFO, "mixed_bfloat16"),  # empty: as if unset
+    ],
+)
 def test_environment_variable_forces_the_cpu_choice(value, cpuinfo, expected, monkeypatch):
     monkeypatch.setenv(distribute.CPU_BFLOAT16_ENV, value)
     assert distribute.precision_policy(True, device="cpu", cpuinfo_text=cpuinfo) == expected

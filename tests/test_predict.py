@@ -20,16 +20,32 @@ def test_real_ph2_and_odd_formats_end_to_end(ph2_dir, trained_synthetic_run, tmp
     real_bmp = case / "IMD002_Dermoscopic_Image" / "IMD002.bmp"
     out = tmp_path / "out"
 
-    code = predict.main(["--model", str(trained_synthetic_run), "--output-dir", str(out), "--batch-size", "2",
-                         str(inputs), str(real_bmp), str(tmp_path / "missing.png")])
+    code = predict.main(
+        [
+            "--model",
+            str(trained_synthetic_run),
+            "--output-dir",
+            str(out),
+            "--batch-size",
+            "2",
+            str(inputs),
+            str(real_bmp),
+            str(tmp_path / "missing.png"),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 1
     assert "broken.png: cannot decode image" in err and "missing.png: no such file" in err
     assert "5 of 6 images written" in err
 
     predictor = inference.load_predictor(trained_synthetic_run)
-    for stem, source in [("lesion", inputs / "lesion.jpg"), ("small", inputs / "small.png"),
-                         ("gray", inputs / "gray.png"), ("onebit", inputs / "onebit.bmp"), ("IMD002", real_bmp)]:
+    for stem, source in [
+        ("lesion", inputs / "lesion.jpg"),
+        ("small", inputs / "small.png"),
+        ("gray", inputs / "gray.png"),
+        ("onebit", inputs / "onebit.bmp"),
+        ("IMD002", real_bmp),
+    ]:
         image = imageio.read_image(source)
         mask = np.asarray(Image.open(out / f"{stem}_mask.png"))
         overlay = np.asarray(Image.open(out / f"{stem}_overlay.png"))
@@ -49,8 +65,10 @@ def test_stored_postprocessing_is_applied(ph2_dir, trained_synthetic_run, tmp_pa
     Image.fromarray(image).save(tmp_path / "lesion.png")
     choice = postprocess.PostProcessing(threshold=0.3, tta=True, largest_component=True)
     postprocess.write(postprocess.sidecar_path(run_dir / "best.keras"), choice)
-    assert predict.main(["--model", str(run_dir), "--output-dir", str(tmp_path / "out"),
-                         str(tmp_path / "lesion.png")]) == 0
+    assert (
+        predict.main(["--model", str(run_dir), "--output-dir", str(tmp_path / "out"), str(tmp_path / "lesion.png")])
+        == 0
+    )
     written = outputs.decode_mask_png((tmp_path / "out" / "lesion_mask.png").read_bytes(), binary=True)
     predictor = inference.load_predictor(run_dir)
     assert predictor.postprocessing == choice

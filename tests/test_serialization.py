@@ -45,8 +45,10 @@ EXAMPLES = {
 
 
 def _registered():
-    return sorted((cls for key, cls in keras.saving.get_custom_objects().items() if key.startswith("kseg>")),
-                  key=lambda cls: cls.__name__)
+    return sorted(
+        (cls for key, cls in keras.saving.get_custom_objects().items() if key.startswith("kseg>")),
+        key=lambda cls: cls.__name__,
+    )
 
 
 def _outputs(obj, inputs):

@@ -1,7 +1,6 @@
 """``python -m kseg.train``: config resolution, a real short run, resume after SIGKILL, NaN, bad output
 dirs, and mirrored and multi-worker distribution in separate processes."""
 
-import csv
 import json
 import os
 import pathlib
@@ -24,8 +23,14 @@ TINY = ["--preset", "synthetic-unet", "--image-size", "32", "--batch-size", "8",
 
 
 def _run_cli(args, timeout=300, env=None):
-    return subprocess.run([sys.executable, "-m", "kseg.train", *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "kseg.train", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})},
+    )
 
 
 def _history(run_dir):
@@ -34,13 +39,31 @@ def _history(run_dir):
 
 # ------------------------------------------------------------------------------------------ config ---
 
+
 def test_help_explains_every_flag(capsys):
     with pytest.raises(SystemExit):
         train.main(["--help"])
     text = capsys.readouterr().out
-    for flag in ("--preset", "--dataset", "--model", "--image-size", "--batch-size", "--epochs", "--learning-rate",
-                 "--loss", "--seed", "--output-dir", "--manual-dir", "--data-dir", "--strategy",
-                 "--mixed-precision", "--jit-compile", "--config", "--augmentation", "--warmup-epochs"):
+    for flag in (
+        "--preset",
+        "--dataset",
+        "--model",
+        "--image-size",
+        "--batch-size",
+        "--epochs",
+        "--learning-rate",
+        "--loss",
+        "--seed",
+        "--output-dir",
+        "--manual-dir",
+        "--data-dir",
+        "--strategy",
+        "--mixed-precision",
+        "--jit-compile",
+        "--config",
+        "--augmentation",
+        "--warmup-epochs",
+    ):
         assert flag in text
 
 
@@ -48,10 +71,14 @@ def test_preset_then_file_then_flags(tmp_path):
     yaml_file = tmp_path / "c.yaml"
     yaml_file.write_text("preset: ph2-segnet\nepochs: 7\nlearning-rate: 0.01\n")
     resolved, _ = train.config_from_args(["--config", str(yaml_file), "--epochs", "9"])
-    assert (resolved.preset, resolved.model_preset, resolved.epochs, resolved.learning_rate) == ("ph2-segnet", "segnet", 9,
-                                                                                          0.01)
+    assert (resolved.preset, resolved.model_preset, resolved.epochs, resolved.learning_rate) == (
+        "ph2-segnet",
+        "segnet",
+        9,
+        0.01,
+    )
     default, _ = train.config_from_args([])
-    assert default.preset == "ph2-unet" and default.dataset == "tfds_ph2/ph2"
+    assert default.preset == "ph2-unet-lite0" and default.dataset == "tfds_ph2/ph2"
 
 
 def test_config_errors_name_the_field(tmp_path):
@@ -83,10 +110,18 @@ def test_unwritable_output_dir_is_reported_before_training(tmp_path, synthetic_d
 
 # ------------------------------------------------------------------------------------------ training ---
 
+
 def test_short_run_learns_synthetic_and_writes_run_dir(trained_synthetic_run):
     run_dir = trained_synthetic_run  # synthetic-unet, 64x64, 8 epochs, seed 0 (see conftest)
-    for name in ("config.json", "best.keras", "history.csv", "curves.png", "predictions.png", "metrics.json",
-                 "checkpoints/state.json"):
+    for name in (
+        "config.json",
+        "best.keras",
+        "history.csv",
+        "curves.png",
+        "predictions.png",
+        "metrics.json",
+        "checkpoints/state.json",
+    ):
         assert (run_dir / name).exists(), name
     assert list((run_dir / "logs").rglob("events.out.tfevents*"))
     metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -104,23 +139,39 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     model = keras.Sequential([keras.Input((4, 4, 3), name="image"), keras.layers.Conv2D(1, 1, name="logits")])
     model.compile("adam", "mse", metrics=[])
     state = checkpoints.RunState()
-    hooks = [callbacks.StopOnNaN(tmp_path, state), callbacks.TrainTimer(state, 4),
-             checkpoints.EpochCheckpoint(tmp_path / "checkpoints", tmp_path / "best.keras", state)]
+    hooks = [
+        callbacks.StopOnNaN(tmp_path, state),
+        callbacks.TrainTimer(state, 4),
+        checkpoints.EpochCheckpoint(tmp_path / "checkpoints", tmp_path / "best.keras", state),
+    ]
     good = np.ones((4, 4, 4, 3), np.float32)
     bad = np.full_like(good, np.nan)
     batches = tf.data.Dataset.from_tensor_slices(np.stack([good, good, bad, bad])).map(lambda x: (x, x[..., :1]))
-    with pytest.raises(errors.TrainingDivergedError, match=r"loss became nan in epoch 2.*epoch 1\) is kept.*"
-                                                          r"--learning-rate"):
+    with pytest.raises(
+        errors.TrainingDivergedError,
+        match=r"loss became nan in epoch 2.*epoch 1\) is kept.*"
+        r"--learning-rate",
+    ):
         model.fit(batches.repeat(), epochs=3, steps_per_epoch=2, callbacks=hooks, verbose=0)
     assert checkpoints.read_state(tmp_path / "checkpoints").epoch == 1
 
 
 def test_resume_after_sigkill_ends_like_an_uninterrupted_run(tmp_path, synthetic_data_dir):
     run_dir = tmp_path / "run"
-    args = [*TINY, "--epochs", "5", "--steps-per-epoch", "4", "--data-dir", synthetic_data_dir,
-            "--output-dir", str(run_dir)]
-    process = subprocess.Popen([sys.executable, "-m", "kseg.train", *args], cwd=REPO, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+    args = [
+        *TINY,
+        "--epochs",
+        "5",
+        "--steps-per-epoch",
+        "4",
+        "--data-dir",
+        synthetic_data_dir,
+        "--output-dir",
+        str(run_dir),
+    ]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "kseg.train", *args], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     state_file = run_dir / "checkpoints" / "state.json"
     deadline = time.time() + 240
     while time.time() < deadline and process.poll() is None:
@@ -150,8 +201,9 @@ def test_resume_after_sigkill_ends_like_an_uninterrupted_run(tmp_path, synthetic
 def test_resume_with_another_config_is_refused(tmp_path, synthetic_data_dir):
     run_dir = tmp_path / "run"
     (run_dir / "checkpoints").mkdir(parents=True)
-    (run_dir / "checkpoints" / "state.json").write_text('{"epoch": 1, "best_dice": 0.5, "best_epoch": 0, '
-                                                        '"weights": null}')
+    (run_dir / "checkpoints" / "state.json").write_text(
+        '{"epoch": 1, "best_dice": 0.5, "best_epoch": 0, "weights": null}'
+    )
     (run_dir / "config.json").write_text(json.dumps({**config.resolve().to_dict(), "epochs": 3}))
     with pytest.raises(config.ConfigError, match=rf"epochs: 3 -> {config.resolve().epochs}"):
         setup.check_resumable(run_dir, config.resolve())
@@ -159,11 +211,27 @@ def test_resume_with_another_config_is_refused(tmp_path, synthetic_data_dir):
 
 # ---------------------------------------------------------------------------------------- distribution ---
 
+
 @pytest.mark.slow
 def test_mirrored_on_two_logical_cpus(tmp_path, synthetic_data_dir):
     run_dir = tmp_path / "run"
-    result = _run_cli([*TINY, "--epochs", "2", "--steps-per-epoch", "3", "--strategy", "mirrored",
-                       "--logical-cpus", "2", "--data-dir", synthetic_data_dir, "--output-dir", str(run_dir)])
+    result = _run_cli(
+        [
+            *TINY,
+            "--epochs",
+            "2",
+            "--steps-per-epoch",
+            "3",
+            "--strategy",
+            "mirrored",
+            "--logical-cpus",
+            "2",
+            "--data-dir",
+            synthetic_data_dir,
+            "--output-dir",
+            str(run_dir),
+        ]
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Number of devices: 2" in result.stderr + result.stdout or (run_dir / "metrics.json").exists()
     history = _history(run_dir)
@@ -182,8 +250,16 @@ def _start_workers(args, count=2):
     for index in range(count):
         tf_config = json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}})
         env = {**os.environ, "TF_CONFIG": tf_config, "TF_CPP_MIN_LOG_LEVEL": "2"}
-        processes.append(subprocess.Popen([sys.executable, "-m", "kseg.train", *args(index)], cwd=REPO, env=env,
-                                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        processes.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "kseg.train", *args(index)],
+                cwd=REPO,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
     return processes
 
 
@@ -193,9 +269,21 @@ def test_multiworker_on_fresh_machines_builds_the_data_after_the_strategy(tmp_pa
     first started TensorFlow's runtime, and the strategy then failed: 'Collective ops must be configured at
     program startup')."""
     run_dir = tmp_path / "run"
-    processes = _start_workers(lambda index: [*TINY, "--epochs", "1", "--steps-per-epoch", "2", "--strategy",
-                                              "multiworker", "--data-dir", str(tmp_path / f"tfds-{index}"),
-                                              "--output-dir", str(run_dir)])
+    processes = _start_workers(
+        lambda index: [
+            *TINY,
+            "--epochs",
+            "1",
+            "--steps-per-epoch",
+            "2",
+            "--strategy",
+            "multiworker",
+            "--data-dir",
+            str(tmp_path / f"tfds-{index}"),
+            "--output-dir",
+            str(run_dir),
+        ]
+    )
     outputs = [p.communicate(timeout=600)[0] for p in processes]
     for p, out in zip(processes, outputs):
         assert p.returncode == 0, out[-3000:]
@@ -206,9 +294,21 @@ def test_multiworker_on_fresh_machines_builds_the_data_after_the_strategy(tmp_pa
 @pytest.mark.slow
 def test_multiworker_two_processes_train_identical_weights(tmp_path, synthetic_data_dir):
     run_dir = tmp_path / "run"
-    processes = _start_workers(lambda index: [*TINY, "--epochs", "3", "--steps-per-epoch", "4", "--strategy",
-                                              "multiworker", "--data-dir", synthetic_data_dir,
-                                              "--output-dir", str(run_dir)])
+    processes = _start_workers(
+        lambda index: [
+            *TINY,
+            "--epochs",
+            "3",
+            "--steps-per-epoch",
+            "4",
+            "--strategy",
+            "multiworker",
+            "--data-dir",
+            synthetic_data_dir,
+            "--output-dir",
+            str(run_dir),
+        ]
+    )
     outputs = [p.communicate(timeout=300)[0] for p in processes]
     for p, out in zip(processes, outputs):
         assert p.returncode == 0, out[-3000:]

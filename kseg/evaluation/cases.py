@@ -8,7 +8,7 @@ without running the model again.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import tensorflow as tf
@@ -29,9 +29,16 @@ class PredictedCase:
     image: np.ndarray | None = None  # uint8 [h, w, 3], kept only for the first few cases (figures)
 
 
-def collect_cases(predictor: inference.Predictor, examples: tf.data.Dataset, tta_modes=(False,), *,
-                  batch_size: int = 8, group_by: str | None = None, keep_images: int = 0,
-                  progress: Callable[[int], None] | None = None) -> list[PredictedCase]:
+def collect_cases(
+    predictor: inference.Predictor,
+    examples: tf.data.Dataset,
+    tta_modes=(False,),
+    *,
+    batch_size: int = 8,
+    group_by: str | None = None,
+    keep_images: int = 0,
+    progress: Callable[[int], None] | None = None,
+) -> list[PredictedCase]:
     """Model-size probabilities of every example for each TTA mode in ``tta_modes``.
 
     ``examples`` are ``kseg.data.load_examples`` dicts; ``group_by`` names a string feature they carry.
@@ -43,9 +50,15 @@ def collect_cases(predictor: inference.Predictor, examples: tf.data.Dataset, tta
         probs = {tta: predictor.model_probabilities(batch, tta=tta).numpy() for tta in tta_modes}
         for index, ex in enumerate(chunk):
             group = ex[group_by] if group_by else None
-            cases.append(PredictedCase(ex["image_id"].decode(), ex["mask"][..., 0], {tta: p[index] for tta, p in probs.items()},
-                              group.decode() if isinstance(group, bytes) else group,
-                              ex["image"] if len(cases) < keep_images else None))
+            cases.append(
+                PredictedCase(
+                    ex["image_id"].decode(),
+                    ex["mask"][..., 0],
+                    {tta: p[index] for tta, p in probs.items()},
+                    group.decode() if isinstance(group, bytes) else group,
+                    ex["image"] if len(cases) < keep_images else None,
+                )
+            )
         chunk.clear()
         if progress:
             progress(len(cases))
@@ -71,8 +84,11 @@ class MaskMaker:
         if key not in self._functions:
             self._functions[key] = tf.function(
                 lambda p, s: postprocess.final_mask(p, s, key),
-                input_signature=[tf.TensorSpec([None, None, self.num_classes], tf.float32),
-                                 tf.TensorSpec([2], tf.int32)])
+                input_signature=[
+                    tf.TensorSpec([None, None, self.num_classes], tf.float32),
+                    tf.TensorSpec([2], tf.int32),
+                ],
+            )
         return self._functions[key](probs, tf.constant(size, tf.int32)).numpy()
 
 
@@ -83,8 +99,11 @@ def masks_for(cases, postprocessing: PostProcessing, make_mask: MaskMaker) -> li
 
 def mean_dice(cases, postprocessing: PostProcessing, make_mask: MaskMaker) -> float:
     masks = masks_for(cases, postprocessing, make_mask)
-    scorer = scoring.binary_scores if make_mask.num_classes == 1 else (
-        lambda p, t: scoring.multiclass_scores(p, t, make_mask.num_classes))
+    scorer = (
+        scoring.binary_scores
+        if make_mask.num_classes == 1
+        else (lambda p, t: scoring.multiclass_scores(p, t, make_mask.num_classes))
+    )
     return float(np.mean([scorer(m, c.true_mask)["dice"] for m, c in zip(masks, cases)]))
 
 
@@ -116,8 +135,12 @@ def summarize(rows, cases, masks, num_classes: int, group_by: str | None = None)
     if group_by:
         groups = sorted({r[group_by] for r in rows})
         summary[f"dice_by_{group_by}"] = {
-            g: {"mean": float(np.mean([r["dice"] for r in rows if r[group_by] == g])),
-                "images": sum(r[group_by] == g for r in rows)} for g in groups}
+            g: {
+                "mean": float(np.mean([r["dice"] for r in rows if r[group_by] == g])),
+                "images": sum(r[group_by] == g for r in rows),
+            }
+            for g in groups
+        }
     summary["images"] = len(rows)
     return summary
 

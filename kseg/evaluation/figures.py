@@ -15,7 +15,7 @@ def pick_grid_cases(rows, per_group: int = GRID_CASES_PER_ROW) -> list[tuple[str
     n = len(order)
     count = min(per_group, max(1, n // 3))
     middle = max(0, n // 2 - count // 2)
-    groups = (("best", order[:count]), ("median", order[middle:middle + count]), ("worst", order[n - count:]))
+    groups = (("best", order[:count]), ("median", order[middle : middle + count]), ("worst", order[n - count :]))
     picked, seen = [], set()
     for label, indices in groups:
         for i in indices:
@@ -39,7 +39,8 @@ def plot_grid(path, examples, picked, rows, masks, cases) -> None:
                 break
     ids = [image_id for _, image_id in picked]
     plots.contour_grid(
-        path, [images[i] for i in ids],
+        path,
+        [images[i] for i in ids],
         true_masks=[by_id[i][2] for i in ids],
         pred_masks=[by_id[i][0] for i in ids],
         titles=[f"{wanted[i]}: {i}  Dice {by_id[i][1]['dice']:.3f}" for i in ids],

@@ -16,8 +16,9 @@ THRESHOLD_GRID = (0.4, 0.45, 0.5, 0.55, 0.6)
 THRESHOLD_MIN_GAIN = 0.005
 
 
-def choose_postprocessing(cases, make_mask: MaskMaker, start: PostProcessing = PostProcessing()
-                          ) -> tuple[PostProcessing, list[dict]]:
+def choose_postprocessing(
+    cases, make_mask: MaskMaker, start: PostProcessing = PostProcessing()
+) -> tuple[PostProcessing, list[dict]]:
     """Greedy choice on validation cases: TTA, then hole filling, then the largest component, each kept only
     if it raises mean Dice by ``MIN_GAIN``; then a threshold from ``THRESHOLD_GRID`` if it gains
     ``THRESHOLD_MIN_GAIN``. Returns the choice and the steps tried (with their Dice) for the record."""
@@ -39,8 +40,15 @@ def choose_postprocessing(cases, make_mask: MaskMaker, start: PostProcessing = P
         tried = {t: mean_dice(cases, dataclasses.replace(current, threshold=t), make_mask) for t in THRESHOLD_GRID}
         threshold = max(tried, key=tried.get)
         kept = tried[threshold] >= best + THRESHOLD_MIN_GAIN
-        steps.append({"step": "threshold", "tried": {str(t): d for t, d in tried.items()},
-                      "best_threshold": threshold, "dice": tried[threshold], "kept": kept})
+        steps.append(
+            {
+                "step": "threshold",
+                "tried": {str(t): d for t, d in tried.items()},
+                "best_threshold": threshold,
+                "dice": tried[threshold],
+                "kept": kept,
+            }
+        )
         if kept:
             current, best = dataclasses.replace(current, threshold=threshold), tried[threshold]
     return current, steps
@@ -49,12 +57,15 @@ def choose_postprocessing(cases, make_mask: MaskMaker, start: PostProcessing = P
 def ablation(cases, chosen: PostProcessing, make_mask: MaskMaker) -> dict:
     """Mean Dice with no post-processing, with each step alone, and with the chosen combination."""
     plain = dataclasses.replace(chosen, tta=False, fill_holes=False, largest_component=False, threshold=0.5)
-    variants = {"plain (threshold 0.5)": plain,
-                "tta": dataclasses.replace(plain, tta=True),
-                "fill_holes": dataclasses.replace(plain, fill_holes=True),
-                "largest_component": dataclasses.replace(plain, largest_component=True),
-                f"threshold {chosen.threshold:g}": dataclasses.replace(plain, threshold=chosen.threshold),
-                "all of tta, fill_holes, largest_component": dataclasses.replace(
-                    plain, tta=True, fill_holes=True, largest_component=True),
-                f"chosen ({chosen.describe()})": chosen}
+    variants = {
+        "plain (threshold 0.5)": plain,
+        "tta": dataclasses.replace(plain, tta=True),
+        "fill_holes": dataclasses.replace(plain, fill_holes=True),
+        "largest_component": dataclasses.replace(plain, largest_component=True),
+        f"threshold {chosen.threshold:g}": dataclasses.replace(plain, threshold=chosen.threshold),
+        "all of tta, fill_holes, largest_component": dataclasses.replace(
+            plain, tta=True, fill_holes=True, largest_component=True
+        ),
+        f"chosen ({chosen.describe()})": chosen,
+    }
     return {name: mean_dice(cases, pp, make_mask) for name, pp in variants.items()}

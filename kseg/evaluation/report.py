@@ -15,8 +15,7 @@ import numpy as np
 from kseg import data, files, inference, postprocess, scoring
 from kseg.errors import UsageError
 from kseg.evaluation import figures
-from kseg.evaluation.cases import (MaskMaker, collect_cases, dice_vs_threshold, masks_for, score_cases,
-                                   summarize)
+from kseg.evaluation.cases import MaskMaker, collect_cases, dice_vs_threshold, masks_for, score_cases, summarize
 from kseg.evaluation.postprocessing_choice import ablation, choose_postprocessing
 from kseg.postprocess import PostProcessing
 
@@ -37,12 +36,17 @@ def cases_csv(rows, group_by: str | None = None) -> str:
 
 
 def format_table(summary: dict, postprocessing: PostProcessing, group_by: str | None = None) -> str:
-    lines = [f"post-processing: {postprocessing.describe()}",
-             f"{'metric':<16}" + "".join(f"{k:>11}" for k in SUMMARY_COLUMNS)]
+    lines = [
+        f"post-processing: {postprocessing.describe()}",
+        f"{'metric':<16}" + "".join(f"{k:>11}" for k in SUMMARY_COLUMNS),
+    ]
     for column in scoring.CASE_COLUMNS:
         s = summary[column]
-        lines.append(f"{column:<16}" + "".join(f"{s[k]:>11.5g}" for k in SUMMARY_COLUMNS)
-                     + (f"  ({s['undefined']} undefined)" if s.get("undefined") else ""))
+        lines.append(
+            f"{column:<16}"
+            + "".join(f"{s[k]:>11.5g}" for k in SUMMARY_COLUMNS)
+            + (f"  ({s['undefined']} undefined)" if s.get("undefined") else "")
+        )
     if "pooled_dice" in summary:
         lines.append(f"{'pooled dice':<16}{summary['pooled_dice']:>11.4f}")
     for group, values in summary.get(f"dice_by_{group_by}", {}).items():
@@ -52,8 +56,9 @@ def format_table(summary: dict, postprocessing: PostProcessing, group_by: str | 
     return "\n".join(lines)
 
 
-def save_choice(predictor: inference.Predictor, postprocessing: PostProcessing, record: dict,
-                fallback_dir) -> pathlib.Path:
+def save_choice(
+    predictor: inference.Predictor, postprocessing: PostProcessing, record: dict, fallback_dir
+) -> pathlib.Path:
     """Store the choice next to the ``.keras`` model, where predict and export find it; if that folder cannot
     be written, keep it in ``fallback_dir`` and say where it went (the search took minutes: never lose it)."""
     path = postprocess.sidecar_path(predictor.path)
@@ -61,23 +66,42 @@ def save_choice(predictor: inference.Predictor, postprocessing: PostProcessing, 
         return postprocess.write(path, postprocessing, **record)
     except OSError as e:
         kept = postprocess.write(pathlib.Path(fallback_dir) / path.name, postprocessing, **record)
-        log.warning(f"cannot write {path} ({e.strerror or e}); the choice is kept in {kept}: copy it next to "
-                    f"{predictor.path} to use it with kseg.predict and kseg.export")
+        log.warning(
+            f"cannot write {path} ({e.strerror or e}); the choice is kept in {kept}: copy it next to "
+            f"{predictor.path} to use it with kseg.predict and kseg.export"
+        )
         return kept
 
 
 def check_choice_writable(predictor: inference.Predictor) -> None:
     if pathlib.Path(predictor.path).suffix != ".keras":
-        raise UsageError(f"{predictor.path}: post-processing is chosen on the .keras model (a run directory or "
-                         f".keras file) and then exported; exported versions are not changed in place")
+        raise UsageError(
+            f"{predictor.path}: post-processing is chosen on the .keras model (a run directory or "
+            f".keras file) and then exported; exported versions are not changed in place"
+        )
 
 
-def evaluate(model_path, dataset: str, split: str, output_dir, *, postprocessing_overrides: dict | None = None,
-             choose: bool = False, run_ablation: bool = False, data_dir=None, manual_dir=None, num_classes=None,
-             batch_size: int = 8, group_by: str | None = "auto", figures_too: bool = True, progress=None) -> dict:
+def evaluate(
+    model_path,
+    dataset: str,
+    split: str,
+    output_dir,
+    *,
+    postprocessing_overrides: dict | None = None,
+    choose: bool = False,
+    run_ablation: bool = False,
+    data_dir=None,
+    manual_dir=None,
+    num_classes=None,
+    batch_size: int = 8,
+    group_by: str | None = "auto",
+    figures_too: bool = True,
+    progress=None,
+) -> dict:
     """Score ``model_path`` on ``dataset``'s ``split`` (``all`` for every image) and write the results into
     ``output_dir``; returns the summary. ``group_by``: a feature to report mean Dice per value of, ``"auto"``
-    for the one the dataset declares (PH2: the clinical diagnosis), or None. ``progress(label, total)`` returns a per-case callback (or None)."""
+    for the one the dataset declares (PH2: the clinical diagnosis), or None. ``progress(label, total)``
+    returns a per-case callback (or None)."""
     output_dir = files.check_output_dir(output_dir)
     predictor = inference.load_predictor(model_path)
     if choose:
@@ -85,25 +109,32 @@ def evaluate(model_path, dataset: str, split: str, output_dir, *, postprocessing
     binary_hint = predictor.num_classes if predictor.num_classes > 1 else None
     spec = data.dataset_spec(dataset, data_dir=data_dir, manual_dir=manual_dir, num_classes=num_classes or binary_hint)
     if spec.num_classes != predictor.num_classes:
-        raise UsageError(f"{model_path}: the model predicts {predictor.num_classes} channel(s) but {dataset} "
-                         f"has {spec.num_classes} (1 means binary)")
+        raise UsageError(
+            f"{model_path}: the model predicts {predictor.num_classes} channel(s) but {dataset} "
+            f"has {spec.num_classes} (1 means binary)"
+        )
     split_size = spec.size_of(split)
     if choose and not spec.size_of("validation"):
-        raise UsageError(f"--choose-postprocessing needs a validation split; {dataset} has "
-                         f"{sorted(spec.split_sizes)}")
+        raise UsageError(f"--choose-postprocessing needs a validation split; {dataset} has {sorted(spec.split_sizes)}")
     if group_by == "auto":
         group_by = spec.default_group_by
     make_mask = MaskMaker(spec.num_classes)
     extra = (group_by,) if group_by else ()
-    load = lambda s: data.load_examples(dataset, s, data_dir=data_dir, manual_dir=manual_dir,
-                                        num_classes=spec.num_classes, extra_features=extra)
+    load = lambda s: data.load_examples(
+        dataset, s, data_dir=data_dir, manual_dir=manual_dir, num_classes=spec.num_classes, extra_features=extra
+    )
     track = progress or (lambda label, total: None)
 
     chosen_record = None
     postprocessing = predictor.postprocessing
     if choose:
-        validation = collect_cases(predictor, load("validation"), (False, True), batch_size=batch_size,
-                                   progress=track("validation", spec.size_of("validation")))
+        validation = collect_cases(
+            predictor,
+            load("validation"),
+            (False, True),
+            batch_size=batch_size,
+            progress=track("validation", spec.size_of("validation")),
+        )
         postprocessing, steps = choose_postprocessing(validation, make_mask)
         chosen_record = {"chosen_on": f"{dataset} validation ({len(validation)} images)", "steps": steps}
         saved = save_choice(predictor, postprocessing, chosen_record, output_dir)
@@ -112,15 +143,21 @@ def evaluate(model_path, dataset: str, split: str, output_dir, *, postprocessing
         postprocessing = dataclasses.replace(postprocessing, **postprocessing_overrides)
 
     tta_modes = (False, True) if run_ablation and spec.is_binary else (postprocessing.tta,)
-    cases = collect_cases(predictor, load(split), tta_modes, batch_size=batch_size, group_by=group_by,
-                          progress=track(split, split_size))
+    cases = collect_cases(
+        predictor, load(split), tta_modes, batch_size=batch_size, group_by=group_by, progress=track(split, split_size)
+    )
     if not cases:
         raise UsageError(f"{dataset} split {split!r} is empty")
     masks = masks_for(cases, postprocessing, make_mask)
     rows = score_cases(cases, masks, spec.num_classes, group_by)
     summary = summarize(rows, cases, masks, spec.num_classes, group_by)
-    summary.update(model=str(predictor.path), dataset=dataset, split=split, postprocessing=postprocessing.to_dict(),
-                   group_by=group_by)
+    summary.update(
+        model=str(predictor.path),
+        dataset=dataset,
+        split=split,
+        postprocessing=postprocessing.to_dict(),
+        group_by=group_by,
+    )
     if chosen_record:
         summary["postprocessing_choice"] = chosen_record
     if spec.is_binary:
@@ -135,6 +172,7 @@ def evaluate(model_path, dataset: str, split: str, output_dir, *, postprocessing
         figures.plot_grid(output_dir / "grid.png", load(split), figures.pick_grid_cases(rows), rows, masks, cases)
         figures.plot_histogram(output_dir / "dice_histogram.png", rows)
         if spec.is_binary:
-            figures.plot_threshold_curve(output_dir / "dice_vs_threshold.png", summary["dice_vs_threshold"],
-                                         postprocessing.threshold)
+            figures.plot_threshold_curve(
+                output_dir / "dice_vs_threshold.png", summary["dice_vs_threshold"], postprocessing.threshold
+            )
     return summary

@@ -291,7 +291,9 @@ def check_encoder_model_args(model, encoder, weights, image_size, depth, base_fi
     ``depth`` or ``base_filters`` that would be silently ignored is an error. Returns ``(height, width)``."""
     size = check_encoder_args(encoder, image_size, weights)
     if depth not in (None, 5):
-        raise ModelArgumentError(f"{model} with encoder={encoder!r} has depth 5 (the encoder's poolings), got depth={depth!r}")
+        raise ModelArgumentError(
+            f"{model} with encoder={encoder!r} has depth 5 (the encoder's poolings), got depth={depth!r}"
+        )
     if base_filters is not None:
         widths = " (set the decoder's with decoder_filters)" if model == "unet" else ""
         raise ModelArgumentError(
@@ -442,7 +444,9 @@ def load_pretrained_encoder(model, encoder):
     else:
         assignments = _vgg16_assignments(model, tensors)
     if not assignments:
-        raise ModelArgumentError(f"model {model.name!r} has no {ENCODER_PREFIX}* layers with weights to load {encoder} into")
+        raise ModelArgumentError(
+            f"model {model.name!r} has no {ENCODER_PREFIX}* layers with weights to load {encoder} into"
+        )
 
     # Check everything before assigning anything, so a mismatch leaves the model as it was.
     for layer_name, entries in assignments.items():

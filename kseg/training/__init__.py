@@ -33,8 +33,10 @@ def run(config: TrainConfig, *, verbose="auto") -> dict:
     state = checkpoints.read_state(run_dir / "checkpoints")
     finished = finish.read_metrics(run_dir) if state.epoch >= config.epochs else None
     if finished is not None:
-        log.info(f"{run_dir} is a finished run ({state.epoch} of {config.epochs} epochs); its metrics.json is "
-                 f"kept as it is. Choose a new --output-dir to train again")
+        log.info(
+            f"{run_dir} is a finished run ({state.epoch} of {config.epochs} epochs); its metrics.json is "
+            f"kept as it is. Choose a new --output-dir to train again"
+        )
         return finished
     multiworker = config.strategy == "multiworker"
     is_tpu = config.strategy == "tpu"

@@ -13,13 +13,17 @@ from kseg.errors import TrainingDivergedError
 from kseg.training.checkpoints import RunState
 
 
-def diverged_error(loss: float, epoch: int, batch: int, run_dir: pathlib.Path, state: RunState) -> TrainingDivergedError:
+def diverged_error(
+    loss: float, epoch: int, batch: int, run_dir: pathlib.Path, state: RunState
+) -> TrainingDivergedError:
     if state.epoch:
         kept = f"The last good checkpoint (epoch {state.epoch}) is kept in {run_dir / 'checkpoints'}."
     else:
         kept = "No epoch had finished, so nothing was saved."
-    return TrainingDivergedError(f"loss became {loss} in epoch {epoch + 1}, batch {batch + 1}; stopped. {kept} "
-                                 f"Try a lower --learning-rate, or --no-mixed-precision.")
+    return TrainingDivergedError(
+        f"loss became {loss} in epoch {epoch + 1}, batch {batch + 1}; stopped. {kept} "
+        f"Try a lower --learning-rate, or --no-mixed-precision."
+    )
 
 
 class StopOnNaN(keras.callbacks.Callback):

@@ -46,8 +46,10 @@ def read_state(folder) -> RunState:
             values["best_dice"] = -math.inf
         return RunState(**values)
     except (ValueError, TypeError) as e:
-        raise UsageError(f"{path}: not a kseg run state ({e}); choose a new --output-dir or remove "
-                         f"{path.parent} to start the run again") from None
+        raise UsageError(
+            f"{path}: not a kseg run state ({e}); choose a new --output-dir or remove "
+            f"{path.parent} to start the run again"
+        ) from None
 
 
 def restore(model: keras.Model, folder) -> RunState:

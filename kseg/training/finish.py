@@ -38,34 +38,42 @@ def score_best_model(config: TrainConfig, spec: data.DatasetSpec, run_dir: pathl
     for split in ("validation", "test"):
         if not spec.split_sizes.get(split):
             continue
-        examples = data.load_examples(config.dataset, split, data_dir=config.data_dir, manual_dir=config.manual_dir,
-                                      num_classes=spec.num_classes)
+        examples = data.load_examples(
+            config.dataset, split, data_dir=config.data_dir, manual_dir=config.manual_dir, num_classes=spec.num_classes
+        )
         keep = PICTURED_CASES if split == "validation" and spec.is_binary else 0
         cases = collect_cases(predictor, examples, keep_images=keep)
         masks = masks_for(cases, predictor.postprocessing, make_mask)
         rows = score_cases(cases, masks, spec.num_classes)
         scores[split] = mean_scores(rows)
         if keep:
-            plots.contour_grid(run_dir / "predictions.png", [c.image for c in cases[:keep]],
-                               true_masks=[c.true_mask for c in cases[:keep]], pred_masks=masks[:keep],
-                               titles=[f"{r['image_id']}: Dice {r['dice']:.3f}" for r in rows[:keep]],
-                               title=f"{config.dataset} validation: truth (green) vs prediction (red)")
+            plots.contour_grid(
+                run_dir / "predictions.png",
+                [c.image for c in cases[:keep]],
+                true_masks=[c.true_mask for c in cases[:keep]],
+                pred_masks=masks[:keep],
+                titles=[f"{r['image_id']}: Dice {r['dice']:.3f}" for r in rows[:keep]],
+                title=f"{config.dataset} validation: truth (green) vs prediction (red)",
+            )
     return scores
 
 
-def finish_run(config: TrainConfig, spec: data.DatasetSpec, run_dir: pathlib.Path, state: RunState,
-               precision: str | None = None) -> dict:
+def finish_run(
+    config: TrainConfig, spec: data.DatasetSpec, run_dir: pathlib.Path, state: RunState, precision: str | None = None
+) -> dict:
     """Write ``metrics.json`` (scores plus the training figures kept in the run state) and the curves."""
     metrics = score_best_model(config, spec, run_dir)
     images_per_second = state.images_per_second
-    metrics.update({
-        "train_seconds": round(state.train_seconds, 2),
-        "images_per_second": round(images_per_second, 2) if images_per_second else None,
-        "best_epoch": state.best_epoch + 1,
-        "epochs": config.epochs,
-        "scored_at": "original resolution, mean over images",
-        "precision": precision,
-    })
+    metrics.update(
+        {
+            "train_seconds": round(state.train_seconds, 2),
+            "images_per_second": round(images_per_second, 2) if images_per_second else None,
+            "best_epoch": state.best_epoch + 1,
+            "epochs": config.epochs,
+            "scored_at": "original resolution, mean over images",
+            "precision": precision,
+        }
+    )
     files.atomic_write_text(run_dir / METRICS_FILE, json.dumps(metrics, indent=2) + "\n")
     if (run_dir / history.FILE_NAME).exists():
         plots.training_curves(run_dir / history.FILE_NAME, run_dir / "curves.png")
@@ -74,8 +82,10 @@ def finish_run(config: TrainConfig, spec: data.DatasetSpec, run_dir: pathlib.Pat
 
 
 def summary_line(config: TrainConfig, run_dir, metrics: dict, state: RunState) -> str:
-    parts = [f"{config.preset or config.model_preset} on {config.dataset} done in {state.train_seconds / 60:.1f} "
-             f"min of training"]
+    parts = [
+        f"{config.preset or config.model_preset} on {config.dataset} done in {state.train_seconds / 60:.1f} "
+        f"min of training"
+    ]
     if state.best_epoch >= 0:
         parts.append(f"best epoch {state.best_epoch + 1} (val Dice {state.best_dice:.4f} at model size)")
     for split in ("validation", "test"):

@@ -47,6 +47,13 @@ def train(setup: TrainingSetup, *, verbose="auto", extra_callbacks=()) -> None:
             with setup.strategy.scope():  # a change of trainable weights takes a new compile
                 compile_model(model, config, setup.num_classes, setup.steps_per_epoch, optimizer=model.optimizer)
             encoder_trainable = trainable
-        model.fit(setup.train_data, validation_data=setup.validation_data, epochs=end_epoch,
-                  initial_epoch=setup.state.epoch, steps_per_epoch=steps, callbacks=hooks,
-                  verbose=_verbosity(verbose), shuffle=False)
+        model.fit(
+            setup.train_data,
+            validation_data=setup.validation_data,
+            epochs=end_epoch,
+            initial_epoch=setup.state.epoch,
+            steps_per_epoch=steps,
+            callbacks=hooks,
+            verbose=_verbosity(verbose),
+            shuffle=False,
+        )

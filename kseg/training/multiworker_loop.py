@@ -74,11 +74,14 @@ def train(setup: TrainingSetup, *, verbose="auto") -> None:
     history_path = setup.run_dir / history.FILE_NAME
     if setup.chief:
         history.truncate_history(history_path, state.epoch)
-    hooks = keras.callbacks.CallbackList([
-        callbacks.StopOnNaN(setup.run_dir, state),
-        callbacks.TrainTimer(state, config.batch_size),
-        EpochCheckpoint(setup.run_dir / "checkpoints", setup.run_dir / "best.keras", state, write=setup.chief),
-    ], model=model)
+    hooks = keras.callbacks.CallbackList(
+        [
+            callbacks.StopOnNaN(setup.run_dir, state),
+            callbacks.TrainTimer(state, config.batch_size),
+            EpochCheckpoint(setup.run_dir / "checkpoints", setup.run_dir / "best.keras", state, write=setup.chief),
+        ],
+        model=model,
+    )
     encoder_trainable, start = {}, state.epoch
     for end_epoch, trainable in encoder_phases(config, state.epoch):
         encoder_trainable.update(dict.fromkeys(range(start, end_epoch), trainable))
@@ -89,8 +92,9 @@ def train(setup: TrainingSetup, *, verbose="auto") -> None:
             step_trainable = encoder_trainable[epoch]
             set_encoder_trainable(model, step_trainable)
             step = _distributed_step(strategy, model, loss_fn, config.batch_size)
-        progress = keras.utils.Progbar(setup.steps_per_epoch, verbose=1 if setup.chief and verbose else 0,
-                                       stateful_metrics=["loss"])
+        progress = keras.utils.Progbar(
+            setup.steps_per_epoch, verbose=1 if setup.chief and verbose else 0, stateful_metrics=["loss"]
+        )
         if setup.chief and verbose:
             print(f"Epoch {epoch + 1}/{config.epochs}", flush=True)
         hooks.on_epoch_begin(epoch)

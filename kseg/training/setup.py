@@ -57,8 +57,10 @@ def check_resumable(run_dir: pathlib.Path, config: TrainConfig) -> None:
     changed = sorted(k for k in current if k not in RESUME_IGNORES and saved.get(k) != current[k])
     if changed:
         details = ", ".join(f"{k}: {saved.get(k)!r} -> {current[k]!r}" for k in changed)
-        raise ConfigError(f"{run_dir} holds a run with another config ({details}); resume it with the same "
-                          f"settings or choose a new --output-dir")
+        raise ConfigError(
+            f"{run_dir} holds a run with another config ({details}); resume it with the same "
+            f"settings or choose a new --output-dir"
+        )
 
 
 def make_optimizer(config: TrainConfig, steps_per_epoch: int) -> keras.optimizers.Optimizer:
@@ -67,8 +69,10 @@ def make_optimizer(config: TrainConfig, steps_per_epoch: int) -> keras.optimizer
     if config.schedule == "cosine":
         learning_rate = keras.optimizers.schedules.CosineDecay(
             initial_learning_rate=config.learning_rate * 0.01 if warmup else config.learning_rate,
-            decay_steps=max(total - warmup, 1), alpha=0.01,
-            warmup_target=config.learning_rate if warmup else None, warmup_steps=warmup,
+            decay_steps=max(total - warmup, 1),
+            alpha=0.01,
+            warmup_target=config.learning_rate if warmup else None,
+            warmup_steps=warmup,
         )
     else:
         learning_rate = config.learning_rate
@@ -77,8 +81,9 @@ def make_optimizer(config: TrainConfig, steps_per_epoch: int) -> keras.optimizer
         return optimizers.AdamW(learning_rate, weight_decay=config.weight_decay, lr_multipliers=parts)
     if config.optimizer == "adam":
         return optimizers.Adam(learning_rate, weight_decay=config.weight_decay or None, lr_multipliers=parts)
-    return optimizers.SGD(learning_rate, momentum=0.9, nesterov=True, weight_decay=config.weight_decay or None,
-                          lr_multipliers=parts)
+    return optimizers.SGD(
+        learning_rate, momentum=0.9, nesterov=True, weight_decay=config.weight_decay or None, lr_multipliers=parts
+    )
 
 
 def build_model(config: TrainConfig, num_classes: int, replicas: int = 1) -> keras.Model:
@@ -92,21 +97,29 @@ def build_model(config: TrainConfig, num_classes: int, replicas: int = 1) -> ker
     return build_preset(config.model_preset, image_size=config.image_size, num_classes=num_classes, **overrides)
 
 
-def compile_model(model: keras.Model, config: TrainConfig, num_classes: int, steps_per_epoch: int,
-                  optimizer: keras.optimizers.Optimizer | None = None) -> None:
+def compile_model(
+    model: keras.Model,
+    config: TrainConfig,
+    num_classes: int,
+    steps_per_epoch: int,
+    optimizer: keras.optimizers.Optimizer | None = None,
+) -> None:
     """Optimizer, loss and metrics; under ``mixed_float16`` Keras wraps the optimizer for loss scaling.
     Pass the model's own ``optimizer`` to compile again after a change of what is trainable (the optimizer
     and its state carry over)."""
     from kseg.losses import get_loss
     from kseg.metrics import default_metrics
 
-    model.compile(optimizer=optimizer or make_optimizer(config, steps_per_epoch),
-                  loss=get_loss(config.loss, num_classes=num_classes),
-                  metrics=default_metrics(num_classes=num_classes, threshold=config.threshold),
-                  jit_compile=config.jit_compile)
+    model.compile(
+        optimizer=optimizer or make_optimizer(config, steps_per_epoch),
+        loss=get_loss(config.loss, num_classes=num_classes),
+        metrics=default_metrics(num_classes=num_classes, threshold=config.threshold),
+        jit_compile=config.jit_compile,
+    )
 
 
 # ------------------------------------------------------------------------------- encoder fine-tuning ---
+
 
 def encoder_phases(config: TrainConfig, first_epoch: int) -> list[tuple[int, bool]]:
     """``(end_epoch, encoder_trainable)`` for the epochs still to run: first the decoder alone while the
@@ -157,8 +170,9 @@ def needed_bytes(model: keras.Model) -> int:
     return model.count_params() * 4 * 6 + 64 * 2**20
 
 
-def prepare(config: TrainConfig, strategy: tf.distribute.Strategy, *, drop_remainder: bool = False,
-            repeat: bool = False) -> TrainingSetup:
+def prepare(
+    config: TrainConfig, strategy: tf.distribute.Strategy, *, drop_remainder: bool = False, repeat: bool = False
+) -> TrainingSetup:
     """Set up a run under ``strategy`` (created by the caller first: multi-worker collectives must be
     configured before anything initialises TensorFlow's runtime, and building a dataset does).
 
@@ -170,22 +184,38 @@ def prepare(config: TrainConfig, strategy: tf.distribute.Strategy, *, drop_remai
     if chief:
         check_resumable(run_dir, config)
         files.check_output_dir(run_dir)
-    spec = data.dataset_spec(config.dataset, data_dir=config.data_dir, manual_dir=config.manual_dir,
-                             num_classes=config.num_classes)
+    spec = data.dataset_spec(
+        config.dataset, data_dir=config.data_dir, manual_dir=config.manual_dir, num_classes=config.num_classes
+    )
     train_size = spec.split_sizes.get("train", 0)
     if train_size == 0:
         raise UsageError(f"{config.dataset} has no training examples")
     batches = train_size // config.batch_size if drop_remainder else math.ceil(train_size / config.batch_size)
     if batches == 0 and not config.steps_per_epoch:
-        raise UsageError(f"{config.dataset} has {train_size} training examples, fewer than one batch of "
-                         f"{config.batch_size}; lower --batch-size")
+        raise UsageError(
+            f"{config.dataset} has {train_size} training examples, fewer than one batch of "
+            f"{config.batch_size}; lower --batch-size"
+        )
     steps_per_epoch = config.steps_per_epoch or batches
     keras.utils.set_random_seed(config.seed)
     load = lambda split, **kw: data.load(
-        config.dataset, split, image_size=config.image_size, batch_size=config.batch_size, seed=config.seed,
-        data_dir=config.data_dir, manual_dir=config.manual_dir, num_classes=config.num_classes, **kw)
-    train_data = load("train", augmentation=config.augmentation, shuffle=True, drop_remainder=drop_remainder,
-                      repeat=repeat or config.steps_per_epoch is not None)
+        config.dataset,
+        split,
+        image_size=config.image_size,
+        batch_size=config.batch_size,
+        seed=config.seed,
+        data_dir=config.data_dir,
+        manual_dir=config.manual_dir,
+        num_classes=config.num_classes,
+        **kw,
+    )
+    train_data = load(
+        "train",
+        augmentation=config.augmentation,
+        shuffle=True,
+        drop_remainder=drop_remainder,
+        repeat=repeat or config.steps_per_epoch is not None,
+    )
     validation_data = load("validation") if spec.split_sizes.get("validation") else None
 
     with strategy.scope():
@@ -199,5 +229,6 @@ def prepare(config: TrainConfig, strategy: tf.distribute.Strategy, *, drop_remai
     state = checkpoints.restore(model, run_dir / "checkpoints")
     if chief and state.epoch:
         log.info(f"resuming {run_dir} after epoch {state.epoch} of {config.epochs}")
-    return TrainingSetup(config, strategy, spec, run_dir, steps_per_epoch, train_data, validation_data, model,
-                         state, chief)
+    return TrainingSetup(
+        config, strategy, spec, run_dir, steps_per_epoch, train_data, validation_data, model, state, chief
+    )
