@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", help="model name in the server's config (with --server or --grpc)")
     parser.add_argument("--version", type=int, help="model version (default: the server's latest)")
     parser.add_argument("--signature", default=DEFAULT_SIGNATURE, help="signature to call")
-    parser.add_argument("--out", "--output-dir", dest="out", required=True, help="where the PNGs go")
+    parser.add_argument("--output-dir", "--out", dest="out", required=True, help="where the PNGs go")
     parser.add_argument("--batch-size", type=int, default=8, help="images per request")
     parser.add_argument(
         "--format",
@@ -68,7 +68,7 @@ def main(argv=None) -> int:
                 raise UsageError(f"--{flag.replace('_', '-')} must be positive")
         if args.version is not None and args.version < 0:
             raise UsageError("--version must be >= 0")
-        files.check_output_dir(args.out, "--out")
+        files.check_output_dir(args.out)
         found = inputs.collect_image_files(args.inputs, recursive=args.recursive)
         for line in found.skipped:
             print(f"{PROG}: note: {line}", file=sys.stderr)
