@@ -37,6 +37,7 @@ EXAMPLES = {
     metrics.Sensitivity: (dict(threshold=0.7), BINARY),
     metrics.Specificity: (dict(num_classes=3, per_image=False), CLASSES),
     model_layers.MaxUnpooling2D: (dict(pool_size=(2, 2), name="unpool"), None),
+    model_layers.FusedBatchNormalization: (dict(momentum=0.8, epsilon=0.01, center=False, name="bn"), (IMAGES,)),
     EncoderPreprocessing: (dict(mode="caffe", name="pre"), (IMAGES,)),
     optimizers.AdamW: (dict(learning_rate=0.5, weight_decay=0.25, lr_multipliers={"encoder_": 0.1}), "no outputs"),
     optimizers.Adam: (dict(learning_rate=0.25, lr_multipliers={"encoder_": 0.2}), "no outputs"),

@@ -28,7 +28,7 @@ from keras import layers, ops
 
 from kseg.errors import ModelArgumentError
 from kseg.models import pretrained_weights
-from kseg.models.layers import check_image_size
+from kseg.models.layers import batch_normalization, check_image_size
 
 #: Prefix of every encoder layer name; :func:`encoder_layers` selects layers by it.
 ENCODER_PREFIX = "encoder_"
@@ -134,9 +134,7 @@ def _conv_bn_relu6(x, filters, kernel, stride, name, relu=True, synchronized=Fal
     else:
         x = layers.Conv2D(filters, kernel, strides=stride, padding="same", use_bias=False, name=f"{name}_conv")(x)
         bn_name, relu_name = f"{name}_bn", f"{name}_relu"
-    x = layers.BatchNormalization(
-        momentum=LITE0_BN_MOMENTUM, epsilon=LITE0_BN_EPSILON, synchronized=synchronized, name=bn_name
-    )(x)
+    x = batch_normalization(bn_name, LITE0_BN_MOMENTUM, LITE0_BN_EPSILON, synchronized)(x)
     if relu:
         x = layers.ReLU(6.0, name=relu_name)(x)
     return x
