@@ -17,6 +17,11 @@ batch shape.
 
     .venv/bin/python bench/loop.py                          # every training preset, 256x256
     .venv/bin/python bench/loop.py --presets ph2-unet --image-size 192x256
+    .venv/bin/python bench/loop.py --presets ph2-unet-lite0 --precisions float32 bfloat16 --phases frozen finetune
+
+``--precisions`` measures each preset in the precisions named (``bfloat16`` forces it on CPUs where
+``kseg.distribute``'s policy would not choose it, so that the JSON shows what it would cost); ``--phases``
+trains a pretrained encoder frozen for every epoch or fine-tuned from the first.
 
 Prints a table and writes JSON (machine, versions, command, one row per preset). Needs the presets' datasets
 built or their files under ``../shared/data`` (``KSEG_DATA_DIR``). Run on a quiet machine.
@@ -25,6 +30,9 @@ built or their files under ``../shared/data`` (``KSEG_DATA_DIR``). Run on a quie
 from __future__ import annotations
 
 import argparse
+import contextlib
+import itertools
+import os
 import statistics
 import sys
 import tempfile
@@ -72,6 +80,22 @@ def parse_args(argv=None):
         default=None,
         help="override every preset's augmentation, e.g. none to see what augmentation costs",
     )
+    parser.add_argument(
+        "--precisions",
+        nargs="+",
+        choices=["preset", "float32", "bfloat16"],
+        default=["preset"],
+        help="preset: what the preset and this device's policy choose; float32; bfloat16 (forced on CPUs "
+        "with KSEG_CPU_BFLOAT16=1, float16 on GPUs) (default: preset)",
+    )
+    parser.add_argument(
+        "--phases",
+        nargs="+",
+        choices=["preset", "frozen", "finetune"],
+        default=["preset"],
+        help="for presets with a pretrained encoder: the preset's schedule from epoch 0, the encoder frozen "
+        "throughout, or fine-tuned throughout (default: preset)",
+    )
     parser.add_argument("--data-dir", type=Path, default=None, help="TFDS data dir (default: TFDS's own)")
     parser.add_argument("--output", type=Path, default=common.RESULTS_DIR / "loop.json", help="JSON results file")
     args = parser.parse_args(argv)
@@ -80,6 +104,24 @@ def parse_args(argv=None):
     size = [int(v) for v in args.image_size.lower().split("x")]
     args.image_size = (size[0], size[-1])
     return args
+
+
+@contextlib.contextmanager
+def forced_cpu_bfloat16(force: bool):
+    """``KSEG_CPU_BFLOAT16=1`` while ``force``, so that a CPU whose policy is float32 still measures bfloat16."""
+    from kseg.distribute import CPU_BFLOAT16_ENV
+
+    previous = os.environ.get(CPU_BFLOAT16_ENV)
+    if force:
+        os.environ[CPU_BFLOAT16_ENV] = "1"
+    try:
+        yield
+    finally:
+        if force:
+            if previous is None:
+                os.environ.pop(CPU_BFLOAT16_ENV)
+            else:
+                os.environ[CPU_BFLOAT16_ENV] = previous
 
 
 class EpochClock:
@@ -167,29 +209,37 @@ def main(argv=None) -> int:
     import keras
 
     from kseg import config as config_lib
-    from kseg import data
+    from kseg import data, distribute
 
     rows = []
-    for preset in args.presets:
+    for preset, precision, phase in itertools.product(args.presets, args.precisions, args.phases):
         base = config_lib.TRAINING_PRESETS[preset]
+        if phase != "preset" and not base.get("freeze_encoder_epochs"):
+            continue  # no pretrained encoder: one phase only
         manual = MANUAL_DIRS.get(base["dataset"])
         manual_dir = str((common.real_data_dir() / manual).resolve()) if manual else None
         data_dir = str(args.data_dir) if args.data_dir else None
         spec = data.dataset_spec(base["dataset"], data_dir=data_dir, manual_dir=manual_dir)
         steps = args.steps_per_epoch or max(1, spec.split_sizes["train"] // base["batch_size"])
-        with tempfile.TemporaryDirectory(prefix=f"kseg-loop-{preset}-") as run_dir:
-            config = config_lib.resolve(
-                overrides=dict(
-                    preset=preset,
-                    image_size=args.image_size,
-                    epochs=args.epochs,
-                    steps_per_epoch=steps,
-                    output_dir=run_dir,
-                    manual_dir=manual_dir,
-                    data_dir=data_dir,
-                    augmentation=args.augmentation,
-                )
-            )
+        overrides = dict(
+            preset=preset,
+            image_size=args.image_size,
+            epochs=args.epochs,
+            steps_per_epoch=steps,
+            augmentation=args.augmentation,
+            manual_dir=manual_dir,
+            data_dir=data_dir,
+        )
+        if precision != "preset":
+            overrides["mixed_precision"] = precision == "bfloat16"
+        if phase != "preset":
+            overrides["freeze_encoder_epochs"] = args.epochs if phase == "frozen" else 0
+        with (
+            tempfile.TemporaryDirectory(prefix=f"kseg-loop-{preset}-") as run_dir,
+            forced_cpu_bfloat16(precision == "bfloat16"),
+        ):
+            config = config_lib.resolve(overrides=dict(overrides, output_dir=run_dir))
+            policy = distribute.precision_policy(config.mixed_precision)
             keras.backend.clear_session()
             # Bare blocks of one epoch's steps before and after the loop, so slow phases of a shared
             # machine hit both sides alike; medians on both sides.
@@ -205,6 +255,9 @@ def main(argv=None) -> int:
             "image_size": list(config.image_size),
             "batch_size": config.batch_size,
             "mixed_precision": config.mixed_precision,
+            "policy": policy,
+            "phase": phase if base.get("freeze_encoder_epochs") else "-",
+            "freeze_encoder_epochs": config.freeze_encoder_epochs,
             "augmentation": config.augmentation,
             "steps_per_epoch": config.steps_per_epoch,
             "epoch_train_seconds": [round(s, 3) for s in epoch_seconds],
@@ -215,7 +268,8 @@ def main(argv=None) -> int:
         }
         rows.append(row)
         print(
-            f"{preset}: loop {loop_rate:.2f} img/s, bare {bare_rate:.2f} img/s, overhead {100 * row['overhead']:+.1f}%",
+            f"{preset} {policy} {row['phase']}: loop {loop_rate:.2f} img/s, bare {bare_rate:.2f} img/s, "
+            f"overhead {100 * row['overhead']:+.1f}%",
             flush=True,
         )
 
@@ -223,7 +277,7 @@ def main(argv=None) -> int:
         {
             **r,
             "input": "x".join(map(str, r["image_size"])),
-            "precision": "bfloat16" if r["mixed_precision"] else "float32",
+            "precision": r["policy"],
             "overhead_pct": f"{100 * r['overhead']:+.1f}%",
         }
         for r in rows
@@ -236,6 +290,7 @@ def main(argv=None) -> int:
             "model",
             "input",
             "precision",
+            "phase",
             ("loop_images_per_s", "loop img/s"),
             ("bare_images_per_s", "bare step img/s"),
             ("overhead_pct", "loop overhead"),

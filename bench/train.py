@@ -10,9 +10,11 @@ standard deviation, minimum and maximum over seeds, and writes ``bench/results/t
     .venv/bin/python bench/train.py --preset ph2-unet --tag ph2-unet-fp32 --seeds 0 -- --no-mixed-precision
     .venv/bin/python bench/train.py --preset mads-unet --seeds 0 -- --dataset folder:../shared/data/bodies
 
-Everything after ``--`` goes to ``kseg.train`` unchanged. ``--manual-dir`` defaults to ``$KSEG_DATA_DIR``
-or ``../shared/data`` so that PH2 and MADS build on first use. Scores are means over images at each image's
-original resolution (``kseg.train``'s ``metrics.json`` and ``kseg.evaluate``'s ``summary.json``).
+A seed without a run directory whose row is already in ``bench/results/train_<tag>.json`` (same preset and
+overrides) is taken from there unless ``--rerun``. Everything after ``--`` goes to ``kseg.train`` unchanged.
+``--manual-dir`` defaults to ``$KSEG_DATA_DIR`` or ``../shared/data`` so that PH2 and MADS build on first use.
+Scores are means over images at each image's original resolution (``kseg.train``'s ``metrics.json`` and
+``kseg.evaluate``'s ``summary.json``).
 """
 
 from __future__ import annotations
@@ -45,8 +47,28 @@ def run_command(command, log_path: Path) -> float:
     return time.perf_counter() - started
 
 
+def recorded_row(args, seed: int, extra: list[str]) -> dict | None:
+    """The seed's row in this tag's results JSON when it was measured with the same preset and overrides.
+
+    Run directories are not kept in git (hundreds of MB); the JSON is the record. A seed whose directory is
+    gone is taken from there, so seeds trained in different sessions end up in one summary."""
+    path = common.RESULTS_DIR / f"train_{args.tag}.json"
+    if args.rerun or not path.exists():
+        return None
+    recorded = json.loads(path.read_text())
+    if recorded.get("preset") != args.preset or recorded.get("train_overrides") != extra:
+        return None
+    for row in recorded["results"]:
+        if row["seed"] == seed:
+            print(f"seed {seed}: taken from {path.relative_to(common.REPO_ROOT)} (no run directory; --rerun trains it)")
+            return row
+    return None
+
+
 def train_seed(args, seed: int, extra: list[str]) -> dict:
     run_dir = RUNS_DIR / f"{args.tag}-seed{seed}"
+    if not run_dir.exists() and (row := recorded_row(args, seed, extra)) is not None:
+        return row
     run_dir.mkdir(parents=True, exist_ok=True)
     log = run_dir / "bench.log"
     timing_file = run_dir / "bench_timing.json"
@@ -165,6 +187,11 @@ def main() -> int:
         dest="postprocessing",
         action="store_false",
         help="skip choosing TTA/post-processing and the test evaluation with it",
+    )
+    parser.add_argument(
+        "--rerun",
+        action="store_true",
+        help="train seeds whose run directory is gone even if the results JSON has them",
     )
     parser.add_argument("--markdown", action="store_true")
     args = parser.parse_args(argv)
