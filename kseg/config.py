@@ -197,16 +197,18 @@ TRAINING_PRESETS: dict[str, dict] = {
         encoder_lr_multiplier=0.1,
         output_dir="runs/ph2-unet-lite0",
     ),
+    # SegNet on the pretrained VGG16: 31.8 GMACs an image (18x the Lite0 U-Net, most of it in the decoder at
+    # VGG widths), so the 45-minute budget on 2 CPU cores holds 14 epochs; on a GPU give it more (--epochs).
     "ph2-segnet-vgg16": dict(
         dataset="tfds_ph2/ph2",
         model_preset="segnet-vgg16",
         image_size=(192, 256),
         batch_size=8,
-        epochs=30,
+        epochs=14,
         learning_rate=1e-3,
         loss="bce_dice",
         augmentation="strong",
-        freeze_encoder_epochs=8,
+        freeze_encoder_epochs=4,
         encoder_lr_multiplier=0.1,
         output_dir="runs/ph2-segnet-vgg16",
     ),
