@@ -30,7 +30,6 @@ built or their files under ``../shared/data`` (``KSEG_DATA_DIR``). Run on a quie
 from __future__ import annotations
 
 import argparse
-import contextlib
 import itertools
 import os
 import statistics
@@ -38,6 +37,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from unittest import mock
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -106,22 +106,11 @@ def parse_args(argv=None):
     return args
 
 
-@contextlib.contextmanager
 def forced_cpu_bfloat16(force: bool):
     """``KSEG_CPU_BFLOAT16=1`` while ``force``, so that a CPU whose policy is float32 still measures bfloat16."""
     from kseg.distribute import CPU_BFLOAT16_ENV
 
-    previous = os.environ.get(CPU_BFLOAT16_ENV)
-    if force:
-        os.environ[CPU_BFLOAT16_ENV] = "1"
-    try:
-        yield
-    finally:
-        if force:
-            if previous is None:
-                os.environ.pop(CPU_BFLOAT16_ENV)
-            else:
-                os.environ[CPU_BFLOAT16_ENV] = previous
+    return mock.patch.dict(os.environ, {CPU_BFLOAT16_ENV: "1"} if force else {})
 
 
 class EpochClock:

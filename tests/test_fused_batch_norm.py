@@ -22,7 +22,7 @@ def _pair(policy, **kwargs):
     weights.append(np.abs(rng.normal(size=channels)).astype("float32") + 0.5)
     for layer in (reference, fused):
         layer.build((None, 6, 8, channels))
-        layer.set_weights(weights[-len(layer.get_weights()) :] if not kwargs.get("scale", True) else weights)
+        layer.set_weights(weights[-len(layer.get_weights()) :])  # without scale and offset: the statistics only
     return reference, fused
 
 

@@ -113,9 +113,8 @@ class FusedBatchNormalization(layers.BatchNormalization):
 
     Same weights, config and maths as ``BatchNormalization`` (outputs, gradients and moving statistics agree to
     float rounding; ``tests/test_fused_batch_norm.py``), so weight files and checkpoints move between the two.
-    Inputs the kernel does not take (another
-    backend, rank other than 4, channels not last, a mask, ``synchronized`` or ``renorm``, float64) go
-    through Keras' own computation.
+    Inputs the kernel does not take (another backend, rank other than 4, channels not last, a mask,
+    ``synchronized`` or ``renorm``, float64) go through Keras' own computation.
     """
 
     def _fused_applies(self, inputs, mask):
