@@ -27,7 +27,13 @@ from kseg.models import (
     segnet,
     unet,
 )
-from kseg.models.backbones import EncoderPreprocessing, efficientnet_lite0, load_pretrained_encoder, vgg16
+from kseg.models.backbones import (
+    EncoderPreprocessing,
+    efficientnet_lite0,
+    lite0_blocks,
+    load_pretrained_encoder,
+    vgg16,
+)
 from kseg.models.pretrained_weights import PretrainedWeightsError, read_keras_h5_layers, read_torch_legacy
 
 SAMPLE_DATA = pathlib.Path(__import__("matplotlib").get_data_path()) / "sample_data"
@@ -468,6 +474,30 @@ def test_mixed_bfloat16_keeps_preprocessing_and_logits_float32(bf16_policy, pres
     assert model.get_layer(first_conv).compute_dtype == "bfloat16"
     out = model(_random_images(2, (64, 64)))
     assert out.dtype == tf.float32 and np.all(np.isfinite(out.numpy()))
+
+
+@pytest.mark.parametrize(("policy", "depthwise_dtype"), [("mixed_bfloat16", "float32"), ("mixed_float16", "float16")])
+def test_depthwise_convs_compute_float32_only_under_cpu_bfloat16(policy, depthwise_dtype):
+    """Under bfloat16 on a CPU the depthwise convolutions (slow bfloat16 gradients in oneDNN) run in float32
+    between bfloat16 neighbours, gradients flow through the casts, and the choice survives a config round trip;
+    float16 (GPUs) keeps the global policy."""
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        model = build_preset("unet-lite0", image_size=(64, 64), encoder_weights=None)
+        clone = keras.Model.from_config(model.get_config())
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    depthwise = [layer for layer in model.layers if isinstance(layer, keras.layers.DepthwiseConv2D)]
+    assert len(depthwise) == len(lite0_blocks())
+    assert {layer.compute_dtype for layer in depthwise} == {depthwise_dtype}
+    assert model.get_layer("encoder_block5_dw_bn").compute_dtype == policy.removeprefix("mixed_")
+    assert clone.get_layer("encoder_block5_dwconv").compute_dtype == depthwise_dtype
+    images = _random_images(2, (64, 64))
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_mean(model(images, training=True))
+    kernel = model.get_layer("encoder_block5_dwconv").kernel
+    gradient = tape.gradient(loss, kernel)
+    assert gradient.dtype == tf.float32 and float(tf.reduce_sum(tf.abs(gradient))) > 0
 
 
 def test_preprocessing_layer_values_and_config():

@@ -28,7 +28,7 @@ from keras import layers, ops
 
 from kseg.errors import ModelArgumentError
 from kseg.models import pretrained_weights
-from kseg.models.layers import batch_normalization, check_image_size
+from kseg.models.layers import batch_normalization, check_image_size, depthwise_conv
 
 #: Prefix of every encoder layer name; :func:`encoder_layers` selects layers by it.
 ENCODER_PREFIX = "encoder_"
@@ -129,7 +129,7 @@ def _conv_bn_relu6(x, filters, kernel, stride, name, relu=True, synchronized=Fal
     """Conv (no bias: BN follows) -> BN -> ReLU6. ``padding="same"`` is TF's SAME, which the weights expect
     (stride 2 on even sizes pads 0 before and 1 or 2 after, not symmetrically)."""
     if filters is None:
-        x = layers.DepthwiseConv2D(kernel, strides=stride, padding="same", use_bias=False, name=f"{name}_dwconv")(x)
+        x = depthwise_conv(kernel, stride, f"{name}_dwconv")(x)
         bn_name, relu_name = f"{name}_dw_bn", f"{name}_dw_relu"
     else:
         x = layers.Conv2D(filters, kernel, strides=stride, padding="same", use_bias=False, name=f"{name}_conv")(x)

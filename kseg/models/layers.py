@@ -166,6 +166,31 @@ def batch_normalization(name, momentum, epsilon=1e-3, synchronized=False):
     return layer_class(momentum=momentum, epsilon=epsilon, synchronized=synchronized, name=name)
 
 
+def depthwise_compute_dtype():
+    """The dtype policy for depthwise convolutions: ``"float32"`` under a bfloat16 policy on a CPU, else the
+    global policy (``None``).
+
+    oneDNN has no fast bfloat16 backward pass for depthwise convolutions: profiling a Lite0 U-Net fine-tuning
+    step on the README's Xeon (``bench/profile.py``), their two gradient kernels took 904 ms a step in
+    bfloat16 against 248 ms in float32, a third of the whole step. In float32 they read and return float32
+    (Keras casts the bfloat16 input up and the next layer casts back down), which costs far less than the
+    slow kernels, and the weights stay float32 as under any mixed policy. TPUs and GPUs (float16 there) keep
+    the global policy: their depthwise kernels are fast in reduced precision.
+    """
+    if keras.config.dtype_policy().compute_dtype != "bfloat16":
+        return None
+    import tensorflow as tf
+
+    return None if tf.config.list_logical_devices("TPU") else "float32"
+
+
+def depthwise_conv(kernel_size, strides, name):
+    """``DepthwiseConv2D`` (TF "SAME" padding, no bias: BN follows) in :func:`depthwise_compute_dtype`."""
+    return layers.DepthwiseConv2D(
+        kernel_size, strides=strides, padding="same", use_bias=False, dtype=depthwise_compute_dtype(), name=name
+    )
+
+
 #: Moving-average momentum of batch norm. Keras' 0.99 needs several hundred steps before the inference
 #: statistics catch up with the weights; small medical datasets give 20 steps an epoch, and with 0.99 the
 #: validation predictions of the first dozens of epochs are garbage (measured on the synthetic set).
