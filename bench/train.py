@@ -10,8 +10,9 @@ standard deviation, minimum and maximum over seeds, and writes ``bench/results/t
     .venv/bin/python bench/train.py --preset ph2-unet --tag ph2-unet-fp32 --seeds 0 -- --no-mixed-precision
     .venv/bin/python bench/train.py --preset mads-unet --seeds 0 -- --dataset folder:../shared/data/bodies
 
-A seed without a run directory whose row is already in ``bench/results/train_<tag>.json`` (same preset and
-overrides) is taken from there unless ``--rerun``. Everything after ``--`` goes to ``kseg.train`` unchanged.
+A seed without a run directory whose row is already in ``bench/results/train_<tag>.json`` (same recipe: the
+config ``kseg.train`` resolves now for the preset and overrides, so a changed preset is trained again) is
+taken from there unless ``--rerun``. Everything after ``--`` goes to ``kseg.train`` unchanged.
 ``--manual-dir`` defaults to ``$KSEG_DATA_DIR`` or ``../shared/data`` so that PH2 and MADS build on first use.
 Scores are means over images at each image's original resolution (``kseg.train``'s ``metrics.json`` and
 ``kseg.evaluate``'s ``summary.json``).
@@ -20,6 +21,7 @@ Scores are means over images at each image's original resolution (``kseg.train``
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import subprocess
@@ -47,6 +49,22 @@ def run_command(command, log_path: Path) -> float:
     return time.perf_counter() - started
 
 
+#: Config fields that say where a run reads and writes and which seed it is, not what it trains.
+NOT_RECIPE_FIELDS = ("seed", "output_dir", "manual_dir", "data_dir")
+
+
+def recipe_of(config: dict) -> dict:
+    return {k: v for k, v in config.items() if k not in NOT_RECIPE_FIELDS}
+
+
+def current_recipe(preset: str, extra: list[str]) -> dict:
+    """What ``kseg.train --preset <preset> <extra>`` would train today, in the JSON form the rows record."""
+    from kseg.train import config_from_args
+
+    config, _ = config_from_args(["--preset", preset, *extra])
+    return recipe_of(json.loads(json.dumps(dataclasses.asdict(config))))
+
+
 def recorded_row(args, seed: int, extra: list[str]) -> dict | None:
     """The seed's row in this tag's results JSON when it was measured with the same preset and overrides.
 
@@ -58,8 +76,9 @@ def recorded_row(args, seed: int, extra: list[str]) -> dict | None:
     recorded = json.loads(path.read_text())
     if recorded.get("preset") != args.preset or recorded.get("train_overrides") != extra:
         return None
+    recipe = current_recipe(args.preset, extra)
     for row in recorded["results"]:
-        if row["seed"] == seed:
+        if row["seed"] == seed and recipe_of(row.get("config", {})) == recipe:
             print(f"seed {seed}: taken from {path.relative_to(common.REPO_ROOT)} (no run directory; --rerun trains it)")
             return row
     return None
