@@ -212,8 +212,8 @@ TRAINING_PRESETS: dict[str, dict] = {
         encoder_lr_multiplier=0.1,
         output_dir="runs/ph2-segnet-vgg16",
     ),
-    # 288x288 and 40 epochs: test IoU 0.892 against 0.871 at 256x256 and 30 epochs, in ~24 minutes on 2 CPU
-    # cores (README, "Benchmarks").
+    # 288x288 and 40 epochs: test IoU 0.891 against 0.871 at 256x256 and 30 epochs (3 seeds), in ~23 minutes
+    # on 2 CPU cores (README, "Benchmarks").
     "mads-unet-lite0": dict(
         dataset="tfds_ph2/mads",
         model_preset="unet-lite0",
