@@ -66,7 +66,7 @@ def current_recipe(preset: str, extra: list[str]) -> dict:
 
 
 def recorded_row(args, seed: int, extra: list[str]) -> dict | None:
-    """The seed's row in this tag's results JSON when it was measured with the same preset and overrides.
+    """The seed's row in this tag's results JSON when it was measured with the recipe the preset resolves to now.
 
     Run directories are not kept in git (hundreds of MB); the JSON is the record. A seed whose directory is
     gone is taken from there, so seeds trained in different sessions end up in one summary."""
