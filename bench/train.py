@@ -21,7 +21,6 @@ Scores are means over images at each image's original resolution (``kseg.train``
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import statistics
 import subprocess
@@ -62,7 +61,7 @@ def current_recipe(preset: str, extra: list[str]) -> dict:
     from kseg.train import config_from_args
 
     config, _ = config_from_args(["--preset", preset, *extra])
-    return recipe_of(json.loads(json.dumps(dataclasses.asdict(config))))
+    return recipe_of(config.to_dict())
 
 
 def recorded_row(args, seed: int, extra: list[str]) -> dict | None:
@@ -74,8 +73,6 @@ def recorded_row(args, seed: int, extra: list[str]) -> dict | None:
     if args.rerun or not path.exists():
         return None
     recorded = json.loads(path.read_text())
-    if recorded.get("preset") != args.preset or recorded.get("train_overrides") != extra:
-        return None
     recipe = current_recipe(args.preset, extra)
     for row in recorded["results"]:
         if row["seed"] == seed and recipe_of(row.get("config", {})) == recipe:

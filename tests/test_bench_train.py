@@ -26,7 +26,7 @@ def bench_train(monkeypatch, tmp_path):
 
 
 def _write_results(path, preset, overrides, config):
-    row = {"seed": 0, "test_dice": 0.9, "config": json.loads(json.dumps(dataclasses.asdict(config)))}
+    row = {"seed": 0, "test_dice": 0.9, "config": config.to_dict()}
     path.write_text(json.dumps({"preset": preset, "train_overrides": overrides, "results": [row]}))
 
 

@@ -8,6 +8,7 @@ support, instead of ``tf.nn.max_pool_with_argmax`` plus a scatter of flattened i
 import keras
 from keras import layers, ops
 
+from kseg.distribute import accelerator_kind
 from kseg.errors import ModelArgumentError
 
 
@@ -177,11 +178,9 @@ def depthwise_compute_dtype():
     slow kernels, and the weights stay float32 as under any mixed policy. TPUs and GPUs (float16 there) keep
     the global policy: their depthwise kernels are fast in reduced precision.
     """
-    if keras.config.dtype_policy().compute_dtype != "bfloat16":
+    if keras.config.dtype_policy().compute_dtype != "bfloat16" or accelerator_kind() == "tpu":
         return None
-    import tensorflow as tf
-
-    return None if tf.config.list_logical_devices("TPU") else "float32"
+    return "float32"
 
 
 def depthwise_conv(kernel_size, strides, name):
