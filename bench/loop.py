@@ -153,6 +153,17 @@ def measure_loop(config) -> tuple[float, list[float]]:
     return config.steps_per_epoch * config.batch_size / epoch_seconds, clock.train_seconds
 
 
+def bare_model(config, num_classes: int):
+    """The model ``kseg.train`` builds and compiles, with the encoder frozen or trainable as in the loop's
+    last epoch (the timed epochs), so that both sides train the same weights."""
+    from kseg.training import setup
+
+    model = setup.build_model(config, num_classes)
+    setup.set_encoder_trainable(model, setup.encoder_phases(config, 0)[-1][1])
+    setup.compile_model(model, config, num_classes, config.steps_per_epoch)
+    return model
+
+
 def bare_stepper(config, num_classes: int):
     """A function that times ``steps`` calls of ``train_on_batch`` on one real, augmented batch held in
     memory, with the model, optimizer, loss and metrics that ``kseg.train`` compiles; returns images/s."""
@@ -179,8 +190,7 @@ def bare_stepper(config, num_classes: int):
                 )
             )
         )
-        model = setup.build_model(config, num_classes)
-        setup.compile_model(model, config, num_classes, config.steps_per_epoch)
+        model = bare_model(config, num_classes)
     for _ in range(3):
         model.train_on_batch(images, masks)
 

@@ -1,0 +1,48 @@
+"""bench/loop.py's bare step trains the same weights as the loop epochs it is compared with."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from kseg import config as config_lib
+
+BENCH_DIR = Path(__file__).resolve().parent.parent / "bench"
+
+
+@pytest.fixture
+def bench_loop(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH_DIR))
+    spec = importlib.util.spec_from_file_location("bench_loop_under_test", BENCH_DIR / "loop.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("freeze_epochs, encoder_trains", [(4, False), (0, True), (2, True)])
+def test_bare_model_trains_the_encoder_as_the_timed_epochs_do(bench_loop, freeze_epochs, encoder_trains):
+    import keras
+
+    from kseg.training import setup
+
+    config = config_lib.resolve(
+        overrides={
+            "preset": "ph2-unet-lite0",
+            "image_size": (64, 64),
+            "epochs": 4,
+            "freeze_encoder_epochs": freeze_epochs,
+            "steps_per_epoch": 2,
+        }
+    )
+    model = bench_loop.bare_model(config, num_classes=1)
+    trainable = {id(v) for v in model.trainable_variables}
+    encoder_weights = [
+        v
+        for layer in setup.encoder_layers(model)
+        if not isinstance(layer, keras.layers.BatchNormalization)  # frozen in every phase
+        for v in layer.weights
+    ]
+    decoder_kernel = model.get_layer("dec1_conv1").kernel
+    assert id(decoder_kernel) in trainable
+    assert encoder_weights, "the encoder has weights to train"
+    assert all((id(v) in trainable) == encoder_trains for v in encoder_weights)
