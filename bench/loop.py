@@ -203,6 +203,18 @@ def bare_stepper(config, num_classes: int):
     return run
 
 
+def planned_runs(presets, precisions, phases) -> list[tuple[str, str, str]]:
+    """``(preset, precision, phase)`` to measure: a preset without a pretrained encoder has one phase, so it
+    runs once per precision whatever ``phases`` names."""
+    from kseg import config as config_lib
+
+    return [
+        (preset, precision, phase)
+        for preset, precision in itertools.product(presets, precisions)
+        for phase in (phases if config_lib.TRAINING_PRESETS[preset].get("freeze_encoder_epochs") else ["preset"])
+    ]
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     import keras
@@ -211,10 +223,8 @@ def main(argv=None) -> int:
     from kseg import data, distribute
 
     rows = []
-    for preset, precision, phase in itertools.product(args.presets, args.precisions, args.phases):
+    for preset, precision, phase in planned_runs(args.presets, args.precisions, args.phases):
         base = config_lib.TRAINING_PRESETS[preset]
-        if phase != "preset" and not base.get("freeze_encoder_epochs"):
-            continue  # no pretrained encoder: one phase only
         manual = MANUAL_DIRS.get(base["dataset"])
         manual_dir = str((common.real_data_dir() / manual).resolve()) if manual else None
         data_dir = str(args.data_dir) if args.data_dir else None

@@ -46,3 +46,15 @@ def test_bare_model_trains_the_encoder_as_the_timed_epochs_do(bench_loop, freeze
     assert id(decoder_kernel) in trainable
     assert encoder_weights, "the encoder has weights to train"
     assert all((id(v) in trainable) == encoder_trains for v in encoder_weights)
+
+
+def test_presets_without_an_encoder_run_once_per_precision_whatever_the_phases(bench_loop):
+    runs = bench_loop.planned_runs(["ph2-unet", "ph2-unet-lite0"], ["float32", "bfloat16"], ["frozen", "finetune"])
+    assert runs == [
+        ("ph2-unet", "float32", "preset"),
+        ("ph2-unet", "bfloat16", "preset"),
+        ("ph2-unet-lite0", "float32", "frozen"),
+        ("ph2-unet-lite0", "float32", "finetune"),
+        ("ph2-unet-lite0", "bfloat16", "frozen"),
+        ("ph2-unet-lite0", "bfloat16", "finetune"),
+    ]
