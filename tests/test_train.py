@@ -156,6 +156,25 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     assert checkpoints.read_state(tmp_path / "checkpoints").epoch == 1
 
 
+def test_best_model_is_saved_without_optimizer_state(tmp_path):
+    """best.keras is for inference (a third of the size with Adam); the epoch checkpoint keeps the optimizer."""
+    image = keras.Input((8, 8, 3), name="image")
+    model = keras.Model(image, keras.layers.Conv2D(1, 3, padding="same", name="logits")(image), name="tiny")
+    model.compile("adam", "mse")
+    x = np.random.default_rng(0).random((4, 8, 8, 3), np.float32)
+    model.fit(x, x[..., :1], epochs=1, verbose=0)
+    checkpoints.save_model_atomically(model, tmp_path / "best.keras")
+    loaded = keras.models.load_model(tmp_path / "best.keras")
+    assert getattr(loaded, "optimizer", None) is None and not loaded.compiled
+    as_json = lambda config: json.loads(json.dumps(config))  # tuples and lists alike
+    assert loaded.name == "tiny" and as_json(loaded.get_config()) == as_json(model.get_config())
+    np.testing.assert_array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
+    assert not (tmp_path / "best.tmp.keras").exists()
+
+    sequential = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(1, 1)])  # no graph of its own
+    assert checkpoints.inference_model(sequential) is sequential
+
+
 def test_resume_after_sigkill_ends_like_an_uninterrupted_run(tmp_path, synthetic_data_dir):
     run_dir = tmp_path / "run"
     args = [

@@ -62,10 +62,22 @@ def restore(model: keras.Model, folder) -> RunState:
     return state
 
 
+def inference_model(model: keras.Model) -> keras.Model:
+    """The same layers and weights in a model without optimizer or compile settings, so that the best model
+    is what evaluation, prediction and export load (``compile=False``), a third of the size of the compiled
+    model with Adam's two moments and as much quicker to write each time validation improves; the state to
+    resume from is the epoch checkpoint. A model that is not a plain functional one is saved as it is."""
+    try:
+        plain = keras.Model(model.input, model.output, name=model.name)
+    except (AttributeError, ValueError):  # a subclassed model has no graph to rewire
+        return model
+    return plain if type(plain) is type(model) else model
+
+
 def save_model_atomically(model: keras.Model, path) -> None:
     path = pathlib.Path(path)
     tmp = path.with_name(path.stem + ".tmp" + path.suffix)
-    model.save(tmp)
+    inference_model(model).save(tmp)
     os.replace(tmp, path)
 
 

@@ -165,9 +165,9 @@ def precision_scope(config: TrainConfig):
 
 
 def needed_bytes(model: keras.Model) -> int:
-    """Room for the epoch checkpoint (weights and two optimizer moments), best.keras, a temporary copy of
-    each and the logs."""
-    return model.count_params() * 4 * 6 + 64 * 2**20
+    """Room for two epoch checkpoints at once (the new one is written before the old one goes; weights and
+    Adam's two moments each), best.keras and its temporary copy (weights only) and the logs."""
+    return model.count_params() * 4 * (2 * 3 + 2) + 64 * 2**20
 
 
 def prepare(
