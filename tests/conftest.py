@@ -1,5 +1,6 @@
-"""Shared fixtures: where the real data lives, and small built TFDS datasets reused across tests."""
+"""Shared fixtures: where the real data lives, small built TFDS datasets reused across tests, bench scripts."""
 
+import importlib.util
 import os
 import pathlib
 import shutil
@@ -99,3 +100,19 @@ def trained_synthetic_run(tmp_path_factory, synthetic_data_dir) -> pathlib.Path:
     )
     assert code == 0, "training the shared synthetic model failed"
     return run_dir
+
+
+@pytest.fixture
+def load_bench_script(monkeypatch):
+    """``load_bench_script("loop")`` -> ``bench/loop.py`` as a module (bench scripts import their sibling
+    ``common``, so ``bench/`` is on the path while the test runs)."""
+    bench_dir = REPO / "bench"
+    monkeypatch.syspath_prepend(str(bench_dir))
+
+    def load(name: str):
+        spec = importlib.util.spec_from_file_location(f"bench_{name}_under_test", bench_dir / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load

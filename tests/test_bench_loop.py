@@ -1,22 +1,14 @@
-"""bench/loop.py's bare step trains the same weights as the loop epochs it is compared with."""
-
-import importlib.util
-from pathlib import Path
+"""bench/loop.py measures what it says: the bare step trains the same weights as the loop epochs it is
+compared with, and every preset asked for is measured."""
 
 import pytest
 
 from kseg import config as config_lib
 
-BENCH_DIR = Path(__file__).resolve().parent.parent / "bench"
-
 
 @pytest.fixture
-def bench_loop(monkeypatch):
-    monkeypatch.syspath_prepend(str(BENCH_DIR))
-    spec = importlib.util.spec_from_file_location("bench_loop_under_test", BENCH_DIR / "loop.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def bench_loop(load_bench_script):
+    return load_bench_script("loop")
 
 
 @pytest.mark.parametrize("freeze_epochs, encoder_trains", [(4, False), (0, True), (2, True)])

@@ -1,25 +1,18 @@
 """bench/train.py reuses a recorded seed only when today's preset would train the same recipe."""
 
 import dataclasses
-import importlib.util
 import json
 import sys
 from argparse import Namespace
-from pathlib import Path
 
 import pytest
 
 from kseg import config as config_lib
 
-BENCH_DIR = Path(__file__).resolve().parent.parent / "bench"
-
 
 @pytest.fixture
-def bench_train(monkeypatch, tmp_path):
-    monkeypatch.syspath_prepend(str(BENCH_DIR))
-    spec = importlib.util.spec_from_file_location("bench_train_under_test", BENCH_DIR / "train.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+def bench_train(load_bench_script, monkeypatch, tmp_path):
+    module = load_bench_script("train")
     monkeypatch.setattr(sys.modules["common"], "RESULTS_DIR", tmp_path)
     monkeypatch.setattr(sys.modules["common"], "REPO_ROOT", tmp_path)
     return module
