@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: setup demo test test-all lint format bench dummy-data clean
+.PHONY: setup demo test test-all lint format bench bench-speed dummy-data clean
 
 setup: $(STAMP)
 
@@ -60,6 +60,17 @@ bench: $(STAMP)
 	$(BIN)/python bench/pipeline.py
 	$(BIN)/python bench/models.py
 	$(BIN)/python bench/serving.py
+
+# The training-speed tables of README "Training speed", on whatever machine runs it (the JSON names its CPU
+# and GPU): every model preset in float32 and in the device's mixed precision (bfloat16 on CPUs, float16 on
+# GPUs), pretrained encoders frozen and fine-tuned; then the whole kseg.train loop against the bare step.
+# Needs the real data under ../shared/data (KSEG_DATA_DIR). About 2 hours on 2 CPU cores, minutes on a GPU.
+SPEED_TAG ?= $(shell hostname)
+bench-speed: $(STAMP)
+	$(BIN)/python bench/models.py --image-size 192x256 --steps 15 --mixed-precision --jit-compile false \
+		--output bench/results/models_speed_$(SPEED_TAG).json
+	$(BIN)/python bench/loop.py --image-size 192x256 --epochs 4 --precisions float32 bfloat16 \
+		--phases frozen finetune --output bench/results/loop_speed_$(SPEED_TAG).json
 
 dummy-data: $(STAMP)
 	$(BIN)/python tfds_ph2/make_dummy_data.py

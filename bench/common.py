@@ -71,6 +71,18 @@ def cpu_features() -> dict:
     }
 
 
+def gpu_names() -> list[str]:
+    """The GPUs TensorFlow sees, by the card's name where the driver reports one ("NVIDIA H100 80GB HBM3"),
+    else by TensorFlow's device name: a GPU figure means little without the card."""
+    import tensorflow as tf
+
+    names = []
+    for gpu in tf.config.list_physical_devices("GPU"):
+        details = tf.config.experimental.get_device_details(gpu) or {}
+        names.append(details.get("device_name") or gpu.name)
+    return names
+
+
 def environment() -> dict:
     """Machine and library versions: enough to tell whether two result files are comparable."""
     env = {
@@ -88,9 +100,7 @@ def environment() -> dict:
         "kseg": _version("kseg"),
     }
     try:
-        import tensorflow as tf
-
-        env["gpus"] = [gpu.name for gpu in tf.config.list_physical_devices("GPU")]
+        env["gpus"] = gpu_names()
     except Exception:  # noqa: BLE001
         env["gpus"] = None
     env["gpu_visible"] = bool(env["gpus"])

@@ -11,7 +11,9 @@ given, 256x256 by default) it measures:
 - **bare step**: the same compiled model's ``train_on_batch`` on one batch of real images already in memory,
   timed in blocks of one epoch's steps before and after the loop (median).
 
-``overhead = 1 - loop images/s / bare images/s``: the share of training throughput the loop costs. Epochs
+``overhead = 1 - loop images/s / bare images/s``: the share of training throughput the loop costs. The JSON
+also holds, per epoch, the seconds spent in kseg's epoch-end callbacks (checkpoint, best model, logs), the
+part of that cost that is writing files. Epochs
 are whole passes over the training split in full batches (``--steps-per-epoch``), so both sides run the same
 batch shape.
 
@@ -114,7 +116,8 @@ def forced_cpu_bfloat16(force: bool):
 
 
 class EpochClock:
-    """Wall time of each epoch, start to end (callbacks included), less its validation pass."""
+    """Wall time of each epoch, start to end (callbacks included), less its validation pass; and the share of
+    it spent in kseg's epoch-end callbacks (checkpoint, best model, logs), which run after validation."""
 
     def __init__(self):
         import keras
@@ -123,25 +126,30 @@ class EpochClock:
 
         class _Callback(keras.callbacks.Callback):
             def on_epoch_begin(self, epoch, logs=None):
-                clock.start, clock.validation = time.perf_counter(), 0.0
+                clock.start, clock.validation, clock.test_end = time.perf_counter(), 0.0, None
 
             def on_test_begin(self, logs=None):
                 clock.test_start = time.perf_counter()
 
             def on_test_end(self, logs=None):
-                clock.validation += time.perf_counter() - clock.test_start
+                clock.test_end = time.perf_counter()
+                clock.validation += clock.test_end - clock.test_start
 
             def on_epoch_end(self, epoch, logs=None):
                 # Runs last (appended after kseg's callbacks), so checkpoint and log writes are inside.
-                clock.train_seconds.append(time.perf_counter() - clock.start - clock.validation)
+                now = time.perf_counter()
+                clock.train_seconds.append(now - clock.start - clock.validation)
+                clock.epoch_end_seconds.append(None if clock.test_end is None else now - clock.test_end)
 
         self.train_seconds: list[float] = []
+        self.epoch_end_seconds: list[float | None] = []
         self.callback = _Callback()
 
 
-def measure_loop(config) -> tuple[float, list[float]]:
+def measure_loop(config) -> tuple[float, EpochClock]:
     """Images/s of kseg.train's loop: its set-up and ``fit`` loop as they are, with one timing callback added
-    last (the final scoring at original size is evaluation, not the loop, and is left out)."""
+    last (the final scoring at original size is evaluation, not the loop, and is left out); and the clock,
+    with every epoch's times."""
     from kseg import distribute
     from kseg.training import fit_loop, setup
 
@@ -150,7 +158,7 @@ def measure_loop(config) -> tuple[float, list[float]]:
         prepared = setup.prepare(config, distribute.make_strategy(config.strategy))
         fit_loop.train(prepared, verbose=0, extra_callbacks=[clock.callback])
     epoch_seconds = statistics.median(clock.train_seconds[1:])
-    return config.steps_per_epoch * config.batch_size / epoch_seconds, clock.train_seconds
+    return config.steps_per_epoch * config.batch_size / epoch_seconds, clock
 
 
 def bare_model(config, num_classes: int):
@@ -201,6 +209,12 @@ def bare_stepper(config, num_classes: int):
         return steps * config.batch_size / (time.perf_counter() - start)
 
     return run
+
+
+def median_seconds(values) -> str:
+    """The median of the timed epochs' values as text, or "-" where none was timed."""
+    values = [v for v in values if v is not None]
+    return f"{statistics.median(values):.2f}" if values else "-"
 
 
 def planned_runs(presets, precisions, phases) -> list[tuple[str, str, str]]:
@@ -254,7 +268,7 @@ def main(argv=None) -> int:
             # machine hit both sides alike; medians on both sides.
             bare = bare_stepper(config, spec.num_classes)
             bare_rates = [bare(steps) for _ in range(args.bare_epochs)]
-            loop_rate, epoch_seconds = measure_loop(config)
+            loop_rate, clock = measure_loop(config)
             bare_rates += [bare(steps) for _ in range(args.bare_epochs)]
             bare_rate = statistics.median(bare_rates)
         row = {
@@ -269,7 +283,9 @@ def main(argv=None) -> int:
             "freeze_encoder_epochs": config.freeze_encoder_epochs,
             "augmentation": config.augmentation,
             "steps_per_epoch": config.steps_per_epoch,
-            "epoch_train_seconds": [round(s, 3) for s in epoch_seconds],
+            "epoch_train_seconds": [round(s, 3) for s in clock.train_seconds],
+            # kseg's callbacks after validation: the epoch checkpoint, best.keras when validation improved, logs.
+            "epoch_end_callback_seconds": [None if s is None else round(s, 3) for s in clock.epoch_end_seconds],
             "bare_block_images_per_s": [round(r, 3) for r in bare_rates],
             "loop_images_per_s": round(loop_rate, 3),
             "bare_images_per_s": round(bare_rate, 3),
@@ -288,6 +304,7 @@ def main(argv=None) -> int:
             "input": "x".join(map(str, r["image_size"])),
             "precision": r["policy"],
             "overhead_pct": f"{100 * r['overhead']:+.1f}%",
+            "epoch_end_s": median_seconds(r["epoch_end_callback_seconds"][1:]),
         }
         for r in rows
     ]
@@ -303,6 +320,7 @@ def main(argv=None) -> int:
             ("loop_images_per_s", "loop img/s"),
             ("bare_images_per_s", "bare step img/s"),
             ("overhead_pct", "loop overhead"),
+            ("epoch_end_s", "epoch-end callbacks s"),
         ],
         markdown=True,
     )

@@ -4,8 +4,9 @@ Parameters and MACs say what a preset costs in principle; images/s says what it 
 Keras' own predict/train step (the path kseg's training uses), so the numbers carry over to real runs.
 Presets with a pretrained encoder are trained in both phases of fine-tuning: ``frozen`` (the decoder alone)
 and ``finetune`` (the encoder too, its batch norm frozen), as kseg's training does. ``--mixed-precision``
-adds mixed_bfloat16 (forced, whatever ``kseg.distribute.precision_policy`` would choose on this CPU), so the
-two precisions can be compared on any machine; the JSON says whether the CPU has AMX and AVX512_BF16.
+adds the mixed policy of this device: mixed_float16 on a GPU, mixed_bfloat16 on a CPU (forced, whatever
+``kseg.distribute.precision_policy`` would choose there), so the two precisions can be compared on any
+machine; the JSON names the GPUs and says whether the CPU has AMX and AVX512_BF16.
 
     .venv/bin/python bench/models.py --steps 5
     .venv/bin/python bench/models.py --presets unet-small unet-lite0 --image-size 192x256 --mixed-precision
@@ -36,6 +37,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from kseg.config import ConfigError, parse_image_size  # noqa: E402
+from kseg.distribute import precision_policy  # noqa: E402
 from kseg.models import MODEL_PRESETS, build_preset, count_macs, count_params  # noqa: E402
 from kseg.training.setup import set_encoder_trainable  # noqa: E402
 
@@ -62,7 +64,11 @@ def parse_args(argv=None):
     parser.add_argument(
         "--warmup", type=int, default=2, help="untimed steps first, to exclude tracing/XLA compilation (default: 2)"
     )
-    parser.add_argument("--mixed-precision", action="store_true", help="also measure under the mixed_bfloat16 policy")
+    parser.add_argument(
+        "--mixed-precision",
+        action="store_true",
+        help="also measure under this device's mixed policy: mixed_float16 on a GPU, mixed_bfloat16 on a CPU",
+    )
     parser.add_argument(
         "--phases",
         nargs="+",
@@ -121,7 +127,7 @@ def machine_info():
         "cpu_count": os.cpu_count(),
         # Cores this process may use: containers often allow fewer than os.cpu_count() reports.
         "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "gpus": [gpu.name for gpu in tf.config.list_physical_devices("GPU")],
+        "gpus": common.gpu_names(),
         **common.cpu_features(),  # AMX, AVX512_BF16, and the policy --mixed-precision gets here
     }
 
@@ -209,33 +215,44 @@ def print_row(row, widths):
     print("  ".join(cell.rjust(width) for cell, width in zip(cells, widths)), flush=True)
 
 
+def measured_policies(mixed_precision: bool, device: str | None = None) -> list[str]:
+    """``float32``, then with ``mixed_precision`` the policy kseg's ``--mixed-precision`` trains with on
+    ``device`` (default: this machine's), bfloat16 forced on CPUs whose policy would keep float32."""
+    policies = ["float32"]
+    if mixed_precision:
+        policies.append(precision_policy(True, device=device, cpu_bfloat16=True))
+    return policies
+
+
 def print_speedups(rows):
-    """mixed_bfloat16 against float32 for each preset and phase measured in both."""
+    """The mixed policy against float32 for each preset and phase measured in both."""
     float32 = {(r["preset"], r["phase"]): r for r in rows if r["policy"] == "float32"}
     pairs = [
         (float32[(r["preset"], r["phase"])], r)
         for r in rows
-        if r["policy"] == "mixed_bfloat16" and (r["preset"], r["phase"]) in float32
+        if r["policy"] != "float32" and (r["preset"], r["phase"]) in float32
     ]
     if not pairs:
         return
-    print("\nbfloat16 / float32 (above 1: bfloat16 is faster)")
-    for fp32, bf16 in pairs:
-        train = bf16["train_images_per_s"] / fp32["train_images_per_s"]
-        forward = bf16["forward_images_per_s"] / fp32["forward_images_per_s"]
+    mixed = pairs[0][1]["policy"].removeprefix("mixed_")
+    print(f"\n{mixed} / float32 (above 1: {mixed} is faster)")
+    for fp32, reduced in pairs:
+        train = reduced["train_images_per_s"] / fp32["train_images_per_s"]
+        forward = reduced["forward_images_per_s"] / fp32["forward_images_per_s"]
         label = f"{fp32['preset']} {fp32['phase'] or ''}".strip()
         print(f"  {label:<24} train {train:.2f}x, forward {forward:.2f}x")
 
 
 def main(argv=None):
     args = parse_args(argv)
-    policies = ["float32"] + (["mixed_bfloat16"] if args.mixed_precision else [])
+    policies = measured_policies(args.mixed_precision)
     header = ["preset", "phase", "policy", "params", "GMACs/img", "fwd img/s", "train img/s"]
     widths = [max(len(h), 14) if i in (0, 2) else max(len(h), 9) for i, h in enumerate(header)]
     machine = machine_info()
     height, width = args.image_size
+    gpus = f"GPU: {', '.join(machine['gpus'])}; " if machine["gpus"] else ""
     print(
-        f"{machine['cpu_model']} (AMX bf16: {machine['amx_bf16']}, AVX512_BF16: {machine['avx512_bf16']}); "
+        f"{gpus}{machine['cpu_model']} (AMX bf16: {machine['amx_bf16']}, AVX512_BF16: {machine['avx512_bf16']}); "
         f"{height}x{width}, batch {args.batch_size}, {args.steps} timed steps after {args.warmup} warm-up, "
         f"Adam + BCE from logits, jit_compile={args.jit_compile}"
     )

@@ -50,3 +50,21 @@ def test_presets_without_an_encoder_run_once_per_precision_whatever_the_phases(b
         ("ph2-unet-lite0", "bfloat16", "frozen"),
         ("ph2-unet-lite0", "bfloat16", "finetune"),
     ]
+
+
+def test_epoch_clock_times_the_epoch_end_callbacks_apart_from_validation(bench_loop, monkeypatch):
+    clock = bench_loop.EpochClock()
+    ticks = iter([0.0, 1.0, 1.5, 1.9, 10.0, 12.0])  # begin, test begin, test end, epoch end; then a second epoch
+    monkeypatch.setattr(bench_loop.time, "perf_counter", lambda: next(ticks))
+    hooks = clock.callback
+    hooks.on_epoch_begin(0)
+    hooks.on_test_begin()
+    hooks.on_test_end()
+    hooks.on_epoch_end(0)
+    hooks.on_epoch_begin(1)  # an epoch without validation: no epoch-end time to tell apart
+    hooks.on_epoch_end(1)
+    assert clock.train_seconds == pytest.approx([1.4, 2.0])
+    assert clock.epoch_end_seconds[0] == pytest.approx(0.4)
+    assert clock.epoch_end_seconds[1] is None
+    assert bench_loop.median_seconds(clock.epoch_end_seconds) == "0.40"
+    assert bench_loop.median_seconds([None]) == "-"
