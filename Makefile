@@ -64,7 +64,8 @@ bench: $(STAMP)
 # The training-speed tables of README "Training speed", on whatever machine runs it (the JSON names its CPU
 # and GPU): every model preset in float32 and in the device's mixed precision (bfloat16 on CPUs, float16 on
 # GPUs), pretrained encoders frozen and fine-tuned; then the whole kseg.train loop against the bare step.
-# Needs the real data under ../shared/data (KSEG_DATA_DIR). About 2 hours on 2 CPU cores, minutes on a GPU.
+# Needs the real data under ../shared/data (KSEG_DATA_DIR). About 3 hours on 2 CPU cores (the VGG16 presets are
+# most of it), minutes on a GPU.
 SPEED_TAG ?= $(shell hostname)
 bench-speed: $(STAMP)
 	$(BIN)/python bench/models.py --image-size 192x256 --steps 15 --mixed-precision --jit-compile false \
