@@ -11,11 +11,10 @@ given, 256x256 by default) it measures:
 - **bare step**: the same compiled model's ``train_on_batch`` on one batch of real images already in memory,
   timed in blocks of one epoch's steps before and after the loop (median).
 
-``overhead = 1 - loop images/s / bare images/s``: the share of training throughput the loop costs. The JSON
-also holds, per epoch, the seconds spent in kseg's epoch-end callbacks (checkpoint, best model, logs), the
-part of that cost that is writing files. Epochs
+``overhead = 1 - loop images/s / bare images/s``: the share of training throughput the loop costs. Epochs
 are whole passes over the training split in full batches (``--steps-per-epoch``), so both sides run the same
-batch shape.
+batch shape. The JSON also holds, per epoch, the seconds spent in kseg's epoch-end callbacks (checkpoint,
+best model, logs): the part of the overhead that is writing files.
 
     .venv/bin/python bench/loop.py                          # every training preset, 256x256
     .venv/bin/python bench/loop.py --presets ph2-unet --image-size 192x256
