@@ -113,22 +113,15 @@ def has_pretrained_encoder(preset):
 
 def machine_info():
     """Enough to tell whether two result files are comparable."""
-    cpu_model = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            cpu_model = next(line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
     return {
         "platform": platform.platform(),
         "machine": platform.machine(),
         "processor": platform.processor(),
-        "cpu_model": cpu_model,
         "cpu_count": os.cpu_count(),
         # Cores this process may use: containers often allow fewer than os.cpu_count() reports.
         "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "gpus": common.gpu_names(),
-        **common.cpu_features(),  # AMX, AVX512_BF16, and the policy --mixed-precision gets here
+        **common.cpu_features(),  # CPU model, AMX, AVX512_BF16, and the policy --mixed-precision gets here
     }
 
 
