@@ -6,9 +6,12 @@ Pieces every stage needs (image decoding, thresholds) live in ``kseg.imageio`` a
 """
 
 import os as _os
+import sys as _sys
 
-# TensorFlow's C++ start-up chatter buries the messages users need; keep warnings and errors.
-_os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+# TensorFlow's C++ start-up chatter (oneDNN, absl, CUDA probing) buries the messages users need: keep its
+# errors only. A command's --verbose, or TF_CPP_MIN_LOG_LEVEL set by the user, brings the rest back; it must be
+# decided here, before TensorFlow is imported, so the flag is looked for in the command line itself.
+_os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0" if "--verbose" in _sys.argv[1:] else "2")
 _os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 __version__ = "0.1.0"

@@ -31,8 +31,40 @@ class _CommandFormatter(logging.Formatter):
 LOGGERS = ("kseg", "tfds_ph2", "segio")
 
 
-def setup_logging(prog: str) -> None:
-    """Library messages to the terminal as ``prog: message``: INFO to stdout, warnings and errors to stderr."""
+class _DropKnownNoise(logging.Filter):
+    """Warnings that say nothing a kseg user can act on: Apache Beam's (imported by TFDS) about optional
+    Google Cloud clients."""
+
+    NOISE = ("apitools not found",)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(text in str(record.msg) for text in self.NOISE)
+
+
+def add_verbose_flag(parser) -> None:
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="also show TensorFlow's, TFDS's and absl's own log lines and warnings (hidden by default; "
+        "TF_CPP_MIN_LOG_LEVEL=0 does the same for TensorFlow's C++ lines)",
+    )
+
+
+def quiet_libraries() -> None:
+    """Hide the libraries' own chatter (kseg's lines and real errors stay): TensorFlow's and absl's Python
+    loggers show errors only, and known noise is dropped."""
+    for name in ("tensorflow", "absl", "apache_beam"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    root = logging.getLogger()
+    if not any(isinstance(f, _DropKnownNoise) for f in root.filters):
+        root.addFilter(_DropKnownNoise())
+
+
+def setup_logging(prog: str, verbose: bool = False) -> None:
+    """Library messages to the terminal as ``prog: message``: INFO to stdout, warnings and errors to stderr;
+    other libraries' chatter hidden unless ``verbose``."""
+    if not verbose:
+        quiet_libraries()
     info = logging.StreamHandler(sys.stdout)
     info.addFilter(lambda record: record.levelno < logging.WARNING)
     warn = logging.StreamHandler(sys.stderr)
@@ -52,10 +84,16 @@ def fail(prog: str, message: str, status: int = errors.USAGE) -> int:
     return status
 
 
-def run(prog: str, body: Callable[[], int | None], interrupted: Callable[[], str] | None = None) -> int:
+def run(
+    prog: str,
+    body: Callable[[], int | None],
+    interrupted: Callable[[], str] | None = None,
+    verbose: bool | None = None,
+) -> int:
     """Run a command's work: its exit status, a one-line error for a user error, and one line on Ctrl-C
-    (``interrupted()`` says what was kept and how to go on)."""
-    setup_logging(prog)
+    (``interrupted()`` says what was kept and how to go on). ``verbose`` defaults to whether ``--verbose`` is
+    on the command line."""
+    setup_logging(prog, "--verbose" in sys.argv[1:] if verbose is None else verbose)
     try:
         status = body()
     except errors.USER_ERRORS as e:
@@ -65,6 +103,16 @@ def run(prog: str, body: Callable[[], int | None], interrupted: Callable[[], str
         print(f"\n{prog}: interrupted; {detail}", file=sys.stderr)
         return errors.INTERRUPTED
     return 0 if status is None else status
+
+
+def progress_bar(total: int):
+    """A per-image progress callback drawing Keras' bar when stdout is a terminal; None otherwise (in a log
+    file a redrawn bar is a smear of half lines; the closing line says what was done)."""
+    if not total or not sys.stdout.isatty():
+        return None
+    import keras
+
+    return keras.utils.Progbar(total, unit_name="image").update
 
 
 def report_written(prog: str, written: int, total: int, errors: list[str], where, detail: str = "") -> int:

@@ -16,7 +16,7 @@ import sys
 
 from kseg import cli, files, inputs
 from kseg.errors import UsageError
-from kseg.serving_client import DEFAULT_SIGNATURE, make_client, send_files
+from kseg.serving_client import DEFAULT_SIGNATURE, check_server_address, make_client, send_files
 
 PROG = "kseg.client"
 
@@ -55,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="send every image as PNG decoded here (exactly kseg.predict's pixels, bigger requests)",
     )
+    cli.add_verbose_flag(parser)
     return parser
 
 
@@ -68,6 +69,8 @@ def main(argv=None) -> int:
                 raise UsageError(f"--{flag.replace('_', '-')} must be positive")
         if args.version is not None and args.version < 0:
             raise UsageError("--version must be >= 0")
+        if args.server:
+            check_server_address(args.server)
         files.check_output_dir(args.out)
         found = inputs.collect_image_files(args.inputs, recursive=args.recursive)
         for line in found.skipped:
@@ -91,11 +94,7 @@ def main(argv=None) -> int:
                 client.close()
         return cli.report_written(PROG, len(written), len(found.files), errors, args.out)
 
-    return cli.run(
-        PROG,
-        work,
-        interrupted=lambda: cli.outputs_kept(args.out),
-    )
+    return cli.run(PROG, work, interrupted=lambda: cli.outputs_kept(args.out), verbose=args.verbose)
 
 
 if __name__ == "__main__":

@@ -9,8 +9,9 @@ the input pipeline keeps up with training.
 
 A folder dataset's files are decoded once before its pipeline is built (``check_folder_files``; the verdict
 is cached per file), so a truncated or unreadable file is an ``ImageReadError`` naming it, raised where the
-dataset is loaded. A file that breaks later, inside the running pipeline, reaches the caller wrapped in a
-``tf.errors`` error: ``reraise_read_errors()`` turns it back into the ``ImageReadError``.
+dataset is loaded, and a split whose masks are all empty is a warning. Binary masks are read by the one rule
+of ``segio.images`` (``mask_to_binary``). A file that breaks later, inside the running pipeline, reaches the
+caller wrapped in a ``tf.errors`` error: ``reraise_read_errors()`` turns it back into the ``ImageReadError``.
 """
 
 from __future__ import annotations
@@ -165,6 +166,21 @@ def _check_manual_dir(name: str, builder, manual_dir) -> None:
         )
 
 
+def _check_data_dir(data_dir) -> None:
+    """A data dir that is a file, or lies inside one, is one clear error here: TFDS would try to create folders
+    in it and fail with a NotADirectoryError traceback."""
+    if data_dir is None or "://" in str(data_dir):
+        return
+    path = pathlib.Path(data_dir).expanduser().absolute()
+    existing = next(p for p in (path, *path.parents) if p.exists())  # the root always exists
+    if not existing.is_dir():
+        where = "is a file" if existing == path else f"lies inside the file {existing}"
+        raise DataError(
+            f"the data dir {data_dir} (--data-dir) {where}: a TFDS data dir is a folder (where `tfds build` and "
+            f"kseg keep built datasets, by default ~/tensorflow_datasets); pass a folder, or leave --data-dir out"
+        )
+
+
 def _tfds_builder(name: str, data_dir=None, manual_dir=None):
     """The TFDS builder for ``name``, prepared on first use (synthetic needs nothing, the others a manual dir)."""
     import tensorflow_datasets as tfds
@@ -172,6 +188,7 @@ def _tfds_builder(name: str, data_dir=None, manual_dir=None):
     import tfds_ph2  # noqa: F401  (registers the tfds_ph2 builder)
     from tfds_ph2.common import DatasetError
 
+    _check_data_dir(data_dir)
     try:
         builder = tfds.builder(name, data_dir=data_dir)
     except Exception as e:  # TFDS raises several types for unknown names, configs and versions
@@ -184,7 +201,7 @@ def _tfds_builder(name: str, data_dir=None, manual_dir=None):
                 raise DatasetNotReadyError(
                     f"{name} is not built in {builder.data_dir_root} and no manual dir was given.\n"
                     f"Pass --manual-dir (or manual_dir=) pointing at the download, or build it with\n"
-                    f"  tfds build tfds_ph2 --config {name.split('/')[-1]} --manual_dir PATH\n\n"
+                    f"  tfds build tfds_ph2 --config {name.split('/')[-1]} --manual_dir PATH --imports tfds_ph2\n\n"
                     f"{builder.MANUAL_DOWNLOAD_INSTRUCTIONS}\n\n"
                     f"To try kseg without any download use the synthetic set: --preset synthetic-unet "
                     f"(dataset tfds_ph2/synthetic)."
@@ -348,10 +365,11 @@ def _save_checks(cache_file: pathlib.Path, folder: str, entries: dict) -> None:
         logger.debug("cannot write the file-check cache %s: %s", cache_file, e)
 
 
-def _cached(entries: dict, key: list) -> list | None:
-    """The cached ``[kind, size, mtime, [h, w]]`` of ``key`` (``[path, kind, size, mtime]``) if it still holds."""
+def _cached(entries: dict, key: list, length: int) -> list | None:
+    """The cached ``[kind, size, mtime, [h, w], ...]`` (``length`` items) of ``key`` (``[path, kind, size,
+    mtime]``) if it still holds."""
     entry = entries.get(key[0])
-    if isinstance(entry, list) and len(entry) == 4 and entry[:3] == key[1:] and isinstance(entry[3], list):
+    if isinstance(entry, list) and len(entry) == length and entry[:3] == key[1:] and isinstance(entry[3], list):
         return entry
     return None
 
@@ -370,17 +388,26 @@ def _read_mask(path: str, multi_class: bool) -> np.ndarray:
     return imageio.read_label_mask(path) if multi_class else imageio.read_binary_mask(path)
 
 
-def _decode_pair(image_path: str, mask_path: str, multi_class: bool) -> tuple[list, list]:
-    """Shapes ``[h, w]`` of a fully decoded image and mask; a read error names its file."""
+def _decode_pair(image_path: str, mask_path: str, multi_class: bool) -> tuple[list, list, int]:
+    """Shapes ``[h, w]`` of a fully decoded image and mask, and the mask's foreground pixel count (non-zero
+    labels); a read error names its file."""
     image_shape = list(imageio.read_image(image_path).shape[:2])
-    mask_shape = list(_read_mask(mask_path, multi_class).shape[:2])
-    return image_shape, mask_shape
+    mask = _read_mask(mask_path, multi_class)
+    return image_shape, list(mask.shape[:2]), int(np.count_nonzero(mask))
 
 
-def check_folder_files(path: str, pairs, multi_class: bool = False) -> None:
+#: What a cached verdict was decided by. The "/2" readers apply EXIF orientation and read binary masks by
+#: the values they hold (segio.images); verdicts of the older readers ("image", "binary", "labels", which
+#: read 16-bit 0/255 masks as empty and kept no foreground count) do not match these kinds and are redone.
+_IMAGE_KIND = "image/2"
+_MASK_KINDS = {False: "binary/2", True: "labels/2"}
+
+
+def check_folder_files(path: str, pairs, multi_class: bool = False) -> dict[str, int]:
     """Decode every image and mask of ``pairs`` (``folder_pairs`` rows of the folder dataset ``path``) fully
     once and check each mask against its image (``segio.images.check_mask_fits``); raise an
-    ``ImageReadError`` naming the first bad file (and how many more there are).
+    ``ImageReadError`` naming the first bad file (and how many more there are). Returns the foreground pixel
+    count of each mask by path, so that a split of empty masks can be told before training on it.
 
     A truncated JPEG only shows when it is decoded to the end, and inside a running tf.data pipeline it would
     surface as a TensorFlow traceback; here it is one message before any pipeline exists. Verdicts are cached
@@ -388,18 +415,20 @@ def check_folder_files(path: str, pairs, multi_class: bool = False) -> None:
     """
     cache_file = _check_cache_file(path)
     cached = _load_checks(cache_file)
-    mask_kind = "labels" if multi_class else "binary"
-    fresh, todo, errors = {}, [], []
+    mask_kind = _MASK_KINDS[bool(multi_class)]
+    fresh, todo, errors, foreground = {}, [], [], {}
     for _, image_path, mask_path in pairs:
         try:
-            image_key, mask_key = [image_path, "image", *_stat(image_path)], [mask_path, mask_kind, *_stat(mask_path)]
+            image_key = [image_path, _IMAGE_KIND, *_stat(image_path)]
+            mask_key = [mask_path, mask_kind, *_stat(mask_path)]
         except imageio.ImageReadError as e:
             errors.append(e)
             continue
-        image_entry, mask_entry = _cached(cached, image_key), _cached(cached, mask_key)
+        image_entry, mask_entry = _cached(cached, image_key, 4), _cached(cached, mask_key, 5)
         if image_entry and mask_entry:
             try:
                 imageio.check_mask_fits(mask_entry[3], image_entry[3], image_path, mask_path)
+                foreground[mask_path] = int(mask_entry[4])
             except imageio.ImageReadError as e:
                 errors.append(e)
         else:
@@ -416,17 +445,35 @@ def check_folder_files(path: str, pairs, multi_class: bool = False) -> None:
             futures = [pool.submit(_decode_pair, image[0], mask[0], multi_class) for image, mask in todo]
             for (image_key, mask_key), future in zip(todo, futures):
                 try:
-                    image_shape, mask_shape = future.result()
+                    image_shape, mask_shape, mask_foreground = future.result()
                     imageio.check_mask_fits(mask_shape, image_shape, image_key[0], mask_key[0])
                 except imageio.ImageReadError as e:
                     errors.append(e)
                     continue
                 fresh[image_key[0]] = [*image_key[1:], image_shape]
-                fresh[mask_key[0]] = [*mask_key[1:], mask_shape]
+                fresh[mask_key[0]] = [*mask_key[1:], mask_shape, mask_foreground]
+                foreground[mask_key[0]] = mask_foreground
         _save_checks(cache_file, path, fresh)
     if errors:
         more = f" ({len(errors) - 1} more bad file(s) in folder dataset {path})" if len(errors) > 1 else ""
         raise type(errors[0])(f"{errors[0]}{more}") from None
+    return foreground
+
+
+def warn_if_masks_empty(dataset: str, split: str, foreground_counts) -> None:
+    """Log a warning (logger ``kseg.data``) when every mask of a split is empty: a model trained on it learns
+    to predict nothing, and nothing else would say why (masks that a reader took for empty once looked so)."""
+    counts = list(foreground_counts)
+    if counts and not any(counts):
+        logger.warning(
+            "%s split %s: all %d masks are empty (no foreground pixel); check that the masks are the ones meant, "
+            "e.g. with python -m kseg.show %s --split %s",
+            dataset,
+            split,
+            len(counts),
+            dataset,
+            split,
+        )
 
 
 # --- reading inside the pipeline, and what happens when that fails ---
@@ -486,7 +533,8 @@ def _folder_examples(path: str, split: str, multi_class: bool) -> tf.data.Datase
     pairs = folder_pairs(path, split)
     if not pairs:
         raise DataError(f"folder dataset {path!r}: split {split!r} is empty")
-    check_folder_files(path, pairs, multi_class)
+    foreground = check_folder_files(path, pairs, multi_class)
+    warn_if_masks_empty(f"{FOLDER_PREFIX}{path}", split, foreground.values())
     if not _calls["hooked"]:
         atexit.register(_finish_pipelines)  # registered after TensorFlow's own handlers, so it runs before them
         _calls["hooked"] = True
@@ -552,6 +600,15 @@ def reraise_read_errors():
 
 
 # ----------------------------------------------------------------------------------------- public API ---
+
+
+def input_folders(name: str, data_dir=None, manual_dir=None) -> dict:
+    """The folders reading dataset ``name`` uses, by what they are (for messages): an output folder must
+    never be one of them or lie inside one (``kseg.files.check_outside_inputs``)."""
+    folders = {"the manual download folder (--manual-dir)": manual_dir, "the TFDS data dir (--data-dir)": data_dir}
+    if _is_folder(name):
+        folders[f"the dataset folder ({name})"] = name[len(FOLDER_PREFIX) :]
+    return folders
 
 
 def dataset_spec(name: str, *, data_dir=None, manual_dir=None, num_classes: int | None = None) -> DatasetSpec:

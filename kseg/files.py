@@ -2,17 +2,29 @@
 
 Every file kseg writes goes to a temporary name in the same folder and is renamed into place (a rename is
 atomic on one file system), so a crash, Ctrl-C or SIGKILL leaves the old file or the new one, never half of
-one. Output folders are checked before any slow work, so a typo costs seconds, not an hour of training.
+one. Output folders are checked before any slow work, so a typo costs seconds, not an hour of training; an
+output folder is never inside one that is read (``check_outside_inputs``), and one that a process writes
+for a long time is locked against a second writer (``folder_lock``).
 """
 
 from __future__ import annotations
 
+import contextlib
+import datetime
+import fcntl
 import os
 import pathlib
 import shutil
+import sys
 import uuid
 
-from kseg.errors import OutputDirError
+from kseg.errors import KsegError, OutputDirError
+
+LOCK_FILE = ".kseg.lock"
+
+
+class FolderLockedError(KsegError, BlockingIOError):
+    """Another process is writing the folder (a training run, or its resume); the message names it."""
 
 
 def atomic_write_bytes(path, data: bytes, *, sync: bool = False) -> pathlib.Path:
@@ -71,3 +83,56 @@ def make_output_dir(path, flag: str = "--output-dir", needed_bytes: int = 0) -> 
                 f"{flag} {path} has {free / 2**20:.0f} MiB free; this needs about {needed_bytes / 2**20:.0f} MiB"
             )
     return path
+
+
+def check_outside_inputs(path, inputs: dict, flag: str = "--output-dir") -> None:
+    """Fail if the output folder ``path`` is one of the folders read as inputs or lies inside one;
+    ``inputs`` maps what each is (``"the dataset folder (folder:data)"``) to its path. Writing there would
+    change the data (a run directory inside ``masks/`` becomes part of the dataset)."""
+    output = pathlib.Path(path).resolve()
+    for what, folder in inputs.items():
+        if folder is None or "://" in str(folder):
+            continue
+        folder = pathlib.Path(folder).resolve()
+        if output == folder or folder in output.parents:
+            raise OutputDirError(
+                f"{flag} {path} is inside {what} {folder}; kseg never writes into what it reads. Choose a "
+                f"folder outside it"
+            )
+
+
+@contextlib.contextmanager
+def folder_lock(path, holder: str):
+    """Hold an exclusive lock on the folder ``path`` (created if needed) while the block runs.
+
+    A second process that asks for the same folder gets a ``FolderLockedError`` at once, naming the holder
+    (``holder`` and its pid). The lock is the operating system's (``flock`` on ``path/.kseg.lock``), so it
+    is released on any exit, a crash or SIGKILL included, and never needs cleaning up. A folder this call
+    created and that holds nothing but the lock afterwards is removed, so a command that fails its checks
+    leaves nothing behind.
+    """
+    path = pathlib.Path(path)
+    created = not path.exists()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputDirError(f"cannot create {path}: {e.strerror or e}") from None
+    try:
+        with open(path / LOCK_FILE, "a+") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                other = handle.read().strip() or "another process"
+                raise FolderLockedError(
+                    f"{path} is in use by {other}; wait for it to finish, or choose another folder"
+                ) from None
+            started = datetime.datetime.now().isoformat(timespec="seconds")
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"{holder} (pid {os.getpid()}, started {started}, command: {' '.join(sys.argv)[:200]})\n")
+            handle.flush()
+            yield path
+    finally:
+        if created and path.is_dir() and [p.name for p in path.iterdir()] == [LOCK_FILE]:
+            shutil.rmtree(path, ignore_errors=True)

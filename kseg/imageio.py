@@ -2,6 +2,7 @@
 
 The Pillow readers (``read_image``, ``read_binary_mask``, ``ImageReadError``, ...) live in ``segio.images``,
 shared with the TFDS builder; they are re-exported here so that ``from kseg import imageio`` keeps working.
+The binary mask rule (what counts as foreground) is documented there, once.
 Command-line input files and output names: ``kseg.inputs``.
 """
 
@@ -11,8 +12,10 @@ from segio.images import (  # noqa: F401  (re-exported)
     IMAGE_SUFFIXES,
     ImageReadError,
     MaskSizeError,
+    MaskValuesError,
     check_mask_fits,
     decode_pil,
+    exif_rotates,
     fit_mask_to_image,
     list_images,
     mask_fits_image,

@@ -14,13 +14,9 @@ from collections.abc import Callable
 
 import tensorflow as tf
 
-from kseg import postprocess, serving_contract
-from kseg.errors import KsegError
+from kseg import model_trust, postprocess, serving_contract
+from kseg.model_trust import ModelLoadError  # still kseg.inference.ModelLoadError; refusals subclass it
 from kseg.preprocessing import model_input
-
-
-class ModelLoadError(KsegError, ValueError):
-    """A model path is missing or is not a kseg model; the message names the path and what was expected."""
 
 
 def model_image_size(model) -> tuple[int, int]:
@@ -77,10 +73,24 @@ def _keras_predictor(path: pathlib.Path) -> Predictor:
             f"with model.save('model.keras')"
         )
     try:  # compile=False: inference needs no loss or metrics (and so no kseg.losses import)
-        model = keras.models.load_model(path, compile=False)
+        model = keras.models.load_model(path, compile=False, safe_mode=True)
     except Exception as e:  # Keras raises many types for a bad archive
-        raise ModelLoadError(f"{path}: cannot load as a Keras model ({type(e).__name__}: {e})") from None
+        raise _keras_load_error(path, e) from None
     return predictor_for_model(model, path, postprocess.for_model(path))
+
+
+def _keras_load_error(path, error: Exception) -> ModelLoadError:
+    """One line for a ``.keras`` file Keras would not load. Safe mode refuses Python code in the file (a
+    ``Lambda`` layer's bytecode): say so, instead of passing on Keras' advice to turn safe mode off."""
+    message = " ".join(str(error).split())
+    if "safe_mode" in message:
+        first_sentence = message.split(". ")[0]
+        return model_trust.ModelRefusedError(
+            f"{path}: refused: it holds Python code, which Keras' safe mode does not load ({first_sentence}); "
+            f"kseg models never hold Python code. A model file is a program: load only models from people "
+            f"you trust"
+        )
+    return ModelLoadError(f"{path}: cannot load as a Keras model ({type(error).__name__}: {message})")
 
 
 def predictor_for_model(
@@ -103,10 +113,8 @@ def predictor_for_model(
 
 
 def _saved_model_predictor(path: pathlib.Path) -> Predictor:
-    try:
-        loaded = tf.saved_model.load(str(path))
-    except Exception as e:
-        raise ModelLoadError(f"{path}: cannot load as a SavedModel ({type(e).__name__}: {e})") from None
+    """A kseg export, checked before TensorFlow runs anything from it (``kseg.model_trust``)."""
+    loaded = model_trust.load_saved_model(path)
     name = serving_contract.PROBABILITIES_SIGNATURE
     if name not in loaded.signatures:
         raise ModelLoadError(

@@ -3,15 +3,26 @@
 
 Output names are unique by construction: an input ``NAME.ext`` gives ``NAME``; where two inputs share that,
 the extension is kept (``x_jpg``, ``x_png``), then as many parent folders as it takes
-(``site1_images_case_jpg``). The same file named twice (a folder and a subfolder of it, say) is read once.
+(``site1_images_case_jpg``). The same file named twice (a folder and a subfolder of it, say) is read once. A
+name too long for the file system once ``_overlay.png`` and the temporary suffix of an atomic write are added
+is cut and given a hash of the whole name (``MAX_STEM_BYTES``), so it still gets its outputs.
+
+A folder's files that kseg wrote itself (PNGs with its marker, ``kseg.outputs.MARKER``) are not inputs: an
+output folder that is also the input folder is not predicted again on the next run.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import pathlib
 
+from kseg.outputs import is_kseg_output
 from segio.images import IMAGE_SUFFIXES
+
+#: File names are at most 255 bytes on common file systems; an output adds ``_overlay.png`` (12) and its
+#: temporary name ``.`` + ``.xxxxxxxx.tmp`` (14).
+MAX_STEM_BYTES = 255 - 12 - 14
 
 
 @dataclasses.dataclass
@@ -37,6 +48,13 @@ def collect_image_files(inputs, recursive: bool = False) -> InputFiles:
         if path.is_dir():
             entries = sorted(path.rglob("*") if recursive else path.iterdir())
             images = [p for p in entries if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+            ours = [p for p in images if p.suffix.lower() == ".png" and is_kseg_output(p)]
+            if ours:
+                skipped.append(
+                    f"{path}: {len(ours)} mask(s) or overlay(s) written by kseg not read as inputs (e.g. "
+                    f"{ours[0].name})"
+                )
+                images = [p for p in images if p not in ours]
             others = [p for p in entries if p.is_file() and p.suffix.lower() not in IMAGE_SUFFIXES]
             folders = [p for p in entries if p.is_dir()] if not recursive else []
             if folders:
@@ -49,7 +67,7 @@ def collect_image_files(inputs, recursive: bool = False) -> InputFiles:
                     f"{path}: {len(others)} file(s) without an image suffix not read (e.g. "
                     f"{others[0].name}); images end in {', '.join(IMAGE_SUFFIXES)}"
                 )
-            if not images:
+            if not images and not ours:
                 problems.append(f"{path}: folder holds no images ({', '.join(IMAGE_SUFFIXES)})")
             for image in images:
                 add(image)
@@ -87,4 +105,14 @@ def output_stems(files) -> list[str]:
     for name in names:
         counts[name] = counts.get(name, 0) + 1
         unique.append(name if names.count(name) == 1 else f"{name}_{counts[name]}")
-    return unique
+    return [_fit_length(name) for name in unique]
+
+
+def _fit_length(stem: str) -> str:
+    """``stem`` if it fits ``MAX_STEM_BYTES``, else its start and 8 hex digits of a hash of all of it."""
+    data = stem.encode("utf-8")
+    if len(data) <= MAX_STEM_BYTES:
+        return stem
+    digest = hashlib.sha256(data).hexdigest()[:8]
+    start = data[: MAX_STEM_BYTES - 9].decode("utf-8", "ignore")  # whole characters only
+    return f"{start}-{digest}"

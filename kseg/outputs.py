@@ -4,17 +4,38 @@ looks the same whether it came from a local model or from TF Serving.
 For an input ``NAME.ext`` the files are ``NAME_mask.png`` (8-bit grayscale at the image's size: 0/255 for
 binary masks, so that any viewer shows them, or the class ids for multi-class masks) and
 ``NAME_overlay.png`` (the image with a translucent fill and a solid outline of each class).
+
+Every PNG kseg writes carries a text chunk ``kseg-output`` (``MARKER``). That is how kseg knows its own files
+without a list that could go stale: it replaces an existing file only when the file carries the marker (a
+user's ``a_mask.png`` next to ``a.png`` is never overwritten), and a folder given as input skips the files
+that carry it (a second run over the same folder does not predict the first run's masks).
 """
 
 from __future__ import annotations
 
+import errno
 import io
 import pathlib
 
 import numpy as np
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
+from kseg.errors import FAILURE, KsegError
 from kseg.files import atomic_write_bytes
+
+#: The PNG text chunk that marks a file as written by kseg.
+MARKER = "kseg-output"
+
+
+class OutputExistsError(KsegError, FileExistsError):
+    """An output name is taken by a file kseg did not write; that file is kept and the input is skipped."""
+
+
+class DiskFullError(KsegError, OSError):
+    """The output disk is full: the run stops (whole files only are left), exit status 1."""
+
+    exit_status = FAILURE
+
 
 #: Fill and outline colours of classes 1, 2, ... in overlays (class 0 is background).
 CLASS_COLOURS = np.array(
@@ -33,16 +54,49 @@ CLASS_COLOURS = np.array(
 FILL_ALPHA = 0.35
 
 
+def _plane(mask) -> np.ndarray:
+    """A ``[H, W]`` mask from ``[H, W]`` or ``[H, W, 1]`` (never squeezing a 1-pixel side away)."""
+    mask = np.asarray(mask)
+    return mask[..., 0] if mask.ndim == 3 and mask.shape[-1] == 1 else mask
+
+
 def mask_to_png_values(mask: np.ndarray, binary: bool) -> np.ndarray:
     """What goes into the mask PNG: 0/255 for binary masks, class ids otherwise."""
-    mask = np.asarray(mask).squeeze().astype(np.uint8)
+    mask = _plane(mask).astype(np.uint8)
     return mask * 255 if binary else mask
 
 
-def encode_mask_png(mask: np.ndarray, binary: bool) -> bytes:
+def encode_png(array: np.ndarray, what: str) -> bytes:
+    """PNG bytes of ``array`` (uint8 ``[H, W]`` or ``[H, W, 3]``) carrying kseg's marker, with ``what`` as its
+    text (what the file is, for a person who finds it)."""
+    info = PngImagePlugin.PngInfo()
+    info.add_text(MARKER, what)
     buffer = io.BytesIO()
-    Image.fromarray(mask_to_png_values(mask, binary), mode="L").save(buffer, format="PNG")
+    Image.fromarray(array).save(buffer, format="PNG", pnginfo=info)
     return buffer.getvalue()
+
+
+def encode_mask_png(mask: np.ndarray, binary: bool, what: str = "mask") -> bytes:
+    return encode_png(mask_to_png_values(mask, binary), what)
+
+
+def is_kseg_output(path) -> bool:
+    """Whether the file at ``path`` is a PNG carrying kseg's marker (read from its header chunks only)."""
+    try:
+        with Image.open(path) as image:
+            return image.format == "PNG" and MARKER in image.info
+    except Exception:  # noqa: BLE001 - anything Pillow cannot open is not kseg's
+        return False
+
+
+def check_replaceable(path) -> None:
+    """An ``OutputExistsError`` unless ``path`` is free or holds a file kseg wrote."""
+    path = pathlib.Path(path)
+    if (path.exists() or path.is_symlink()) and not (path.is_file() and is_kseg_output(path)):
+        raise OutputExistsError(
+            f"{path} exists and kseg did not write it (it carries no {MARKER} marker); it was left as it "
+            f"is. Move it away or choose another --output-dir"
+        )
 
 
 def decode_mask_png(data: bytes, binary: bool) -> np.ndarray:
@@ -61,7 +115,7 @@ def _outline(region: np.ndarray) -> np.ndarray:
 def overlay(image: np.ndarray, mask: np.ndarray, thickness: int = 2) -> np.ndarray:
     """uint8 ``[H, W, 3]``: ``image`` with each class filled translucently and outlined."""
     result = np.asarray(image, dtype=np.float32).copy()
-    mask = np.asarray(mask).squeeze()
+    mask = _plane(mask)
     if mask.shape != result.shape[:2]:
         raise ValueError(f"mask shape {mask.shape} differs from image shape {result.shape[:2]}")
     for class_id in np.unique(mask):
@@ -77,15 +131,56 @@ def overlay(image: np.ndarray, mask: np.ndarray, thickness: int = 2) -> np.ndarr
     return np.clip(np.round(result), 0, 255).astype(np.uint8)
 
 
-def write_prediction(output_dir, stem: str, image: np.ndarray, mask: np.ndarray, binary: bool) -> tuple:
-    """Write ``STEM_mask.png`` and ``STEM_overlay.png`` into ``output_dir``; returns both paths."""
+def write_prediction(
+    output_dir, stem: str, image: np.ndarray, mask: np.ndarray, binary: bool, source: str = ""
+) -> tuple:
+    """Write ``STEM_mask.png`` and ``STEM_overlay.png`` into ``output_dir``; returns both paths.
+
+    Neither is written when either name is taken by a file kseg did not write (``OutputExistsError``).
+    """
     output_dir = pathlib.Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     mask_path = output_dir / f"{stem}_mask.png"
     overlay_path = output_dir / f"{stem}_overlay.png"
-    buffer = io.BytesIO()
-    Image.fromarray(overlay(image, mask)).save(buffer, format="PNG")
+    check_replaceable(mask_path)
+    check_replaceable(overlay_path)
+    of = f" of {source}" if source else ""
+    mask_png = encode_mask_png(mask, binary, f"kseg mask{of}")
+    overlay_png = encode_png(overlay(image, mask), f"kseg overlay{of}")
     # Each file appears whole or not at all (an interrupted run leaves no truncated PNG).
-    atomic_write_bytes(mask_path, encode_mask_png(mask, binary))
-    atomic_write_bytes(overlay_path, buffer.getvalue())
+    atomic_write_bytes(mask_path, mask_png)
+    atomic_write_bytes(overlay_path, overlay_png)
     return mask_path, overlay_path
+
+
+def is_disk_full(error: OSError) -> bool:
+    return error.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+class PredictionWriter:
+    """Writes each input's mask and overlay and keeps the tally, the same for ``kseg.predict`` and
+    ``kseg.client``: a file that cannot be written is an error line naming it and the run goes on, except a
+    full disk, which stops the run (``DiskFullError``) since every later file would fail the same way."""
+
+    def __init__(self, output_dir):
+        self.output_dir = pathlib.Path(output_dir)
+        self.written: list[tuple] = []
+        self.errors: list[str] = []
+
+    def write(self, source, stem: str, image: np.ndarray, mask: np.ndarray, binary: bool) -> tuple | None:
+        try:
+            paths = write_prediction(self.output_dir, stem, image, mask, binary, source=pathlib.Path(source).name)
+        except OutputExistsError as e:
+            self.errors.append(f"{source}: {e}")
+            return None
+        except OSError as e:
+            if is_disk_full(e):
+                raise DiskFullError(
+                    f"the disk of {self.output_dir} is full ({e.strerror}) while writing the outputs of "
+                    f"{source}; {len(self.written)} image(s) were written before it, each whole. Free some "
+                    f"space and run again"
+                ) from None
+            self.errors.append(f"{source}: cannot write its outputs in {self.output_dir}: {e.strerror or e}")
+            return None
+        self.written.append(paths)
+        return paths

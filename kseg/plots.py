@@ -6,6 +6,7 @@ Matplotlib runs headless (Agg) so that figures render on servers and in CI.
 from __future__ import annotations
 
 import csv
+import io
 import math
 
 import matplotlib
@@ -14,8 +15,20 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from kseg.files import atomic_write_bytes  # noqa: E402
+
 TRUE_COLOUR = "#00e676"  # green: ground truth
 PRED_COLOUR = "#ff1744"  # red: prediction
+
+
+def save_figure(fig, path, dpi: int = 90) -> None:
+    """Write ``fig`` as a PNG at ``path``, whole or not at all (``kseg.files.atomic_write_bytes``), and close it."""
+    buffer = io.BytesIO()
+    try:
+        fig.savefig(buffer, format="png", dpi=dpi)
+    finally:
+        plt.close(fig)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def _outline(ax, mask, colour):
@@ -47,9 +60,15 @@ def contour_grid(path, images, true_masks=None, pred_masks=None, titles=None, co
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    save_figure(fig, path)
     return path
+
+
+def _number(text) -> float | None:
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return None
 
 
 def training_curves(history_csv, path) -> None:
@@ -62,12 +81,13 @@ def training_curves(history_csv, path) -> None:
     fig, (ax_loss, ax_dice) = plt.subplots(1, 2, figsize=(10, 3.8))
     for ax, key in ((ax_loss, "loss"), (ax_dice, "dice")):
         for prefix, style in (("", "-"), ("val_", "--")):
-            if prefix + key in rows[0]:
-                ax.plot(epochs, [float(r[prefix + key]) for r in rows], style, label=(prefix or "train_") + key)
+            values = [_number(r.get(prefix + key)) for r in rows]
+            if any(v is not None for v in values):  # a run without validation logs val_* as NA
+                points = [(e, v) for e, v in zip(epochs, values) if v is not None]
+                ax.plot(*zip(*points), style, label=(prefix or "train_") + key)
         ax.set_xlabel("epoch")
         ax.set_title(key)
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    save_figure(fig, path)

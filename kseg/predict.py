@@ -37,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threshold", type=float, default=None, help="default: the choice stored with the model")
     parser.add_argument("--fill-holes", action=argparse.BooleanOptionalAction, default=None)
     parser.add_argument("--largest-component", action=argparse.BooleanOptionalAction, default=None)
+    cli.add_verbose_flag(parser)
     return parser
 
 
@@ -62,16 +63,13 @@ def main(argv=None) -> int:
         postprocessing = dataclasses.replace(predictor.postprocessing, **overrides)
         errors = list(found.problems)
         if found.files:
-            import keras
-
-            bar = keras.utils.Progbar(len(found.files), unit_name="image")
             done, read_errors = prediction.predict_files(
                 predictor,
                 found.files,
                 args.output_dir,
                 batch_size=args.batch_size,
                 postprocessing=postprocessing,
-                progress=bar.update,
+                progress=cli.progress_bar(len(found.files)),
             )
             written.extend(done)
             errors += read_errors
@@ -79,11 +77,7 @@ def main(argv=None) -> int:
             PROG, len(written), len(found.files), errors, args.output_dir, postprocessing.describe()
         )
 
-    return cli.run(
-        PROG,
-        work,
-        interrupted=lambda: cli.outputs_kept(args.output_dir),
-    )
+    return cli.run(PROG, work, interrupted=lambda: cli.outputs_kept(args.output_dir), verbose=args.verbose)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
 """Masks and overlays for image files from a loaded model (the library behind ``python -m kseg.predict``).
 
 For each input ``NAME.ext`` it writes ``NAME_mask.png`` and ``NAME_overlay.png`` (see ``kseg.outputs``) at
-the image's original size, each file whole or not at all; output names are unique (``kseg.inputs``).
+the image's original size, each file whole or not at all; output names are unique (``kseg.inputs``). One bad
+input (unreadable, a decompression bomb, an output name taken by a user's file) is named and skipped; a full
+disk stops the run (``kseg.outputs.DiskFullError``).
 """
 
 from __future__ import annotations
@@ -19,18 +21,19 @@ def predict_files(
     progress=None,
 ) -> tuple[list, list]:
     """Write mask and overlay PNGs for each file; returns ``(written, errors)``. A file that cannot be read
-    is an error line naming it; the others are still predicted."""
-    written, errors, batch = [], [], []
+    or written is an error line naming it; the others are still predicted."""
+    writer = outputs.PredictionWriter(output_dir)
+    errors, batch = writer.errors, []
 
     def flush():
         masks = predictor.predict(
             [image for _, _, image in batch], batch_size=batch_size, postprocessing=postprocessing
         )
-        for (_, stem, image), mask in zip(batch, masks):
-            written.append(outputs.write_prediction(output_dir, stem, image, mask, binary=predictor.num_classes == 1))
+        for (path, stem, image), mask in zip(batch, masks):
+            writer.write(path, stem, image, mask, binary=predictor.num_classes == 1)
         batch.clear()
         if progress:
-            progress(len(written) + len(errors))
+            progress(len(writer.written) + len(errors))
 
     for path, stem in zip(files, inputs.output_stems(files)):
         try:
@@ -41,4 +44,4 @@ def predict_files(
             flush()
     if batch:
         flush()
-    return written, errors
+    return writer.written, errors

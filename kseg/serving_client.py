@@ -9,8 +9,9 @@ model. REST uses only the standard library; gRPC needs ``grpcio`` and ``tensorfl
 (``pip install grpcio && pip install --no-deps tensorflow-serving-api``), imported only when ``--grpc`` is used.
 
 Images go as their original bytes when the server decodes the format the way Pillow does (PNG, JPEG, GIF,
-WebP, 24-bit BMP); other files (TIFF, 1-bit or palette BMPs, 16-bit PNGs) are decoded here and sent as
-lossless PNG. ``--reencode`` sends every image as PNG decoded by Pillow, so that masks match
+WebP, 24-bit BMP); other files (TIFF, 1-bit or palette BMPs, 16-bit PNGs, photos with an EXIF orientation,
+which TensorFlow's decoders ignore) are decoded here, turned upright, and sent as lossless PNG.
+``--reencode`` sends every image as PNG decoded by Pillow, so that masks match
 ``kseg.predict``'s exactly even for JPEGs (TensorFlow's and Pillow's JPEG decoders differ by a few levels).
 
 Files that cannot be read, and images the server rejects (INVALID_ARGUMENT), are reported by name and
@@ -94,6 +95,19 @@ def _fatal_if_not_about_images(message: str, where: str, hint: str = "") -> None
 # ---------------------------------------------------------------------------------------------- REST ---
 
 
+def check_server_address(server: str) -> str:
+    """``http://HOST:PORT`` (the scheme added when missing); any other scheme (``file://``, ``ftp://``) is a
+    ``UsageError`` now, not a 120-second wait for an answer that cannot come."""
+    address = server if "://" in server else "http://" + server
+    parsed = urllib.parse.urlsplit(address)
+    if parsed.scheme.lower() not in ("http", "https") or not parsed.hostname:
+        raise UsageError(
+            f"--server {server!r}: expected TF Serving's REST address, http://HOST:PORT (e.g. "
+            f"http://localhost:8501); use --grpc HOST:PORT for gRPC or --saved-model PATH for a local export"
+        )
+    return address.rstrip("/")
+
+
 class RestClient:
     """TF Serving's REST predict API: ``POST /v1/models/NAME[/versions/N]:predict``."""
 
@@ -106,9 +120,7 @@ class RestClient:
         timeout: float = 120.0,
         request_format: str = "row",
     ):
-        if "://" not in server:
-            server = "http://" + server
-        self.server = server.rstrip("/")
+        self.server = check_server_address(server)
         self.model, self.version, self.signature = model, version, signature
         self.timeout, self.request_format = timeout, request_format
         path = f"/v1/models/{urllib.parse.quote(model, safe='')}"
@@ -354,7 +366,9 @@ class LocalClient:
             )
         path = resolved
         self.path, self.signature = path, signature
-        loaded = tf.saved_model.load(str(path))
+        from kseg import model_trust  # TensorFlow's protobufs: only for the in-process client
+
+        loaded = model_trust.load_saved_model(path)  # refuses what kseg.export did not write, before it runs
         if signature not in loaded.signatures:
             raise UsageError(f"{path}: no signature {signature!r}; it has {sorted(loaded.signatures)}")
         function = loaded.signatures[signature]
@@ -412,8 +426,9 @@ def read_input(path, reencode: bool = False) -> tuple[np.ndarray, bytes]:
     if not data:
         raise imageio.ImageReadError(f"{path}: file is empty, expected an encoded image (PNG, JPEG, BMP, ...)")
     image = imageio.decode_pil(data, source=str(path))
-    rgb = imageio.to_rgb_array(image)
-    if reencode or not server_decodes_as_pillow(image):
+    rgb = imageio.to_rgb_array(image, source=str(path))
+    # TensorFlow's decoders ignore EXIF orientation: a phone photo goes upright, as PNG, as kseg.predict sees it.
+    if reencode or imageio.exif_rotates(image) or not server_decodes_as_pillow(image):
         buffer = io.BytesIO()
         Image.fromarray(rgb).save(buffer, format="PNG", compress_level=1)
         data = buffer.getvalue()
@@ -442,9 +457,11 @@ def decode_mask(prediction: Prediction, source: str) -> tuple[np.ndarray, bool]:
 def send_files(client, files, output_dir, batch_size: int = 8, reencode: bool = False, log=print):
     """Send ``files`` in batches and write their masks and overlays; returns ``(written, errors)``.
 
-    A batch the server rejects is retried image by image, so one bad image fails alone.
+    A batch the server rejects is retried image by image, so one bad image fails alone; outputs are written
+    by ``kseg.outputs.PredictionWriter``, as ``kseg.predict`` writes them.
     """
-    written, errors, batch = [], [], []
+    writer = outputs.PredictionWriter(output_dir)
+    errors, batch = writer.errors, []
 
     def write(item, prediction):
         path, stem, rgb = item
@@ -455,9 +472,13 @@ def send_files(client, files, output_dir, batch_size: int = 8, reencode: bool = 
                 f"{rgb.shape[1]}x{rgb.shape[0]} (the server decoded it differently; try --reencode)"
             )
             return
-        mask_path, overlay_path = outputs.write_prediction(output_dir, stem, rgb, mask, binary)
-        written.append((mask_path, overlay_path))
-        log(f"{path} -> {mask_path.name}, {overlay_path.name} (foreground {100 * prediction.foreground_fraction:.1f}%)")
+        paths = writer.write(path, stem, rgb, mask, binary)
+        if paths:
+            mask_path, overlay_path = paths
+            log(
+                f"{path} -> {mask_path.name}, {overlay_path.name} "
+                f"(foreground {100 * prediction.foreground_fraction:.1f}%)"
+            )
 
     def flush():
         try:
@@ -488,7 +509,7 @@ def send_files(client, files, output_dir, batch_size: int = 8, reencode: bool = 
             flush()
     if batch:
         flush()
-    return written, errors
+    return writer.written, errors
 
 
 def make_client(args):

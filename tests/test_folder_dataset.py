@@ -118,7 +118,7 @@ def test_check_is_cached_by_path_size_and_time_outside_the_dataset(tmp_path, cac
         data,
         "_decode_pair",
         lambda image, mask, multi_class: (
-            decoded.append(image) or [list(read_image(image).shape[:2]), list(imageio.read_binary_mask(mask).shape)]
+            decoded.append(image) or [list(read_image(image).shape[:2]), list(imageio.read_binary_mask(mask).shape), 1]
         ),
     )
     pairs = data.folder_pairs(str(root), "all")

@@ -1,15 +1,54 @@
-"""Pieces shared by the PH2 and MADS readers: the error type, folder checks and the mask-size rule."""
+"""Pieces shared by the PH2 and MADS readers: the error type, folder checks, the mask-size rule, and the
+one-line error of the ``tfds build`` command."""
 
 from __future__ import annotations
+
+import os
+import sys
+import traceback
 
 import numpy as np
 from etils import epath
 
 from segio import images
 
+PROG = "tfds_ph2"
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+
 
 class DatasetError(ValueError):
     """The downloaded files are not what the builder expects; the message names the file or row."""
+
+
+def install_error_line_hook() -> None:
+    """Make an uncaught build error end with ``tfds_ph2: error: <first line of its message>`` on stderr.
+
+    ``tfds build`` (absl's ``app.run``) lets a builder's error escape as a 40-line traceback whose last line
+    is all that names the bad file, among lines of TFDS internals. The previous ``sys.excepthook`` still
+    prints the traceback; this one line follows it, for ``DatasetError`` and segio's ``ImageReadError`` raised
+    from this package's code only (kseg's own commands catch those and print their own line). Installing
+    twice (a module imported under two names) chains once.
+    """
+    previous = sys.excepthook
+    if getattr(previous, "tfds_ph2_error_line", False):
+        return
+
+    def hook(kind, error, trace):
+        previous(kind, error, trace)
+        if isinstance(error, (DatasetError, images.ImageReadError)) and _raised_here(trace):
+            lines = str(error).strip().splitlines() or [kind.__name__]
+            print(f"{PROG}: error: {lines[0]}", file=sys.stderr, flush=True)
+
+    hook.tfds_ph2_error_line = True
+    sys.excepthook = hook
+
+
+def _raised_here(trace) -> bool:
+    """Whether a traceback passes through a file of this package."""
+    return any(
+        os.path.abspath(frame.f_code.co_filename).startswith(_PACKAGE_DIR + os.sep)
+        for frame, _ in traceback.walk_tb(trace)
+    )
 
 
 def require_dir(path: epath.Path, what: str, instructions: str) -> None:

@@ -22,7 +22,7 @@ INSTRUCTIONS = """\
 MADS must be downloaded by hand from Kaggle:
   1. Download https://www.kaggle.com/datasets/tapakah68/segmentation-full-body-mads-dataset
      (`kaggle datasets download tapakah68/segmentation-full-body-mads-dataset`) and unzip it.
-  2. Build: `tfds build tfds_ph2 --config mads --manual_dir /path/to/unzipped/folder`
+  2. Build: `tfds build tfds_ph2 --config mads --manual_dir /path/to/unzipped/folder --imports tfds_ph2`
      The builder finds `images/` and `masks/` anywhere up to three levels below that folder (the archive
      nests `segmentation_full_body_mads_dataset_1192_img/` twice); `collages/` is not used."""
 

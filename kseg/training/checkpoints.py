@@ -82,7 +82,11 @@ def save_model_atomically(model: keras.Model, path) -> None:
 
 
 class EpochCheckpoint(keras.callbacks.Callback):
-    """At each epoch end: the best model (on ``monitor``) to ``best_path`` and the full state to ``folder``."""
+    """At each epoch end: the best model (on ``monitor``) to ``best_path`` and the full state to ``folder``.
+
+    Without a validation split there is no ``monitor`` to choose by, so ``best_path`` is the last epoch's
+    model (and ``best_epoch`` the last epoch), not a stale first one.
+    """
 
     def __init__(self, folder, best_path, state: RunState, monitor: str = "val_dice", write: bool = True):
         super().__init__()
@@ -93,10 +97,15 @@ class EpochCheckpoint(keras.callbacks.Callback):
         self.write = write  # False on non-chief workers: they take part in training but write nothing
 
     def on_epoch_end(self, epoch, logs=None):
-        value = float((logs or {}).get(self.monitor, math.nan))
-        improved = math.isfinite(value) and value > self.state.best_dice
-        if improved:
-            self.state.best_dice, self.state.best_epoch = value, epoch
+        logs = logs or {}
+        if self.monitor not in logs:  # no validation split: the newest epoch stands for the run
+            improved = True
+            self.state.best_epoch = epoch
+        else:
+            value = float(logs[self.monitor])
+            improved = math.isfinite(value) and value > self.state.best_dice
+            if improved:
+                self.state.best_dice, self.state.best_epoch = value, epoch
         if not self.write:
             self.state.epoch = epoch + 1
             return

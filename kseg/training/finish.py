@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import pathlib
 
 from kseg import data, files, inference, plots
@@ -86,8 +87,10 @@ def summary_line(config: TrainConfig, run_dir, metrics: dict, state: RunState) -
         f"{config.preset or config.model_preset} on {config.dataset} done in {state.train_seconds / 60:.1f} "
         f"min of training"
     ]
-    if state.best_epoch >= 0:
+    if state.best_epoch >= 0 and math.isfinite(state.best_dice):
         parts.append(f"best epoch {state.best_epoch + 1} (val Dice {state.best_dice:.4f} at model size)")
+    elif state.best_epoch >= 0:
+        parts.append(f"last epoch {state.best_epoch + 1} kept (no validation split)")
     for split in ("validation", "test"):
         if split in metrics:
             parts.append(f"{split} Dice {metrics[split]['dice']:.4f} IoU {metrics[split]['iou']:.4f}")

@@ -4,7 +4,10 @@ loop, in the same format, and cut back to the last checkpoint when a run resumes
 from __future__ import annotations
 
 import csv
+import io
 import pathlib
+
+from kseg.files import atomic_write_text
 
 FILE_NAME = "history.csv"
 
@@ -27,8 +30,9 @@ def truncate_history(path, epochs_done: int) -> None:
     if not rows:
         return
     kept = [rows[0]] + [r for r in rows[1:] if r and int(r[0]) < epochs_done]
-    with open(path, "w", newline="") as f:
-        csv.writer(f).writerows(kept)
+    text = io.StringIO()
+    csv.writer(text).writerows(kept)
+    atomic_write_text(path, text.getvalue())
 
 
 def append_epoch(path, epoch: int, logs: dict) -> None:

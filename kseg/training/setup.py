@@ -217,6 +217,11 @@ def prepare(
         repeat=repeat or config.steps_per_epoch is not None,
     )
     validation_data = load("validation") if spec.split_sizes.get("validation") else None
+    if validation_data is None and chief:
+        log.warning(
+            f"{config.dataset} has no validation split: best.keras will be the last epoch's model (there is "
+            f"nothing to choose the best epoch on); add a validation split to choose it"
+        )
 
     with strategy.scope():
         model = build_model(config, spec.num_classes, strategy.num_replicas_in_sync)
