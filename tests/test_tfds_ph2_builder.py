@@ -84,3 +84,12 @@ def test_data_dir_naming_a_file_is_one_clear_error(tmp_path):
     for data_dir in (not_a_folder, not_a_folder / "inside"):
         with pytest.raises(data.DataError, match=rf"^the data dir {data_dir} \(--data-dir\) (is a file|lies inside)"):
             data.dataset_spec("tfds_ph2/synthetic", data_dir=str(data_dir))
+
+
+class PennFudanBuilderTest(tfds.testing.DatasetBuilderTestCase):
+    """The Penn-Fudan config on the dummy copy (``tfds_ph2/make_pennfudan_dummy.py``): 6 images, split 3/1/2."""
+
+    DATASET_CLASS = tfds_ph2_dataset_builder.Builder
+    BUILDER_CONFIG_NAMES_TO_TEST = ["pennfudan"]
+    SPLITS = {"train": 3, "validation": 1, "test": 2}
+    SKIP_CHECKSUMS = True

@@ -18,7 +18,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
-from tfds_ph2 import common, mads_source, ph2_source, synthetic
+from tfds_ph2 import common, mads_source, pennfudan_source, ph2_source, synthetic
 
 _SYNTHETIC_SEED = 0
 _SPLITS = ("train", "validation", "test")
@@ -61,6 +61,32 @@ def _ph2_features() -> tfds.features.FeaturesDict:
     )
 
 
+def _pennfudan_features() -> tfds.features.FeaturesDict:
+    return tfds.features.FeaturesDict(
+        {
+            "image": tfds.features.Image(shape=(None, None, 3), encoding_format="png", doc="Street photo."),
+            "instance_mask": tfds.features.Image(
+                shape=(None, None, 1),
+                dtype=np.uint8,
+                encoding_format="png",
+                doc="Instance label image: 0 background, k = pedestrian k (the `id` of `objects`), the same "
+                "height and width as `image`.",
+            ),
+            "objects": tfds.features.Sequence(
+                {
+                    "bbox": tfds.features.BBoxFeature(
+                        doc="The box file's box, normalized [ymin, xmin, ymax, xmax] (pixel edges)."
+                    ),
+                    "area": tfds.features.Scalar(np.int64, doc="Pixels of value `id` in `instance_mask`."),
+                    "id": tfds.features.Scalar(np.int64, doc="The pedestrian's value in `instance_mask` (1..n)."),
+                }
+            ),
+            "source": tfds.features.ClassLabel(names=list(pennfudan_source.SOURCES), doc="FudanPed or PennPed."),
+            "image_id": tfds.features.Text(doc="File stem, e.g. FudanPed00001."),
+        }
+    )
+
+
 def _plain_features(mask_labels, image_doc: str, id_doc: str) -> tfds.features.FeaturesDict:
     return tfds.features.FeaturesDict(
         {
@@ -84,15 +110,21 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             name="mads", description="Segmentation Full Body MADS: people with body masks (manual download)."
         ),
         tfds.core.BuilderConfig(
+            name="pennfudan",
+            description="Penn-Fudan pedestrians: 170 street photos, one mask and box per person (manual download).",
+        ),
+        tfds.core.BuilderConfig(
             name="synthetic", description="Procedural dermoscopy-like images with exact masks (no download)."
         ),
     ]
     DEFAULT_BUILDER_CONFIG_NAME = "ph2"
     MANUAL_DOWNLOAD_INSTRUCTIONS = (
-        "Only the `ph2` and `mads` configs need files; `synthetic` is generated.\n\n"
+        "Only the `ph2`, `mads` and `pennfudan` configs need files; `synthetic` is generated.\n\n"
         + ph2_source.INSTRUCTIONS
         + "\n\n"
         + mads_source.INSTRUCTIONS
+        + "\n\n"
+        + pennfudan_source.INSTRUCTIONS
     )
 
     def _info(self) -> tfds.core.DatasetInfo:
@@ -103,12 +135,15 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         elif name == "mads":
             features = _plain_features(("background", "person"), "Photo of a person.", "File stem of the frame.")
             homepage = "https://www.kaggle.com/datasets/tapakah68/segmentation-full-body-mads-dataset"
+        elif name == "pennfudan":
+            features = _pennfudan_features()
+            homepage = "https://www.cis.upenn.edu/~jshi/ped_html/"
         else:
             features = _plain_features(("background", "lesion"), "Synthetic dermoscopy-like image.", "SYNxxxx.")
             homepage = "https://github.com/kseg/kseg"
         return self.dataset_info_from_configs(
             features=features,
-            supervised_keys=("image", "segmentation_mask"),
+            supervised_keys=("image", "instance_mask" if name == "pennfudan" else "segmentation_mask"),
             homepage=homepage,
             # The feature evaluation reports per-group scores for by default (kseg.evaluate --group-by auto).
             metadata=tfds.core.MetadataDict(group_by="clinical_diagnosis") if name == "ph2" else None,
@@ -126,6 +161,10 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             load = functools.partial(ph2_source.load_example, root)
             by_split = {s: [c for c in cases.values() if split_of_case[c.image_id] == s] for s in _SPLITS}
             return {s: self._generate_examples(((c.image_id, load(c)) for c in by_split[s]), s) for s in _SPLITS}
+        if name == "pennfudan":
+            root, by_split = pennfudan_source.read_cases(_manual_dir(dl_manager, pennfudan_source.INSTRUCTIONS))
+            load = functools.partial(pennfudan_source.load_example, root)
+            return {s: self._generate_examples(((c.image_id, load(c)) for c in by_split[s]), s) for s in _SPLITS}
         root = mads_source.find_root(_manual_dir(dl_manager, mads_source.INSTRUCTIONS))
         by_split = mads_source.pairs_by_split(root, mads_source.pair_files(root))
         return {
@@ -142,7 +181,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         count = empty = 0
         for key, example in keyed_examples:
             count += 1
-            empty += not np.any(example["segmentation_mask"])
+            empty += not np.any(example["instance_mask" if "instance_mask" in example else "segmentation_mask"])
             yield key, example
         if count and empty == count:
             logger.warning(
