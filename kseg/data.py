@@ -229,6 +229,12 @@ def _scalar_features(features) -> dict:
 
 def _tfds_spec(name: str, data_dir=None, manual_dir=None) -> DatasetSpec:
     builder = _tfds_builder(name, data_dir, manual_dir)
+    if "segmentation_mask" not in builder.info.features:
+        raise DataError(
+            f"{name} has no segmentation_mask feature (its features: {', '.join(builder.info.features)}); "
+            f"kseg's semantic models train on datasets with per-pixel class masks (e.g. tfds_ph2/ph2, "
+            f"tfds_ph2/mads). Instance datasets such as tfds_ph2/pennfudan are built but not trained on yet"
+        )
     mask_feature = builder.info.features["segmentation_mask"]
     names = tuple(getattr(mask_feature, "names", None) or ())
     num_labels = len(names) or int(getattr(mask_feature, "num_classes", 0) or 2)
