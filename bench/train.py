@@ -81,6 +81,11 @@ def recorded_row(args, seed: int, extra: list[str]) -> dict | None:
     return None
 
 
+def manual_dir_flag(args, dataset: str) -> list[str]:
+    """``--manual-dir`` for TFDS datasets (they build from it on first use); a ``folder:`` dataset takes none."""
+    return [] if dataset.startswith("folder:") else ["--manual-dir", str(args.manual_dir)]
+
+
 def train_seed(args, seed: int, extra: list[str]) -> dict:
     run_dir = RUNS_DIR / f"{args.tag}-seed{seed}"
     if not run_dir.exists() and (row := recorded_row(args, seed, extra)) is not None:
@@ -99,8 +104,7 @@ def train_seed(args, seed: int, extra: list[str]) -> dict:
             str(seed),
             "--output-dir",
             str(run_dir),
-            "--manual-dir",
-            str(args.manual_dir),
+            *manual_dir_flag(args, current_recipe(args.preset, extra)["dataset"]),
             *extra,
         ]
         print(f"training seed {seed}: {' '.join(command)}", flush=True)
@@ -139,8 +143,7 @@ def train_seed(args, seed: int, extra: list[str]) -> dict:
                 str(evaluation_dir),
                 "--choose-postprocessing",
                 "--ablation",
-                "--manual-dir",
-                str(args.manual_dir),
+                *manual_dir_flag(args, config["dataset"]),
             ]
             print(f"evaluating seed {seed}: {' '.join(command)}", flush=True)
             run_command(command, log)

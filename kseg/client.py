@@ -14,9 +14,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from kseg import cli, files, inputs
-from kseg.errors import UsageError
+from kseg import cli, files, inputs, settings
 from kseg.serving_client import DEFAULT_SIGNATURE, check_server_address, make_client, send_files
+from kseg.serving_contract import MAX_VERSION
 
 PROG = "kseg.client"
 
@@ -38,17 +38,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="no server: run an export's signature in this process (export/models/NAME[/VERSION])",
     )
     parser.add_argument("--model", help="model name in the server's config (with --server or --grpc)")
-    parser.add_argument("--version", type=int, help="model version (default: the server's latest)")
+    parser.add_argument(
+        "--version", type=settings.int_in(0, MAX_VERSION), help="model version (default: the server's latest)"
+    )
     parser.add_argument("--signature", default=DEFAULT_SIGNATURE, help="signature to call")
     parser.add_argument("--output-dir", "--out", dest="out", required=True, help="where the PNGs go")
-    parser.add_argument("--batch-size", type=int, default=8, help="images per request")
+    parser.add_argument("--batch-size", type=settings.BATCH_SIZE, default=8, help="images per request")
     parser.add_argument(
         "--format",
         choices=("row", "columnar"),
         default="row",
         help="REST request format: row ('instances') or columnar ('inputs')",
     )
-    parser.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for each answer")
+    parser.add_argument(
+        "--timeout",
+        type=settings.float_in(0, 3600, low_open=True),
+        default=120.0,
+        help="seconds to wait for each answer",
+    )
     parser.add_argument("--recursive", action="store_true", help="also read images in subfolders of folder inputs")
     parser.add_argument(
         "--reencode",
@@ -64,11 +71,6 @@ def main(argv=None) -> int:
     written = []
 
     def work():
-        for flag in ("batch_size", "timeout"):
-            if getattr(args, flag) <= 0:
-                raise UsageError(f"--{flag.replace('_', '-')} must be positive")
-        if args.version is not None and args.version < 0:
-            raise UsageError("--version must be >= 0")
         if args.server:
             check_server_address(args.server)
         files.check_output_dir(args.out)

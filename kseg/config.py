@@ -1,5 +1,11 @@
 """Training configuration: one frozen, validated dataclass, named presets, and overrides from a JSON or
-YAML file and from the command line (later sources win: defaults < preset < file < flags)."""
+YAML file and from the command line (later sources win: defaults < preset < file < flags).
+
+Every field declares its checker (``kseg.settings``) next to its default, and ``TrainConfig`` runs them all
+when it is built, whatever the source; ``kseg.train`` gives its numeric flags the same checkers as argparse
+types (``flag_type``), so a bad flag is named at once. Settings that only make sense together (warm-up
+within the epochs, a class count only for folder datasets, ...) are checked after every field passed.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,7 @@ import dataclasses
 import json
 import pathlib
 
+from kseg import settings
 from kseg.augment import AUGMENTATIONS
 from kseg.errors import KsegError
 from kseg.losses import LOSS_NAMES
@@ -16,6 +23,16 @@ STRATEGIES = ("auto", "default", "one_device", "mirrored", "multiworker", "tpu")
 OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULES = ("cosine", "constant")
 
+#: The presets train 12-120 epochs; a thousand times more is a typo (``--epochs 1e23``), not a plan.
+MAX_EPOCHS = 100_000
+#: An epoch of PH2 is 20 steps of 8 images, of MADS about 120: a million steps is a typo too.
+MAX_STEPS_PER_EPOCH = 1_000_000
+#: Model input sides: the models halve the input up to 5 times, so below 16 little is left; at 4096x4096 one
+#: image's activations in a U-Net already take tens of GB.
+MIN_IMAGE_SIDE, MAX_IMAGE_SIDE = 16, 4096
+#: A config file is a few dozen fields; a bigger file is not one.
+MAX_CONFIG_BYTES = 1 << 20
+
 
 class ConfigError(KsegError, ValueError):
     """A configuration value is invalid; the message names the field."""
@@ -23,107 +40,111 @@ class ConfigError(KsegError, ValueError):
 
 def parse_image_size(value) -> tuple[int, int]:
     """``256``, ``"256"``, ``"192x256"``, ``"192,256"`` or ``(192, 256)`` -> ``(height, width)``."""
-    try:
-        if isinstance(value, int) or (isinstance(value, str) and value.strip().isdigit()):
-            return int(value), int(value)
-        parts = value.lower().replace("x", ",").split(",") if isinstance(value, str) else value
-        return tuple(int(v) for v in parts)
-    except (TypeError, ValueError):
-        raise ConfigError(
-            f"image_size (--image-size): expected a size like 256 or HxW like 192x256, got {value!r}"
-        ) from None
+    return _checked(_FIELDS["image_size"], value)
+
+
+def _preset_name(value) -> str:
+    return settings.one_of(sorted(TRAINING_PRESETS))(value)
+
+
+def setting(default, check, *, optional: bool = False, label: str | None = None):
+    """A ``TrainConfig`` field: its default and the checker every value of it passes; ``optional`` fields
+    also take ``None`` (null in a file: automatic, or not used). ``label`` names it in messages."""
+    return dataclasses.field(default=default, metadata={"check": check, "optional": optional, "label": label})
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """Everything that decides what a training run does; saved as ``config.json`` in the run directory."""
+    """Everything that decides what a training run does; saved as ``config.json`` in the run directory. Each
+    field names its checker; the comments and ``kseg.settings`` say why each bound is where it is."""
 
-    preset: str | None = None
-    dataset: str = "tfds_ph2/ph2"
-    model_preset: str = "unet"  # a name in kseg.models.MODEL_PRESETS (flag --model)
-    image_size: tuple = (256, 256)
-    batch_size: int = 8
-    epochs: int = 100
-    learning_rate: float = 2e-3
-    loss: str = "bce_dice"
-    seed: int = 0
-    output_dir: str = "runs/ph2-unet"
-    manual_dir: str | None = None
-    data_dir: str | None = None
-    strategy: str = "auto"
-    mixed_precision: bool = False
-    jit_compile: bool = False
-    optimizer: str = "adamw"
-    weight_decay: float = 1e-4
-    schedule: str = "cosine"
-    warmup_epochs: int | None = None  # None: a tenth of the epochs, at most 3
-    augmentation: str = "medium"
-    dropout: float = 0.0
-    freeze_encoder_epochs: int = 0  # pretrained encoders: epochs with the encoder frozen (decoder warms up)
-    encoder_lr_multiplier: float = 1.0  # pretrained encoders: encoder learning rate / decoder learning rate
-    steps_per_epoch: int | None = None
-    num_classes: int | None = None  # folder datasets only; TFDS datasets say themselves
-    threshold: float = 0.5
-    tpu: str | None = None  # TPU name or address for the tpu strategy
+    preset: str | None = setting(None, _preset_name, optional=True)
+    dataset: str = setting("tfds_ph2/ph2", settings.dataset_name)
+    model_preset: str = setting("unet", settings.one_of(sorted(MODEL_PRESETS)))  # flag --model
+    image_size: tuple = setting(
+        (256, 256), settings.image_size(MIN_IMAGE_SIDE, MAX_IMAGE_SIDE), label="image_size (--image-size)"
+    )
+    batch_size: int = setting(8, settings.BATCH_SIZE)
+    epochs: int = setting(100, settings.int_in(1, MAX_EPOCHS))
+    # The presets peak at 1e-3 to 3e-3; 10 leaves room for SGD experiments and stops typos (1e3); 0 trains nothing.
+    learning_rate: float = setting(2e-3, settings.float_in(0, 10, low_open=True))
+    loss: str = setting("bce_dice", settings.one_of(LOSS_NAMES))
+    seed: int = setting(0, settings.SEED)
+    output_dir: str = setting("runs/ph2-unet", settings.path("a folder path"))
+    manual_dir: str | None = setting(None, settings.path("a folder path"), optional=True)  # TFDS datasets only
+    data_dir: str | None = setting(None, settings.path("a folder path"), optional=True)
+    strategy: str = setting("auto", settings.one_of(STRATEGIES))
+    mixed_precision: bool = setting(False, settings.boolean)
+    jit_compile: bool = setting(False, settings.boolean)
+    optimizer: str = setting("adamw", settings.one_of(OPTIMIZERS))
+    # Decoupled decay shrinks each weight by learning_rate * weight_decay per step; useful values are 1e-5 to
+    # 1e-1, and above 1 the decay would outweigh the gradient.
+    weight_decay: float = setting(1e-4, settings.float_in(0, 1))
+    schedule: str = setting("cosine", settings.one_of(SCHEDULES))
+    # None: a tenth of the epochs, at most 3; fewer than the epochs.
+    warmup_epochs: int | None = setting(None, settings.int_in(0, MAX_EPOCHS - 1), optional=True)
+    augmentation: str = setting("medium", settings.one_of(sorted(AUGMENTATIONS)))
+    dropout: float = setting(0.0, settings.float_in(0, 1, high_open=True))  # 1 would drop everything
+    # Pretrained encoders: epochs with the encoder frozen (the decoder warms up); at most the epochs.
+    freeze_encoder_epochs: int = setting(0, settings.int_in(0, MAX_EPOCHS))
+    # Pretrained encoders: encoder learning rate / decoder learning rate; at most 1, as the encoder starts
+    # trained and the decoder does not.
+    encoder_lr_multiplier: float = setting(1.0, settings.float_in(0, 1, low_open=True))
+    steps_per_epoch: int | None = setting(None, settings.int_in(1, MAX_STEPS_PER_EPOCH), optional=True)
+    num_classes: int | None = setting(None, settings.NUM_CLASSES, optional=True)  # folder datasets only
+    threshold: float = setting(0.5, settings.THRESHOLD)
+    tpu: str | None = setting(None, settings.path("a TPU name or grpc:// address"), optional=True)  # --strategy tpu
 
     def __post_init__(self):
-        object.__setattr__(self, "image_size", parse_image_size(self.image_size))
-        self._check()
+        for field in dataclasses.fields(self):
+            object.__setattr__(self, field.name, _checked(field, getattr(self, field.name)))
+        self._check_together()
 
-    def _check(self):
-        def fail(field, expected):
-            raise ConfigError(f"{field}: expected {expected}, got {getattr(self, field)!r}")
+    def _check_together(self):
+        """Rules between fields, once each field is of its type and in its range."""
 
-        if len(self.image_size) != 2 or min(self.image_size) < 16:
-            fail("image_size", "(height, width) of at least 16, e.g. 256 or 256x320")
-        if self.model_preset not in MODEL_PRESETS:
-            fail("model_preset", f"one of {sorted(MODEL_PRESETS)}")
+        def fail(field, message):
+            raise ConfigError(f"{field}: {message}")
+
         if self.has_pretrained_encoder and any(side % 32 for side in self.image_size):
             nearest = "x".join(str(max(32, 32 * round(side / 32))) for side in self.image_size)
             fail(
                 "image_size",
-                f"sides that are multiples of 32 for {self.model_preset} (its pretrained encoder halves "
-                f"the image 5 times), e.g. {nearest}",
+                f"expected sides that are multiples of 32 for {self.model_preset} (its pretrained encoder "
+                f"halves the image 5 times), e.g. {nearest}, got {self.image_size!r}",
             )
-        if self.loss not in LOSS_NAMES:
-            fail("loss", f"one of {list(LOSS_NAMES)}")
-        if self.strategy not in STRATEGIES:
-            fail("strategy", f"one of {list(STRATEGIES)}")
-        if self.optimizer not in OPTIMIZERS:
-            fail("optimizer", f"one of {list(OPTIMIZERS)}")
-        if self.schedule not in SCHEDULES:
-            fail("schedule", f"one of {list(SCHEDULES)}")
-        if self.augmentation not in AUGMENTATIONS:
-            fail("augmentation", f"one of {sorted(AUGMENTATIONS)}")
-        for field in ("batch_size", "epochs"):
-            if not isinstance(getattr(self, field), int) or getattr(self, field) < 1:
-                fail(field, "an integer >= 1")
-        if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
-            fail("steps_per_epoch", "an integer >= 1 or null")
-        if not self.learning_rate > 0:
-            fail("learning_rate", "a number > 0")
-        if self.weight_decay < 0:
-            fail("weight_decay", "a number >= 0")
-        warmup = self.warmup_epochs
-        if warmup is not None and (not isinstance(warmup, int) or warmup < 0 or 0 < self.epochs <= warmup):
-            fail("warmup_epochs", f"an integer in [0, epochs={self.epochs}) or null for automatic")
-        freeze = self.freeze_encoder_epochs
-        if not isinstance(freeze, int) or not 0 <= freeze <= self.epochs:
-            fail("freeze_encoder_epochs", f"an integer in [0, epochs={self.epochs}]")
-        if freeze and not self.has_pretrained_encoder:
+        if self.warmup_epochs is not None and self.warmup_epochs >= self.epochs:
+            fail(
+                "warmup_epochs",
+                f"expected an integer in [0, epochs={self.epochs}) or null for automatic, got {self.warmup_epochs}",
+            )
+        if self.freeze_encoder_epochs > self.epochs:
             fail(
                 "freeze_encoder_epochs",
-                f"0: model preset {self.model_preset!r} has no pretrained encoder to "
-                f"freeze (use unet-lite0, unet-vgg16 or segnet-vgg16)",
+                f"expected an integer in [0, epochs={self.epochs}], got {self.freeze_encoder_epochs}",
             )
-        if not 0 < self.encoder_lr_multiplier <= 1:
-            fail("encoder_lr_multiplier", "a number in (0, 1]")
-        if not 0 <= self.dropout < 1:
-            fail("dropout", "a number in [0, 1)")
-        if not 0 < self.threshold < 1:
-            fail("threshold", "a probability in (0, 1)")
-        if not self.dataset.startswith("folder:") and "/" not in self.dataset:
-            fail("dataset", "a TFDS name like tfds_ph2/ph2 or folder:PATH")
+        if self.freeze_encoder_epochs and not self.has_pretrained_encoder:
+            fail(
+                "freeze_encoder_epochs",
+                f"expected 0: model preset {self.model_preset!r} has no pretrained encoder to freeze (use "
+                f"unet-lite0, unet-vgg16 or segnet-vgg16), got {self.freeze_encoder_epochs}",
+            )
+        try:
+            settings.check_num_classes_applies(self.num_classes, self.dataset)
+        except settings.SettingError as e:
+            fail("num_classes (--num-classes)", e)
+        if self.manual_dir is not None and settings.is_folder_dataset(self.dataset):
+            fail(
+                "manual_dir (--manual-dir)",
+                f"applies to TFDS datasets only (a build reads its download there); {settings.shown(self.dataset)} "
+                f"is a folder dataset, read as it is (got {settings.shown(self.manual_dir)})",
+            )
+        if self.tpu is not None and self.strategy != "tpu":
+            fail(
+                "tpu (--tpu)",
+                f"applies to strategy 'tpu' only, and the strategy is {self.strategy!r} "
+                f"(got {settings.shown(self.tpu)})",
+            )
 
     @property
     def has_pretrained_encoder(self) -> bool:
@@ -139,6 +160,24 @@ class TrainConfig:
         result = dataclasses.asdict(self)
         result["image_size"] = list(self.image_size)
         return result
+
+
+def _checked(field: dataclasses.Field, value):
+    if value is None and field.metadata["optional"]:
+        return None
+    try:
+        return field.metadata["check"](value)
+    except settings.Invalid as e:
+        raise ConfigError(f"{field.metadata['label'] or field.name}: {e}") from None
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+
+
+def flag_type(name: str):
+    """The checker of field ``name``, as the argparse ``type=`` of its flag: a bad flag is refused with the
+    same words as a bad value in a config file."""
+    return _FIELDS[name].metadata["check"]
 
 
 #: Named starting points; ``kseg.train --preset NAME`` then any flag on top.
@@ -240,7 +279,7 @@ TRAINING_PRESETS: dict[str, dict] = {
     ),
 }
 DEFAULT_PRESET = "ph2-unet-lite0"  # the best PH2 recipe (README, "Benchmarks")
-FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
+FIELDS = set(_FIELDS)
 #: Older spellings of fields, accepted in config files and in the config.json of earlier runs.
 FIELD_ALIASES = {"model": "model_preset"}
 
@@ -252,45 +291,58 @@ def normalize_fields(values: dict) -> dict:
 
 
 def read_config_file(path) -> dict:
-    """Values from a ``.json`` or ``.yaml``/``.yml`` file; unknown keys are an error naming them."""
+    """Values from a ``.json`` or ``.yaml``/``.yml`` file; unknown keys are an error naming them. The values
+    are checked by ``TrainConfig`` (``resolve``), like those of flags."""
     path = pathlib.Path(path)
     if path.is_dir():
         raise ConfigError(f"--config {path} is a folder; expected a .json or .yaml file")
     if not path.is_file():
         raise ConfigError(f"--config {path} does not exist; expected a .json or .yaml file")
     try:
+        size = path.stat().st_size
+        if size > MAX_CONFIG_BYTES:
+            raise ConfigError(
+                f"config file {path}: {size} bytes; expected a config file of at most {MAX_CONFIG_BYTES} bytes"
+            )
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"--config {path}: cannot read ({e})") from None
+        raise ConfigError(f"--config {path}: cannot read ({settings.clip(e)})") from None
     try:
         if path.suffix.lower() in (".yaml", ".yml"):
             import yaml
 
-            values = yaml.safe_load(text) or {}
+            values = yaml.safe_load(text)
         else:
             values = json.loads(text)
-    except Exception as e:  # both parsers have their own error types
-        raise ConfigError(f"config file {path}: cannot parse ({e})") from None
+    except Exception as e:  # noqa: BLE001  (both parsers have their own error types; deep nesting: RecursionError)
+        raise ConfigError(f"config file {path}: cannot parse ({settings.clip(e)})") from None
+    if values is None:  # an empty YAML file
+        values = {}
     if not isinstance(values, dict):
-        raise ConfigError(f"config file {path}: expected a mapping of field names to values")
+        raise ConfigError(
+            f"config file {path}: expected a mapping of field names to values, got {settings.shown(values)}"
+        )
+    keys = [key for key in values if not isinstance(key, str)]
+    if keys:
+        raise ConfigError(f"config file {path}: expected field names, got {settings.shown(keys[0])}")
     values = normalize_fields(values)
     unknown = sorted(set(values) - FIELDS)
     if unknown:
-        raise ConfigError(f"config file {path}: unknown field(s) {unknown}; known fields: {sorted(FIELDS)}")
+        raise ConfigError(
+            f"config file {path}: unknown field(s) {settings.bounded(unknown)}; known fields: {sorted(FIELDS)}"
+        )
     return values
 
 
 def resolve(file_values: dict | None = None, overrides: dict | None = None) -> TrainConfig:
     """Defaults, then the preset (from ``overrides``, the file, or ``DEFAULT_PRESET``), then the file, then
-    the command-line overrides."""
+    the command-line overrides. Every value is checked by ``TrainConfig``, whichever source it came from."""
     file_values = normalize_fields(file_values or {})
     overrides = normalize_fields({k: v for k, v in (overrides or {}).items() if v is not None})
-    name = overrides.pop("preset", None) or file_values.pop("preset", None) or DEFAULT_PRESET
-    file_values.pop("preset", None)
-    if name not in TRAINING_PRESETS:
-        raise ConfigError(f"preset: expected one of {sorted(TRAINING_PRESETS)}, got {name!r}")
+    name = overrides.pop("preset", file_values.pop("preset", None))
+    name = _checked(_FIELDS["preset"], DEFAULT_PRESET if name is None else name)
     values = {**TRAINING_PRESETS[name], **file_values, **overrides, "preset": name}
     try:
         return TrainConfig(**values)
-    except TypeError as e:
-        raise ConfigError(str(e)) from None
+    except TypeError as e:  # a field name TrainConfig does not have (callers in Python)
+        raise ConfigError(settings.clip(e)) from None

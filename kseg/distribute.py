@@ -7,6 +7,7 @@ CPU-only machine ``logical_cpus`` splits the CPU into several logical devices, s
 
 from __future__ import annotations
 
+import glob
 import json
 import logging
 import os
@@ -14,6 +15,7 @@ import os
 import tensorflow as tf
 
 from kseg.errors import UsageError
+from kseg.settings import clip, shown
 
 log = logging.getLogger(__name__)
 
@@ -65,11 +67,41 @@ def make_strategy(name: str, tpu: str | None = None) -> tf.distribute.Strategy:
             raise UsageError(f"TF_CONFIG is not valid JSON: {e}") from None
         return tf.distribute.MultiWorkerMirroredStrategy()
     if name == "tpu":
-        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu or "")
+        return tpu_strategy(tpu)
+    raise UsageError(f"unknown strategy {name!r}")
+
+
+#: Device files of a TPU attached to this machine: /dev/accel* (TPU v2-v4 VMs), /dev/vfio/N (v5e and later).
+LOCAL_TPU_DEVICES = ("/dev/accel*", "/dev/vfio/[0-9]*")
+#: Environment variables through which Cloud TPU set-ups name their TPU (TPUClusterResolver reads them).
+TPU_ENVIRONMENT = ("TPU_NAME", "KUBE_GOOGLE_CLOUD_TPU_ENDPOINTS", "TPU_CONFIG")
+
+
+def local_tpu_devices() -> list[str]:
+    return sorted(path for pattern in LOCAL_TPU_DEVICES for path in glob.glob(pattern))
+
+
+def tpu_strategy(tpu: str | None) -> tf.distribute.Strategy:
+    """A ``TPUStrategy`` on the TPU named ``tpu`` (a name or ``grpc://`` address), else on this machine's own
+    TPU, else on the one the environment names. With none of them there is nothing to connect to: say so at
+    once, before TensorFlow's resolver raises or waits on the Cloud metadata server."""
+    if not tpu:
+        if local_tpu_devices():
+            tpu = "local"
+        elif not any(os.environ.get(variable) for variable in TPU_ENVIRONMENT):
+            raise UsageError(
+                "--strategy tpu: this machine has no TPU (no /dev/accel* or /dev/vfio/N device) and none was "
+                "named; pass --tpu NAME or grpc://HOST:PORT (or set TPU_NAME), or choose another --strategy"
+            )
+    try:
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu)
         tf.config.experimental_connect_to_cluster(resolver)
         tf.tpu.experimental.initialize_tpu_system(resolver)
         return tf.distribute.TPUStrategy(resolver)
-    raise UsageError(f"unknown strategy {name!r}")
+    except Exception as e:  # noqa: BLE001  (the resolver, the metadata server and the runtime raise many types)
+        where = shown(tpu) if tpu else "named by " + ", ".join(v for v in TPU_ENVIRONMENT if os.environ.get(v))
+        detail = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise UsageError(f"--strategy tpu: cannot use the TPU {where}: {clip(detail)}") from None
 
 
 def is_chief(strategy: tf.distribute.Strategy) -> bool:

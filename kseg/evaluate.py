@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from kseg import cli
+from kseg import cli, settings
 from kseg.errors import UsageError
 
 PROG = "kseg.evaluate"
@@ -35,7 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="average over flips (and 90-degree rotations for square models); default: stored choice",
     )
-    parser.add_argument("--threshold", type=float, default=None, help="probability threshold; default: stored choice")
+    parser.add_argument(
+        "--threshold", type=settings.THRESHOLD, default=None, help="probability threshold; default: stored choice"
+    )
     parser.add_argument(
         "--fill-holes",
         action=argparse.BooleanOptionalAction,
@@ -64,39 +66,41 @@ def build_parser() -> argparse.ArgumentParser:
         help="report mean Dice per value of this dataset feature (e.g. clinical_diagnosis); "
         "'auto': the one the dataset declares, if any; 'none': no grouping",
     )
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--batch-size", type=settings.BATCH_SIZE, default=8)
     parser.add_argument("--data-dir", default=None, help="TFDS data dir")
     parser.add_argument("--manual-dir", default=None, help="manual download folder (builds the TFDS config)")
-    parser.add_argument("--num-classes", type=int, default=None, help="folder datasets: number of classes")
+    parser.add_argument(
+        "--num-classes", type=settings.NUM_CLASSES, default=None, help="folder datasets: number of classes"
+    )
+    cli.add_verbose_flag(parser)
     return parser
 
 
 def _progress(label: str, total: int | None):
-    import keras
-
-    if not total:
-        print(f"{PROG}: predicting {label}", file=sys.stderr)
-        return None
-    bar = keras.utils.Progbar(total, unit_name="image")
-    return bar.update
+    """A bar on a terminal; otherwise one line saying what is being predicted."""
+    bar = cli.progress_bar(total or 0)
+    if bar is None:
+        print(f"{PROG}: predicting {label}" + (f" ({total} images)" if total else ""), file=sys.stderr)
+    return bar
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
 
     def work():
+        try:
+            settings.check_num_classes_applies(args.num_classes, args.dataset)
+        except settings.SettingError as e:
+            raise UsageError(f"--num-classes: {e}") from None
         from kseg import data
         from kseg.evaluation import report
         from kseg.postprocess import PostProcessing
 
-        if args.batch_size < 1:
-            raise UsageError("--batch-size must be >= 1")
         overrides = {
             name: getattr(args, name)
             for name in ("tta", "threshold", "fill_holes", "largest_component")
             if getattr(args, name) is not None
         }
-        PostProcessing(**overrides)  # a bad --threshold fails here, before any model is loaded
         group_by = None if args.group_by == "none" else args.group_by
         with data.reraise_read_errors():
             summary = report.evaluate(

@@ -14,7 +14,14 @@ import pathlib
 import sys
 
 from kseg import cli
-from kseg.saved_model_export import DEFAULT_EXPORT_DIR, DEFAULT_MAX_MEGAPIXELS, DEFAULT_NAME, export_model
+from kseg.saved_model_export import (
+    DEFAULT_EXPORT_DIR,
+    DEFAULT_MAX_MEGAPIXELS,
+    DEFAULT_NAME,
+    MAX_MEGAPIXELS,
+    VERSION,
+    export_model,
+)
 from kseg.serving_contract import KSEG_FILE, PROBABILITIES_SIGNATURE, SERVING_SIGNATURE
 
 PROG = "kseg.export"
@@ -42,15 +49,19 @@ def build_parser() -> argparse.ArgumentParser:
         f"/v1/models/NAME (default: {DEFAULT_NAME}, as in export/models.config)",
     )
     parser.add_argument(
-        "--version", type=int, help="version number (default: one more than the highest existing version, or 1)"
+        "--version",
+        type=VERSION,
+        help=f"version number, {VERSION.expected} (default: one more than the highest existing version, or 1)",
     )
     parser.add_argument(
         "--max-megapixels",
-        type=float,
+        type=MAX_MEGAPIXELS,
         default=DEFAULT_MAX_MEGAPIXELS,
-        help=f"refuse larger images with INVALID_ARGUMENT (default: {DEFAULT_MAX_MEGAPIXELS:g})",
+        help=f"refuse larger images with INVALID_ARGUMENT; {MAX_MEGAPIXELS.expected} "
+        f"(default: {DEFAULT_MAX_MEGAPIXELS:g})",
     )
     parser.add_argument("--output-dir", dest="export_dir", type=pathlib.Path, help=argparse.SUPPRESS)
+    cli.add_verbose_flag(parser)
     return parser
 
 

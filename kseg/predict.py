@@ -11,8 +11,7 @@ import argparse
 import dataclasses
 import sys
 
-from kseg import cli, files, inputs
-from kseg.errors import UsageError
+from kseg import cli, files, inputs, settings
 
 PROG = "kseg.predict"
 
@@ -27,14 +26,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", required=True, help="a .keras file, a run directory or an exported SavedModel")
     parser.add_argument("--output-dir", "--out", dest="output_dir", required=True, help="where the PNGs go")
     parser.add_argument("--recursive", action="store_true", help="also read images in subfolders of folder inputs")
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--batch-size", type=settings.BATCH_SIZE, default=8)
     parser.add_argument(
         "--tta",
         action=argparse.BooleanOptionalAction,
         default=None,
         help="test-time augmentation; default: the choice stored with the model",
     )
-    parser.add_argument("--threshold", type=float, default=None, help="default: the choice stored with the model")
+    parser.add_argument(
+        "--threshold", type=settings.THRESHOLD, default=None, help="default: the choice stored with the model"
+    )
     parser.add_argument("--fill-holes", action=argparse.BooleanOptionalAction, default=None)
     parser.add_argument("--largest-component", action=argparse.BooleanOptionalAction, default=None)
     cli.add_verbose_flag(parser)
@@ -48,8 +49,6 @@ def main(argv=None) -> int:
     def work():
         from kseg import inference, prediction
 
-        if args.batch_size < 1:
-            raise UsageError("--batch-size must be >= 1")
         files.check_output_dir(args.output_dir)
         found = inputs.collect_image_files(args.inputs, recursive=args.recursive)
         for line in found.skipped:

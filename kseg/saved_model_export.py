@@ -45,18 +45,20 @@ import uuid
 import tensorflow as tf
 
 import kseg  # noqa: F401  (sets the Keras backend and quiets TensorFlow before they are imported)
-from kseg import inference, postprocess
+from kseg import inference, postprocess, settings
 from kseg.errors import FAILURE, KsegError
 from kseg.preprocessing import resize_image, scale_to_unit
 from kseg.serving_contract import (
     IMAGE_BYTES,
     KSEG_FILE,
+    MAX_VERSION,
     PROBABILITIES_INPUT,
     PROBABILITIES_OUTPUT,
     PROBABILITIES_SIGNATURE,
     SERVING_OUTPUTS,
     SERVING_SIGNATURE,
     STAGING_PREFIX,
+    looks_like_a_version,
     version_numbers,
 )
 
@@ -66,6 +68,12 @@ DEFAULT_EXPORT_DIR = pathlib.Path("export/models")
 DEFAULT_NAME = "kseg"
 #: Images with more pixels are refused before decoding (a 6000x4000 photo is 24 megapixels).
 DEFAULT_MAX_MEGAPIXELS = 50.0
+#: ``--max-megapixels``: above 1000 megapixels one decoded image is 3 GB, more than a request should hold.
+MAX_MEGAPIXELS = settings.float_in(0, 1000, low_open=True)
+#: ``--version``: kseg counts versions from 1; TF Serving reads them as int64.
+VERSION = settings.int_in(1, MAX_VERSION)
+#: ``--name`` becomes a folder name and part of the serving URL /v1/models/NAME.
+NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}"
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _HEADER_BYTES = 32
@@ -282,18 +290,37 @@ def serving_functions(
 # ----------------------------------------------------------------------------------------- the files ---
 
 
-def check_name(name: str) -> str:
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name or ""):
+def check_name(name) -> str:
+    if not isinstance(name, str) or not re.fullmatch(NAME_PATTERN, name):
         raise ExportError(
-            f"--name {name!r}: use letters, digits, '.', '_' and '-' (it becomes part of the "
-            f"serving URL /v1/models/NAME)"
+            f"--name {settings.shown(name)}: use 1 to 128 letters, digits, '.', '_' and '-', starting with a "
+            f"letter or digit (it becomes part of the serving URL /v1/models/NAME)"
         )
     return name
 
 
+def checked(check, value, flag: str):
+    """``value`` through ``check`` (the flag's argparse type), for callers of ``export_model`` in Python."""
+    try:
+        return check(value)
+    except settings.Invalid as e:
+        raise ExportError(f"{flag}: {e}") from None
+
+
 def next_version(model_dir) -> int:
-    """One more than the highest numbered version folder (complete or not), or 1."""
+    """One more than the highest version folder (complete or not), or 1. Folders named with digits that TF
+    Serving cannot read as a version (beyond int64) are passed over with a warning, not counted up from."""
+    model_dir = pathlib.Path(model_dir)
+    if model_dir.is_dir():
+        for path in sorted(model_dir.iterdir()):
+            if looks_like_a_version(path.name):
+                log.warning(
+                    f"{path} is not a version TF Serving can load (versions are integers up to {MAX_VERSION}); "
+                    f"passed over when choosing the next version"
+                )
     versions = version_numbers(model_dir)
+    if versions and versions[-1] == MAX_VERSION:
+        raise ExportError(f"{model_dir} holds version {MAX_VERSION}, the highest there is; pass --version")
     return versions[-1] + 1 if versions else 1
 
 
@@ -329,50 +356,80 @@ def _describe_os_error(e: OSError) -> str:
     return e.strerror or type(e).__name__
 
 
+def _make_folders(folder: pathlib.Path) -> list[pathlib.Path]:
+    """Create ``folder`` and its missing parents; the ones created, deepest first."""
+    missing = [path for path in (folder, *folder.parents) if not path.exists()]
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ExportError(f"cannot create the export folder {folder}: {_describe_os_error(e)}") from None
+    return missing
+
+
+def _remove_if_empty(folders: list[pathlib.Path]) -> None:
+    for folder in folders:
+        try:
+            folder.rmdir()  # only an empty one: another export may have written there meanwhile
+        except OSError:
+            return
+
+
 def export_model(
     model_path,
     export_dir=DEFAULT_EXPORT_DIR,
-    name: str | None = None,
+    name: str = DEFAULT_NAME,
     version: int | None = None,
     postprocessing: postprocess.PostProcessing | None = None,
     max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
 ) -> pathlib.Path:
     """Export the Keras model at ``model_path`` (a ``.keras`` file or a run directory) to
     ``export_dir/name/version`` and return that folder. ``postprocessing`` defaults to the model's stored
-    choice (its ``best.postprocessing.json`` sidecar, else a plain 0.5 threshold)."""
-    import keras
+    choice (its ``best.postprocessing.json`` sidecar, else a plain 0.5 threshold).
 
+    The arguments are checked before anything is read or created. A failed or interrupted export leaves no
+    version and no staging folder, nor the model and export folders it created (while they are empty)."""
+    name = check_name(name)
+    version = None if version is None else checked(VERSION, version, "--version")
+    max_megapixels = checked(MAX_MEGAPIXELS, max_megapixels, "--max-megapixels")
     predictor = inference.load_predictor(model_path)
     if predictor.keras_model is None:
         raise ExportError(
             f"{model_path}: this is already an exported SavedModel; export the .keras model (or "
             f"run directory) it came from"
         )
-    postprocessing = postprocessing or predictor.postprocessing
-    name = check_name(name or DEFAULT_NAME)
-    if version is not None and (isinstance(version, bool) or int(version) < 1):
-        raise ExportError(f"--version must be a positive integer, got {version!r}")
-    if max_megapixels <= 0:
-        raise ExportError(f"--max-megapixels must be positive, got {max_megapixels!r}")
-
     model_dir = pathlib.Path(export_dir) / name
+    if version is not None:
+        _refuse_existing(model_dir / str(version))
+    created = _make_folders(model_dir)
     try:
-        model_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ExportError(f"cannot create the export folder {model_dir}: {_describe_os_error(e)}") from None
-    if not os.access(model_dir, os.W_OK | os.X_OK):
-        raise ExportError(f"cannot write to the export folder {model_dir}: permission denied")
-    version = int(version) if version is not None else next_version(model_dir)
-    target = model_dir / str(version)
+        if not os.access(model_dir, os.W_OK | os.X_OK):
+            raise ExportError(f"cannot write to the export folder {model_dir}: permission denied")
+        version = version if version is not None else next_version(model_dir)
+        _refuse_existing(model_dir / str(version))
+        return _write_version(predictor, postprocessing or predictor.postprocessing, model_dir, version, max_megapixels)
+    except BaseException:
+        _remove_if_empty(created)
+        raise
+
+
+def _refuse_existing(target: pathlib.Path) -> None:
     if target.exists():
         raise ExportError(
             f"{target} already exists; versions are never overwritten. Leave out --version to "
-            f"export as version {next_version(model_dir)}, or pass another one"
+            f"export as version {next_version(target.parent)}, or pass another one"
         )
 
+
+def _write_version(
+    predictor, postprocessing: postprocess.PostProcessing, model_dir: pathlib.Path, version: int, max_megapixels
+) -> pathlib.Path:
+    """Stage the SavedModel in a hidden sibling folder and rename it to ``model_dir/version``."""
+    import keras
+
+    target = model_dir / str(version)
     model = predictor.keras_model
     height, width = predictor.image_size
-    serve, predict_images = serving_functions(model, postprocessing, int(max_megapixels * 1e6))
+    serve, predict_images = serving_functions(model, postprocessing, max(1, round(max_megapixels * 1e6)))
     archive = keras.export.ExportArchive()
     archive.track(model)
     archive.add_endpoint(SERVING_SIGNATURE, serve, input_signature=[tf.TensorSpec([None], tf.string, name=IMAGE_BYTES)])

@@ -25,17 +25,35 @@ SAVED_MODEL_FILE = "saved_model.pb"
 STAGING_PREFIX = ".export-"
 
 
+#: TF Serving reads version folder names as int64 (``safe_strto64``): a larger number is no version to it.
+MAX_VERSION = 2**63 - 1
+
+
+def version_of(name: str) -> int | None:
+    """The version number a folder name stands for (ASCII digits, at most ``MAX_VERSION``), or None."""
+    if not (name.isascii() and name.isdigit()):
+        return None
+    number = int(name)
+    return number if number <= MAX_VERSION else None
+
+
+def looks_like_a_version(name: str) -> bool:
+    """All digits, so meant as a version, yet not one TF Serving can read (beyond int64, or not ASCII)."""
+    return name.isdigit() and version_of(name) is None
+
+
 def is_version_dir(path: pathlib.Path) -> bool:
-    """A complete exported version: an integer-named folder holding ``saved_model.pb``."""
-    return path.name.isdigit() and (path / SAVED_MODEL_FILE).is_file()
+    """A complete exported version: a version-named folder holding ``saved_model.pb``."""
+    return version_of(path.name) is not None and (path / SAVED_MODEL_FILE).is_file()
 
 
 def version_numbers(model_dir) -> list[int]:
-    """Every integer-named folder in ``model_dir``, complete or not (a version number that is taken)."""
+    """Every version-named folder in ``model_dir``, complete or not (a version number that is taken)."""
     model_dir = pathlib.Path(model_dir)
     if not model_dir.is_dir():
         return []
-    return sorted(int(p.name) for p in model_dir.iterdir() if p.name.isdigit() and p.is_dir())
+    versions = (version_of(p.name) for p in model_dir.iterdir() if p.is_dir())
+    return sorted(v for v in versions if v is not None)
 
 
 def newest_version_dir(model_dir) -> pathlib.Path | None:
@@ -43,7 +61,7 @@ def newest_version_dir(model_dir) -> pathlib.Path | None:
     model_dir = pathlib.Path(model_dir)
     if not model_dir.is_dir():
         return None
-    versions = sorted((int(p.name), p) for p in model_dir.iterdir() if is_version_dir(p))
+    versions = sorted((version_of(p.name), p) for p in model_dir.iterdir() if is_version_dir(p))
     return versions[-1][1] if versions else None
 
 

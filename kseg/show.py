@@ -9,17 +9,22 @@ import argparse
 import pathlib
 import sys
 
-from kseg import cli, files
+from kseg import cli, files, settings
 from kseg.errors import UsageError
 
 PROG = "kseg.show"
+#: Examples in one grid: 4 to a row, so 100 make a PNG 25 rows tall; matplotlib cannot draw ten times that.
+MAX_COUNT = 100
+COUNT = settings.int_in(1, MAX_COUNT)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m kseg.show", description=__doc__.splitlines()[0])
     parser.add_argument("dataset", help="tfds_ph2/ph2, tfds_ph2/mads, tfds_ph2/synthetic or folder:PATH")
     parser.add_argument("--split", default="train", help="train, validation, test or all")
-    parser.add_argument("-n", "--count", type=int, default=8, help="number of examples (default 8)")
+    parser.add_argument(
+        "-n", "--count", type=COUNT, default=8, help=f"number of examples, 1 to {MAX_COUNT} (default 8)"
+    )
     parser.add_argument("--out", default="samples.png", help="PNG file to write (.png is added if missing)")
     parser.add_argument("--data-dir", help="TFDS data dir")
     parser.add_argument("--manual-dir", help="manual download folder, to build a TFDS config on first use")
@@ -28,7 +33,19 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="also write the examples' images as IMAGE_ID.png (inputs for kseg.predict / kseg.client)",
     )
+    cli.add_verbose_flag(parser)
     return parser
+
+
+def output_file(name: str) -> pathlib.Path:
+    """``--out`` as the PNG file to write (``.png`` added if missing); a folder is refused rather than
+    written next to as ``FOLDER.png``."""
+    out = pathlib.Path(name)
+    if not out.is_dir() and out.suffix.lower() != ".png":
+        out = out.with_name(out.name + ".png")
+    if out.is_dir():
+        raise UsageError(f"--out {out} is an existing folder; expected a PNG file name, e.g. {out / 'samples.png'}")
+    return out
 
 
 def main(argv=None) -> int:
@@ -39,11 +56,7 @@ def main(argv=None) -> int:
 
         from kseg import data, plots
 
-        if args.count < 1:
-            raise UsageError(f"-n/--count must be at least 1, got {args.count}")
-        out = pathlib.Path(args.out)
-        if out.suffix.lower() != ".png":
-            out = out.with_name(out.name + ".png")
+        out = output_file(args.out)
         files.check_output_dir(out.parent, "--out")
         if args.save_images:
             files.check_output_dir(args.save_images, "--save-images")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from kseg import cli
+from kseg import cli, settings
 from kseg import config as config_lib
 
 PROG = "kseg.train"
@@ -19,7 +19,14 @@ PROG = "kseg.train"
 # ------------------------------------------------------------------------------------------- flags ---
 
 
+#: Logical CPU devices for mirrored training without GPUs: more replicas than this on one CPU only slow it.
+LOGICAL_CPUS = settings.int_in(1, 64)
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """Numeric flags are converted and checked by their config field's own checker; text flags (names,
+    paths, --image-size) reach ``TrainConfig`` as given, which checks them with the file's values."""
+    checked = config_lib.flag_type
     presets = ", ".join(config_lib.TRAINING_PRESETS)
     parser = argparse.ArgumentParser(
         prog="python -m kseg.train",
@@ -38,11 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add("--model-preset", "--model", dest="model_preset", help="model and size: " + ", ".join(config_lib.MODEL_PRESETS))
     add("--image-size", help="model input size, 256 or HxW like 256x320 (divisible by 2**depth)")
-    add("--batch-size", type=int, help="global batch size (split across replicas)")
-    add("--epochs", type=int, help="number of epochs")
-    add("--learning-rate", type=float, help="peak learning rate (after warm-up)")
+    add("--batch-size", type=checked("batch_size"), help="global batch size (split across replicas)")
+    add("--epochs", type=checked("epochs"), help="number of epochs")
+    add("--learning-rate", type=checked("learning_rate"), help="peak learning rate (after warm-up)")
     add("--loss", help="bce, dice, bce_dice, focal or tversky (categorical versions for multi-class)")
-    add("--seed", type=int, help="seed for weights, shuffling and augmentation")
+    add("--seed", type=checked("seed"), help="seed for weights, shuffling and augmentation")
     add("--output-dir", help="run directory (rerunning with the same one resumes; a finished run is kept)")
     add("--manual-dir", help="manual download folder: builds the TFDS config on first use")
     add("--data-dir", help="TFDS data dir (default ~/tensorflow_datasets)")
@@ -54,38 +61,47 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add("--jit-compile", action=argparse.BooleanOptionalAction, help="compile the train step with XLA")
     add("--optimizer", help="adamw, adam or sgd (momentum 0.9, Nesterov)")
-    add("--weight-decay", type=float, help="decoupled weight decay")
+    add("--weight-decay", type=checked("weight_decay"), help="decoupled weight decay")
     add("--schedule", help="cosine (with linear warm-up) or constant")
-    add("--warmup-epochs", type=int, help="epochs of linear warm-up (default: a tenth of the epochs, at most 3)")
+    add(
+        "--warmup-epochs",
+        type=checked("warmup_epochs"),
+        help="epochs of linear warm-up (default: a tenth of the epochs, at most 3)",
+    )
     add("--augmentation", help="none, flips, light, medium or strong")
-    add("--dropout", type=float, help="dropout at the bottleneck")
+    add("--dropout", type=checked("dropout"), help="dropout at the bottleneck")
     add(
         "--freeze-encoder-epochs",
-        type=int,
+        type=checked("freeze_encoder_epochs"),
         help="pretrained encoders: epochs with the encoder frozen while the decoder learns (then fine-tuned)",
     )
     add(
         "--encoder-lr-multiplier",
-        type=float,
+        type=checked("encoder_lr_multiplier"),
         help="pretrained encoders: the encoder's learning rate as a fraction of the decoder's once it trains",
     )
-    add("--steps-per-epoch", type=int, help="batches per epoch (default: one pass over the training split)")
-    add("--num-classes", type=int, help="folder datasets with multi-class masks: number of classes")
-    add("--threshold", type=float, help="foreground probability threshold for metrics and reports")
+    add(
+        "--steps-per-epoch",
+        type=checked("steps_per_epoch"),
+        help="batches per epoch (default: one pass over the training split)",
+    )
+    add("--num-classes", type=checked("num_classes"), help="folder datasets with multi-class masks: number of classes")
+    add("--threshold", type=checked("threshold"), help="foreground probability threshold for metrics and reports")
     add("--tpu", help="TPU name or grpc:// address for --strategy tpu")
     add(
         "--logical-cpus",
-        type=int,
+        type=LOGICAL_CPUS,
         default=1,
         help="split the CPU into N logical devices (mirrored training without GPUs)",
     )
+    cli.add_verbose_flag(parser)
     return parser
 
 
 def config_from_args(argv=None) -> tuple[config_lib.TrainConfig, argparse.Namespace]:
     args = build_parser().parse_args(argv)
     file_values = config_lib.read_config_file(args.config) if args.config else {}
-    overrides = {k: v for k, v in vars(args).items() if k not in ("config", "logical_cpus")}
+    overrides = {k: v for k, v in vars(args).items() if k not in ("config", "logical_cpus", "verbose")}
     return config_lib.resolve(file_values=file_values, overrides=overrides), args
 
 

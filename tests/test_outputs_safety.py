@@ -8,6 +8,7 @@ stops the run with one line and no half-written file.
 """
 
 import hashlib
+import os
 import pathlib
 import signal
 import struct
@@ -331,3 +332,23 @@ def test_client_sends_a_phone_photo_upright_so_its_mask_fits_the_photo_as_viewer
     assert client.main([str(photo), "--saved-model", str(exported), "--output-dir", str(out)]) == 0, capsys.readouterr()
     assert np.asarray(Image.open(out / "phone_mask.png")).shape == (40, 48)
     assert np.asarray(Image.open(out / "phone_overlay.png")).shape == (40, 48, 3)
+
+
+def test_commands_show_their_own_lines_and_verbose_brings_the_libraries_back(synthetic_data_dir, tmp_path):
+    """Class 7, noise: by default a command prints kseg's lines only (no TensorFlow C++ start-up lines, no absl
+    or Apache Beam warnings); ``--verbose`` shows what the libraries say."""
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+
+    def show(*extra):
+        args = ["tfds_ph2/synthetic", "--data-dir", synthetic_data_dir, "-n", "2", "--out", tmp_path / "s.png"]
+        done = subprocess.run(
+            [sys.executable, "-m", "kseg.show", *map(str, args), *extra], cwd=REPO, env=env, capture_output=True
+        )
+        assert done.returncode == 0, done.stderr.decode()
+        return done.stdout.decode(), done.stderr.decode()
+
+    out, err = show()
+    assert out.strip() == f"wrote {tmp_path / 's.png'} (2 examples of tfds_ph2/synthetic train)"
+    assert err == "", err
+    _, verbose_err = show("--verbose")
+    assert "absl" in verbose_err or "I0000" in verbose_err, verbose_err  # TensorFlow's own start-up lines
