@@ -61,7 +61,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/models.py
 	$(BIN)/python bench/serving.py
 
-# The training-speed tables of README "Training speed", on whatever machine runs it (the JSON names its CPU
+# The training-speed tables of docs/speed.md "Training speed", on whatever machine runs it (the JSON names its CPU
 # and GPU): every model preset in float32 and in the device's mixed precision (bfloat16 on CPUs, float16 on
 # GPUs), pretrained encoders frozen and fine-tuned; then the whole kseg.train loop against the bare step.
 # Needs the real data under ../shared/data (KSEG_DATA_DIR). About 3 hours on 2 CPU cores (the VGG16 presets are

@@ -183,7 +183,7 @@ def flag_type(name: str):
 #: Named starting points; ``kseg.train --preset NAME`` then any flag on top.
 TRAINING_PRESETS: dict[str, dict] = {
     # PH2 images are 4:3; 192x256 keeps their shape. unet-small in bfloat16 fits 120 epochs in the time
-    # budget on 2 CPU cores, where the base-32 unet fits far fewer (figures: README, "Training").
+    # budget on 2 CPU cores, where the base-32 unet fits far fewer (figures: docs/benchmarks.md).
     "ph2-unet": dict(
         dataset="tfds_ph2/ph2",
         model_preset="unet-small",
@@ -220,7 +220,7 @@ TRAINING_PRESETS: dict[str, dict] = {
         mixed_precision=True,
         output_dir="runs/mads-unet",
     ),
-    # Pretrained encoders (README, "Pretrained encoders"): the decoder trains alone while the encoder is frozen,
+    # Pretrained encoders (docs/library.md): the decoder trains alone while the encoder is frozen,
     # then both, the encoder at a tenth of the rate. float32: on CPUs without AMX, bfloat16 is much slower
     # once the depthwise encoder trains (bench/models.py).
     "ph2-unet-lite0": dict(
@@ -252,7 +252,7 @@ TRAINING_PRESETS: dict[str, dict] = {
         output_dir="runs/ph2-segnet-vgg16",
     ),
     # 288x288 and 40 epochs: test IoU 0.891 against 0.871 at 256x256 and 30 epochs (3 seeds), in ~23 minutes
-    # on 2 CPU cores (README, "Benchmarks").
+    # on 2 CPU cores (docs/benchmarks.md).
     "mads-unet-lite0": dict(
         dataset="tfds_ph2/mads",
         model_preset="unet-lite0",
@@ -278,7 +278,7 @@ TRAINING_PRESETS: dict[str, dict] = {
         output_dir="runs/synthetic-unet",
     ),
 }
-DEFAULT_PRESET = "ph2-unet-lite0"  # the best PH2 recipe (README, "Benchmarks")
+DEFAULT_PRESET = "ph2-unet-lite0"  # the best PH2 recipe (docs/benchmarks.md)
 FIELDS = set(_FIELDS)
 #: Older spellings of fields, accepted in config files and in the config.json of earlier runs.
 FIELD_ALIASES = {"model": "model_preset"}

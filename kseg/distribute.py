@@ -150,7 +150,7 @@ def cpu_has_amx_bf16(flags: set[str]) -> bool:
 def cpu_bfloat16_pays(cpuinfo_text: str) -> tuple[bool, str]:
     """Whether a mixed_bfloat16 training step beats float32 on this CPU, and what the CPU has (for the log).
 
-    With TensorFlow 2.21's oneDNN kernels (README, "Training speed"): yes with AMX (the issue's figures:
+    With TensorFlow 2.21's oneDNN kernels (docs/speed.md, "Training speed"): yes with AMX (the issue's figures:
     bfloat16 matmuls and 3x3 convolutions 2.2-2.6x float32); yes on AMD CPUs with AVX512_BF16 (Zen 4, no
     AMX: on the 2-core AMD EPYC of bench/results/models_precision.json, whose flags were not recorded,
     unet-small trained 1.37x and segnet 1.46x faster); no on an Intel Xeon with AVX512_BF16 but no AMX
@@ -197,7 +197,7 @@ def cpu_precision_policy(cpuinfo_text: str, force_bfloat16: bool | None = None) 
         return "mixed_bfloat16"
     log.info(
         f"mixed precision: float32 on this CPU, which has {has}: there bfloat16 trains slower than "
-        f'float32 (README, "Training speed"); set {CPU_BFLOAT16_ENV}=1 to use bfloat16 anyway'
+        f'float32 (docs/speed.md, "Training speed"); set {CPU_BFLOAT16_ENV}=1 to use bfloat16 anyway'
     )
     return "float32"
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import errno
 import io
 import pathlib
+import re
 
 import numpy as np
 from PIL import Image, PngImagePlugin
@@ -23,8 +24,11 @@ from PIL import Image, PngImagePlugin
 from kseg.errors import FAILURE, KsegError
 from kseg.files import atomic_write_bytes
 
-#: The PNG text chunk that marks a file as written by kseg.
+#: The PNG text chunk that marks a file as a prediction kseg wrote (never read back as an input).
 MARKER = "kseg-output"
+#: The one that marks an image kseg wrote to be read as an input (``kseg.show --save-images``): kseg may
+#: replace it, and folders of inputs read it.
+INPUT_MARKER = "kseg-input"
 
 
 class OutputExistsError(KsegError, FileExistsError):
@@ -66,11 +70,11 @@ def mask_to_png_values(mask: np.ndarray, binary: bool) -> np.ndarray:
     return mask * 255 if binary else mask
 
 
-def encode_png(array: np.ndarray, what: str) -> bytes:
-    """PNG bytes of ``array`` (uint8 ``[H, W]`` or ``[H, W, 3]``) carrying kseg's marker, with ``what`` as its
-    text (what the file is, for a person who finds it)."""
+def encode_png(array: np.ndarray, what: str, marker: str = MARKER) -> bytes:
+    """PNG bytes of ``array`` (uint8 ``[H, W]`` or ``[H, W, 3]``) carrying kseg's ``marker``, with ``what`` as
+    its text (what the file is, for a person who finds it)."""
     info = PngImagePlugin.PngInfo()
-    info.add_text(MARKER, what)
+    info.add_text(marker, what)
     buffer = io.BytesIO()
     Image.fromarray(array).save(buffer, format="PNG", pnginfo=info)
     return buffer.getvalue()
@@ -80,19 +84,24 @@ def encode_mask_png(mask: np.ndarray, binary: bool, what: str = "mask") -> bytes
     return encode_png(mask_to_png_values(mask, binary), what)
 
 
-def is_kseg_output(path) -> bool:
-    """Whether the file at ``path`` is a PNG carrying kseg's marker (read from its header chunks only)."""
+def _markers(path) -> set:
+    """kseg's markers that the PNG at ``path`` carries (read from its header chunks only)."""
     try:
         with Image.open(path) as image:
-            return image.format == "PNG" and MARKER in image.info
+            return {m for m in (MARKER, INPUT_MARKER) if m in image.info} if image.format == "PNG" else set()
     except Exception:  # noqa: BLE001 - anything Pillow cannot open is not kseg's
-        return False
+        return set()
+
+
+def is_kseg_output(path) -> bool:
+    """Whether the file at ``path`` is a prediction kseg wrote (a PNG carrying ``MARKER``)."""
+    return MARKER in _markers(path)
 
 
 def check_replaceable(path) -> None:
     """An ``OutputExistsError`` unless ``path`` is free or holds a file kseg wrote."""
     path = pathlib.Path(path)
-    if (path.exists() or path.is_symlink()) and not (path.is_file() and is_kseg_output(path)):
+    if (path.exists() or path.is_symlink()) and not (path.is_file() and _markers(path)):
         raise OutputExistsError(
             f"{path} exists and kseg did not write it (it carries no {MARKER} marker); it was left as it "
             f"is. Move it away or choose another --output-dir"
@@ -151,6 +160,13 @@ def write_prediction(
     atomic_write_bytes(mask_path, mask_png)
     atomic_write_bytes(overlay_path, overlay_png)
     return mask_path, overlay_path
+
+
+def safe_stem(text: str) -> str:
+    """A file stem from any text (an image id): letters, digits, ``.``, ``_`` and ``-`` only, no leading dot,
+    never a path (``../x`` cannot leave the output folder)."""
+    stem = re.sub(r"[^A-Za-z0-9._-]", "_", text).lstrip(".") or "image"
+    return stem[:200]
 
 
 def is_disk_full(error: OSError) -> bool:

@@ -26,6 +26,7 @@ import pathlib
 
 import tensorflow as tf
 
+from kseg import settings
 from kseg.defaults import THRESHOLD
 from kseg.errors import KsegError
 from kseg.files import atomic_write_text
@@ -51,16 +52,16 @@ class PostProcessing:
     largest_component: bool = False
 
     def __post_init__(self):
-        if (
-            isinstance(self.threshold, bool)
-            or not isinstance(self.threshold, (int, float))
-            or not 0.0 < float(self.threshold) < 1.0
-        ):
-            raise PostProcessingError(f"threshold: expected a probability in (0, 1), got {self.threshold!r}")
-        object.__setattr__(self, "threshold", float(self.threshold))
-        for name in ("tta", "fill_holes", "largest_component"):
-            if not isinstance(getattr(self, name), bool):
-                raise PostProcessingError(f"{name}: expected true or false, got {getattr(self, name)!r}")
+        # The same checkers as every other setting (kseg.settings): a stored choice is a setting too.
+        checks = {
+            "threshold": settings.THRESHOLD,
+            **dict.fromkeys(("tta", "fill_holes", "largest_component"), settings.boolean),
+        }
+        for name, check in checks.items():
+            try:
+                object.__setattr__(self, name, check(getattr(self, name)))
+            except settings.Invalid as e:
+                raise PostProcessingError(f"{name}: {e}") from None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

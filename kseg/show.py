@@ -9,7 +9,7 @@ import argparse
 import pathlib
 import sys
 
-from kseg import cli, files, settings
+from kseg import cli, files, outputs, settings
 from kseg.errors import UsageError
 
 PROG = "kseg.show"
@@ -48,12 +48,24 @@ def output_file(name: str) -> pathlib.Path:
     return out
 
 
+def save_images(examples, folder: pathlib.Path, dataset: str) -> None:
+    """``IMAGE_ID.png`` per example, marked as kseg's input images (``kseg.outputs.INPUT_MARKER``): a later
+    run may replace them, ``kseg.predict`` reads them, and a file kseg did not write is never replaced (all
+    names are checked before the first file is written)."""
+    paths = [folder / f"{outputs.safe_stem(ex['image_id'].decode())}.png" for ex in examples]
+    for path in paths:
+        outputs.check_replaceable(path)
+    folder.mkdir(parents=True, exist_ok=True)
+    for ex, path in zip(examples, paths):
+        what = f"kseg.show image {ex['image_id'].decode()} of {dataset}"
+        files.atomic_write_bytes(path, outputs.encode_png(ex["image"], what, marker=outputs.INPUT_MARKER))
+    print(f"wrote {len(examples)} images to {folder}")
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
 
     def work():
-        from PIL import Image
-
         from kseg import data, plots
 
         out = output_file(args.out)
@@ -78,11 +90,7 @@ def main(argv=None) -> int:
         )
         print(f"wrote {out} ({len(examples)} examples of {args.dataset} {args.split})")
         if args.save_images:
-            folder = pathlib.Path(args.save_images)
-            folder.mkdir(parents=True, exist_ok=True)
-            for ex in examples:
-                Image.fromarray(ex["image"]).save(folder / f"{ex['image_id'].decode()}.png")
-            print(f"wrote {len(examples)} images to {folder}")
+            save_images(examples, pathlib.Path(args.save_images), args.dataset)
 
     return cli.run(PROG, work)
 

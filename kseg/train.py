@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     add(
         "--mixed-precision",
         action=argparse.BooleanOptionalAction,
-        help="bfloat16 on CPU/TPU, float16 on GPU; outputs stay float32",
+        help="float16 on GPUs, bfloat16 on TPUs and on CPUs where it pays (AMX, AVX512_BF16); outputs stay float32",
     )
     add("--jit-compile", action=argparse.BooleanOptionalAction, help="compile the train step with XLA")
     add("--optimizer", help="adamw, adam or sgd (momentum 0.9, Nesterov)")

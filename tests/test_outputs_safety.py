@@ -352,3 +352,27 @@ def test_commands_show_their_own_lines_and_verbose_brings_the_libraries_back(syn
     assert err == "", err
     _, verbose_err = show("--verbose")
     assert "absl" in verbose_err or "I0000" in verbose_err, verbose_err  # TensorFlow's own start-up lines
+
+
+def test_show_save_images_never_replaces_a_users_file_and_its_images_stay_inputs(synthetic_data_dir, tmp_path, capsys):
+    from kseg import show
+
+    folder = tmp_path / "images"
+    args = ["tfds_ph2/synthetic", "--data-dir", synthetic_data_dir, "-n", "2", "--out", str(tmp_path / "g.png")]
+    assert show.main([*args, "--save-images", str(folder)]) == 0
+    names = sorted(p.name for p in folder.iterdir())
+    assert len(names) == 2 and all(n.endswith(".png") for n in names)
+    assert inputs.collect_image_files([folder]).files  # images to predict on, not outputs to skip
+    assert show.main([*args, "--save-images", str(folder)]) == 0  # kseg replaces its own images
+    capsys.readouterr()
+
+    (folder / names[0]).write_bytes(b"the user's own file")
+    assert show.main([*args, "--save-images", str(folder)]) == 2
+    line = error_line(capsys.readouterr().err, "kseg.show")
+    assert f"{folder / names[0]} exists and kseg did not write it" in line
+    assert (folder / names[0]).read_bytes() == b"the user's own file"
+
+
+def test_safe_stems_never_leave_the_folder():
+    assert outputs.safe_stem("../../etc/passwd") == "_.._etc_passwd"
+    assert outputs.safe_stem("...") == "image" and outputs.safe_stem("a b/c") == "a_b_c"

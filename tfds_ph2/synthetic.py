@@ -24,7 +24,7 @@ depend on the CPU's SIMD paths. The few scalars that come from ``exp``/``log``/`
 1e-6 first (``_q``). The same NumPy release should therefore give the same bytes on any machine.
 ``tests/test_synthetic.py`` pins two digests. This was checked on one x86-64 machine only.
 
-Pure NumPy: no TensorFlow, no file I/O (build times: README, "Benchmarks").
+Pure NumPy: no TensorFlow, no file I/O (build times: docs/speed.md).
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ from kseg.postprocess import PostProcessing
 #: A post-processing step must raise mean validation Dice by this much to be kept (avoids fitting noise).
 MIN_GAIN = 0.001
 #: The threshold moves only a little and only for a clear gain: on a small validation split a lower
-#: threshold can win on validation and lose on test (README, "Evaluation"), and a new camera or clinic shifts
+#: threshold can win on validation and lose on test (docs/evaluation.md), and a new camera or clinic shifts
 #: probabilities first. Users can still set any threshold with --threshold.
 THRESHOLD_GRID = (0.4, 0.45, 0.5, 0.55, 0.6)
 THRESHOLD_MIN_GAIN = 0.005

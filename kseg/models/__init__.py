@@ -22,7 +22,7 @@ MODELS = {"unet": unet, "segnet": segnet}
 #: parameters and MACs differ by about 4x; "segnet-large" has the paper's VGG16 widths.
 MODEL_PRESETS = {
     "unet-small": ("unet", dict(base_filters=16, depth=4)),
-    # One more pooling than unet-small (more context, 4x the parameters); on PH2 it scored lower (README).
+    # One more pooling than unet-small (more context, 4x the parameters); on PH2 it scored lower (docs/benchmarks.md).
     "unet-small-deep": ("unet", dict(base_filters=16, depth=5)),
     "unet": ("unet", dict(base_filters=32, depth=4)),
     "unet-large": ("unet", dict(base_filters=64, depth=4)),

@@ -108,7 +108,7 @@ class FusedBatchNormalization(layers.BatchNormalization):
     Keras 3 builds batch norm from ``moments`` and elementwise ops in float32, casting every bfloat16 or
     float16 activation up and the result back down (and again in the gradient). The fused kernel is one op
     forward and one backward, reads bfloat16/float16 activations directly with float32 statistics, and is the
-    op cuDNN runs on GPUs: on the 2-core Xeon measured for the README, a training-mode forward and backward
+    op cuDNN runs on GPUs: on the 2-core Xeon of docs/speed.md, a training-mode forward and backward
     pass took a third to a quarter of Keras' time, the batch norm share of a U-Net step fell accordingly, in
     float32 and bfloat16 alike (``bench/profile.py``).
 
@@ -172,7 +172,7 @@ def depthwise_compute_dtype():
     global policy (``None``).
 
     oneDNN has no fast bfloat16 backward pass for depthwise convolutions: profiling a Lite0 U-Net fine-tuning
-    step on the README's Xeon (``bench/profile.py``), their two gradient kernels took 904 ms a step in
+    step on the Xeon of docs/speed.md (``bench/profile.py``), their two gradient kernels took 904 ms a step in
     bfloat16 against 248 ms in float32, 44% of the 2.06 s step. In float32 they read and return float32
     (Keras casts the bfloat16 input up and the next layer casts back down), which costs far less than the
     slow kernels, and the weights stay float32 as under any mixed policy. TPUs and GPUs (float16 there) keep

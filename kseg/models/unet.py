@@ -9,7 +9,7 @@ from kseg.models.layers import bottleneck_dropout, check_common_args, check_deco
 UPSAMPLING_MODES = ("transpose", "bilinear")
 
 #: Decoder widths from stride 16 up to full resolution for pretrained encoders. Narrow on purpose: at
-#: 192x256 the decoder already costs more than EfficientNet-Lite0 (see README, "Pretrained encoders").
+#: 192x256 the decoder already costs more than EfficientNet-Lite0 (see docs/library.md, "Pretrained encoders").
 ENCODER_DECODER_FILTERS = (256, 128, 64, 32, 16)
 
 
