@@ -29,7 +29,9 @@ $(STAMP): setup.cfg pyproject.toml
 # post-processing on validation and evaluate on test, export a SavedModel for TF Serving, and predict
 # through its serving signature (the graph TF Serving runs, here in-process: no server needed).
 demo: $(STAMP)
-	$(BIN)/tfds build tfds_ph2 --config synthetic --data_dir $(DATA_DIR)
+	@# Pictures and predictions of an earlier demo, which an older kseg wrote without its marker.
+	rm -rf $(DEMO_DIR)/images $(DEMO_DIR)/predictions $(DEMO_DIR)/synthetic_samples.png
+	$(BIN)/tfds build tfds_ph2 --imports tfds_ph2 --config synthetic --data_dir $(DATA_DIR)
 	$(BIN)/python -m kseg.show tfds_ph2/synthetic --split test -n 8 --data-dir $(DATA_DIR) \
 		--out $(DEMO_DIR)/synthetic_samples.png --save-images $(DEMO_DIR)/images
 	$(BIN)/python -m kseg.train --preset synthetic-unet --data-dir $(DATA_DIR) --output-dir $(DEMO_DIR)/run

@@ -227,14 +227,18 @@ def _scalar_features(features) -> dict:
     }
 
 
-def _tfds_spec(name: str, data_dir=None, manual_dir=None) -> DatasetSpec:
-    builder = _tfds_builder(name, data_dir, manual_dir)
+def _check_has_masks(name: str, builder) -> None:
     if "segmentation_mask" not in builder.info.features:
         raise DataError(
             f"{name} has no segmentation_mask feature (its features: {', '.join(builder.info.features)}); "
             f"kseg's semantic models train on datasets with per-pixel class masks (e.g. tfds_ph2/ph2, "
             f"tfds_ph2/mads). Instance datasets such as tfds_ph2/pennfudan are built but not trained on yet"
         )
+
+
+def _tfds_spec(name: str, data_dir=None, manual_dir=None) -> DatasetSpec:
+    builder = _tfds_builder(name, data_dir, manual_dir)
+    _check_has_masks(name, builder)
     mask_feature = builder.info.features["segmentation_mask"]
     names = tuple(getattr(mask_feature, "names", None) or ())
     num_labels = len(names) or int(getattr(mask_feature, "num_classes", 0) or 2)
@@ -252,6 +256,7 @@ def _tfds_examples(name, split, data_dir, manual_dir, extra_features=()) -> tf.d
     import tensorflow_datasets as tfds
 
     builder = _tfds_builder(name, data_dir, manual_dir)
+    _check_has_masks(name, builder)
     if split != ALL and split not in builder.info.splits:
         raise DataError(f"{name} has no split {split!r}; it has {', '.join(builder.info.splits)} and {ALL}")
     scalar = _scalar_features(builder.info.features)
@@ -609,12 +614,12 @@ def reraise_read_errors():
 
 
 def input_folders(name: str, data_dir=None, manual_dir=None) -> dict:
-    """The folders reading dataset ``name`` uses, by what they are (for messages): an output folder must
-    never be one of them or lie inside one (``kseg.files.check_outside_inputs``)."""
-    folders = {"the manual download folder (--manual-dir)": manual_dir, "the TFDS data dir (--data-dir)": data_dir}
-    if _is_folder(name):
-        folders[f"the dataset folder ({name})"] = name[len(FOLDER_PREFIX) :]
-    return folders
+    """The folders whose files are the dataset ``name``, by what they are (for messages): an output folder
+    must never be one of them or lie inside one (``kseg.files.check_outside_inputs``). A ``folder:`` dataset is
+    read from its folder on every run; a TFDS dataset from the data dir's records, which TFDS keeps in its own
+    sub-folders (the manual download is read once, when it is built), so only folder datasets are guarded."""
+    del data_dir, manual_dir  # named so every caller says which data it reads; see the docstring
+    return {f"the dataset folder ({name})": name[len(FOLDER_PREFIX) :]} if _is_folder(name) else {}
 
 
 def dataset_spec(name: str, *, data_dir=None, manual_dir=None, num_classes: int | None = None) -> DatasetSpec:

@@ -104,7 +104,7 @@ def check_replaceable(path) -> None:
     if (path.exists() or path.is_symlink()) and not (path.is_file() and _markers(path)):
         raise OutputExistsError(
             f"{path} exists and kseg did not write it (it carries no {MARKER} marker); it was left as it "
-            f"is. Move it away or choose another --output-dir"
+            f"is. Move it away or choose another output"
         )
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import pathlib
 
 import matplotlib
 
@@ -16,6 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from kseg.files import atomic_write_bytes  # noqa: E402
+from kseg.outputs import MARKER  # noqa: E402
 
 TRUE_COLOUR = "#00e676"  # green: ground truth
 PRED_COLOUR = "#ff1744"  # red: prediction
@@ -24,8 +26,8 @@ PRED_COLOUR = "#ff1744"  # red: prediction
 def save_figure(fig, path, dpi: int = 90) -> None:
     """Write ``fig`` as a PNG at ``path``, whole or not at all (``kseg.files.atomic_write_bytes``), and close it."""
     buffer = io.BytesIO()
-    try:
-        fig.savefig(buffer, format="png", dpi=dpi)
+    try:  # with kseg's marker, so that a later run may replace it (kseg.outputs.check_replaceable)
+        fig.savefig(buffer, format="png", dpi=dpi, metadata={MARKER: f"kseg figure {pathlib.Path(path).name}"})
     finally:
         plt.close(fig)
     atomic_write_bytes(path, buffer.getvalue())

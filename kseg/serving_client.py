@@ -99,8 +99,12 @@ def check_server_address(server: str) -> str:
     """``http://HOST:PORT`` (the scheme added when missing); any other scheme (``file://``, ``ftp://``) is a
     ``UsageError`` now, not a 120-second wait for an answer that cannot come."""
     address = server if "://" in server else "http://" + server
-    parsed = urllib.parse.urlsplit(address)
-    if parsed.scheme.lower() not in ("http", "https") or not parsed.hostname:
+    try:
+        parsed = urllib.parse.urlsplit(address)
+        usable = parsed.scheme.lower() in ("http", "https") and parsed.hostname and parsed.port != 0
+    except ValueError:  # an unclosed [ or a port that is not a number in [0, 65535]
+        usable = False
+    if not usable:
         raise UsageError(
             f"--server {server!r}: expected TF Serving's REST address, http://HOST:PORT (e.g. "
             f"http://localhost:8501); use --grpc HOST:PORT for gRPC or --saved-model PATH for a local export"

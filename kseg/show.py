@@ -29,6 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data-dir", help="TFDS data dir")
     parser.add_argument("--manual-dir", help="manual download folder, to build a TFDS config on first use")
     parser.add_argument(
+        "--num-classes", type=settings.NUM_CLASSES, help="folder datasets with multi-class masks: number of classes"
+    )
+    parser.add_argument(
         "--save-images",
         metavar="DIR",
         help="also write the examples' images as IMAGE_ID.png (inputs for kseg.predict / kseg.client)",
@@ -48,18 +51,29 @@ def output_file(name: str) -> pathlib.Path:
     return out
 
 
-def save_images(examples, folder: pathlib.Path, dataset: str) -> None:
-    """``IMAGE_ID.png`` per example, marked as kseg's input images (``kseg.outputs.INPUT_MARKER``): a later
-    run may replace them, ``kseg.predict`` reads them, and a file kseg did not write is never replaced (all
-    names are checked before the first file is written)."""
-    paths = [folder / f"{outputs.safe_stem(ex['image_id'].decode())}.png" for ex in examples]
-    for path in paths:
-        outputs.check_replaceable(path)
-    folder.mkdir(parents=True, exist_ok=True)
+def image_paths(examples, folder: pathlib.Path) -> list[pathlib.Path]:
+    """``IMAGE_ID.png`` per example, as a plain file name (``outputs.safe_stem``) and distinct (``_2``, ``_3``
+    for ids that map to the same name)."""
+    paths, taken = [], set()
+    for ex in examples:
+        stem = outputs.safe_stem(ex["image_id"].decode())
+        name, count = stem, 1
+        while name in taken:
+            count += 1
+            name = f"{stem}_{count}"
+        taken.add(name)
+        paths.append(folder / f"{name}.png")
+    return paths
+
+
+def save_images(examples, paths, dataset: str) -> None:
+    """The examples' images, marked as kseg's input images (``kseg.outputs.INPUT_MARKER``): a later run may
+    replace them and ``kseg.predict`` reads them."""
+    paths[0].parent.mkdir(parents=True, exist_ok=True)
     for ex, path in zip(examples, paths):
         what = f"kseg.show image {ex['image_id'].decode()} of {dataset}"
         files.atomic_write_bytes(path, outputs.encode_png(ex["image"], what, marker=outputs.INPUT_MARKER))
-    print(f"wrote {len(examples)} images to {folder}")
+    print(f"wrote {len(examples)} images to {paths[0].parent}")
 
 
 def main(argv=None) -> int:
@@ -68,18 +82,35 @@ def main(argv=None) -> int:
     def work():
         from kseg import data, plots
 
+        try:
+            settings.check_num_classes_applies(args.num_classes, args.dataset)
+        except settings.SettingError as e:
+            raise UsageError(f"--num-classes: {e}") from None
         out = output_file(args.out)
+        inputs = data.input_folders(args.dataset, args.data_dir, args.manual_dir)
         files.check_output_dir(out.parent, "--out")
+        files.check_outside_inputs(out.parent, inputs, "--out")
+        outputs.check_replaceable(out)
         if args.save_images:
             files.check_output_dir(args.save_images, "--save-images")
+            files.check_outside_inputs(args.save_images, inputs, "--save-images")
         with data.reraise_read_errors():
             examples = list(
-                data.load_examples(args.dataset, args.split, data_dir=args.data_dir, manual_dir=args.manual_dir)
+                data.load_examples(
+                    args.dataset,
+                    args.split,
+                    data_dir=args.data_dir,
+                    manual_dir=args.manual_dir,
+                    num_classes=args.num_classes,
+                )
                 .take(args.count)
                 .as_numpy_iterator()
             )
         if not examples:
             raise UsageError(f"{args.dataset} split {args.split!r} holds no examples")
+        paths = image_paths(examples, pathlib.Path(args.save_images)) if args.save_images else []
+        for path in paths:  # every name checked before anything is written
+            outputs.check_replaceable(path)
         out.parent.mkdir(parents=True, exist_ok=True)
         plots.contour_grid(
             out,
@@ -89,8 +120,8 @@ def main(argv=None) -> int:
             title=f"{args.dataset} [{args.split}]: masks outlined in green",
         )
         print(f"wrote {out} ({len(examples)} examples of {args.dataset} {args.split})")
-        if args.save_images:
-            save_images(examples, pathlib.Path(args.save_images), args.dataset)
+        if paths:
+            save_images(examples, paths, args.dataset)
 
     return cli.run(PROG, work)
 

@@ -52,6 +52,8 @@ LOSSY_FORMATS = ("JPEG", "MPO", "WEBP", "JPEG2000")
 MAX_BETWEEN_SHARE = 0.10
 #: Rule 5: the largest share of pixels that may form areas of a third value in a lossless mask.
 MAX_THIRD_LEVEL_SHARE = 0.001
+#: A lossless mask with at most this many distinct values has no noise: each value is a level of its own.
+FEW_LEVELS = 8
 
 #: The largest mask value an error suggests reading as a class id (``--num-classes``).
 MAX_HINTED_ID = 31
@@ -227,7 +229,10 @@ def mask_to_binary(image: Image.Image, source: str = "<mask>") -> np.ndarray:
         return foreground.astype(np.uint8)
     threshold, low, high = otsu_levels(levels, counts)
     if not lossy:
-        _refuse_third_level(values, low, high, image, source)
+        # A few exact values (0/1/255: a mask with a VOC-style "ignore" border) are each a level of their own;
+        # only a mask of many values (a PNG saved from a JPEG) has near-level noise to tolerate.
+        tolerance = 0.0 if levels.size <= FEW_LEVELS else (high - low) / 16
+        _refuse_third_level(values, low, high, tolerance, image, source)
     _refuse_spread(levels, counts, low, high, image, lossy, source)
     return (values > threshold).astype(np.uint8)
 
@@ -281,13 +286,15 @@ def otsu_levels(levels: np.ndarray, counts: np.ndarray) -> tuple[float, float, f
     return (levels[split - 1] + levels[split]) / 2, low, high
 
 
-def _refuse_third_level(values: np.ndarray, low: float, high: float, image: Image.Image, source: str) -> None:
-    """Rule 5: in a lossless file, flat areas away from both levels are a third level (class ids, a trimap).
+def _refuse_third_level(
+    values: np.ndarray, low: float, high: float, tolerance: float, image: Image.Image, source: str
+) -> None:
+    """Rule 5: in a lossless file, flat areas away from both levels are a third level (class ids, a trimap,
+    an "ignore" value).
 
-    Anti-aliased edges have no such areas (their values change from pixel to pixel across the edge), and
-    values within 1/16 of the gap of a level (a PNG saved from a JPEG) are that level.
+    Anti-aliased edges have no such areas (their values change from pixel to pixel across the edge); in a
+    mask of many values, values within ``tolerance`` of a level (a PNG saved from a JPEG) are that level.
     """
-    tolerance = (high - low) / 16
     flat = (np.abs(values - low) > tolerance) & (np.abs(values - high) > tolerance)
     flat[1:] &= values[1:] == values[:-1]
     flat[:-1] &= values[:-1] == values[1:]

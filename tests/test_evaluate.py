@@ -214,24 +214,10 @@ def test_errors_name_the_problem(tmp_path, synthetic_data_dir, trained_synthetic
         == 2
     )
     assert "has no split 'dev'" in capsys.readouterr().err
-    assert (
-        evaluate.main(
-            [
-                "--model",
-                str(trained_synthetic_run),
-                "--dataset",
-                "tfds_ph2/synthetic",
-                "--data-dir",
-                synthetic_data_dir,
-                "--output-dir",
-                str(tmp_path),
-                "--threshold",
-                "2",
-            ]
-        )
-        == 2
-    )
-    assert "threshold: expected a probability" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:  # the flag's own check (kseg.settings), before anything loads
+        evaluate.main(["--model", str(trained_synthetic_run), "--output-dir", str(tmp_path), "--threshold", "2"])
+    assert exit_info.value.code == 2
+    assert "argument --threshold: expected a number in (0, 1), got '2'" in capsys.readouterr().err
 
 
 def test_split_all_scores_every_image(trained_synthetic_run, synthetic_data_dir, tmp_path):

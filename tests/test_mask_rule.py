@@ -268,3 +268,29 @@ def test_builder_warns_when_a_split_has_only_empty_masks(dummy_mads, tmp_path, l
         f"of the download"
         for split, count in sizes.items()
     )
+
+
+def test_a_mask_with_an_ignore_border_is_refused_not_read_as_its_border(tmp_path):
+    """0 background, 1 object, 255 a VOC-style "ignore" border: three exact values, none of them noise. Read
+    with a tolerance around the levels, the object (1) counted as background and only the border was left."""
+    mask = np.zeros((24, 32), np.uint8)
+    mask[4:20, 6:26] = 1
+    mask[4:20, 6:8] = mask[4:20, 24:26] = mask[4:6, 6:26] = mask[18:20, 6:26] = 255
+    path = _save(tmp_path / "ignore.png", Image.fromarray(mask))
+    with pytest.raises(imageio.MaskValuesError, match=r"not a binary mask: it holds the values 0, 1, 255"):
+        imageio.read_binary_mask(path)
+
+
+def test_kseg_show_takes_num_classes_for_a_folder_of_class_ids(tmp_path, capsys):
+    from kseg import show
+
+    ids = np.zeros((24, 32), np.uint8)
+    ids[2:12, 2:16], ids[12:22, 16:30] = 1, 2
+    root = _folder(tmp_path / "ds", {"a": Image.fromarray(ids), "b": Image.fromarray(ids)})
+    out = tmp_path / "shown.png"
+    assert show.main([f"folder:{root}", "--split", "all", "--out", str(out)]) == 2
+    assert "--num-classes 3" in capsys.readouterr().err
+    assert show.main([f"folder:{root}", "--split", "all", "--out", str(out), "--num-classes", "3"]) == 0
+    assert out.exists()
+    assert show.main(["tfds_ph2/synthetic", "--out", str(out), "--num-classes", "3"]) == 2
+    assert "--num-classes: applies to folder: datasets only" in capsys.readouterr().err

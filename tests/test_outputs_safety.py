@@ -376,3 +376,18 @@ def test_show_save_images_never_replaces_a_users_file_and_its_images_stay_inputs
 def test_safe_stems_never_leave_the_folder():
     assert outputs.safe_stem("../../etc/passwd") == "_.._etc_passwd"
     assert outputs.safe_stem("...") == "image" and outputs.safe_stem("a b/c") == "a_b_c"
+
+
+def test_show_never_writes_into_the_folder_dataset_it_reads(tmp_path, capsys):
+    from kseg import show
+
+    dataset = tmp_path / "data"
+    for index in range(2):
+        image, mask = lesion(index)
+        save_png(image, dataset / "images" / f"{index}.png")
+        save_png(mask, dataset / "masks" / f"{index}.png")
+    before = md5s(dataset)
+    for flags in (["--out", str(dataset / "images" / "grid.png")], ["--save-images", str(dataset / "images")]):
+        assert show.main([f"folder:{dataset}", "--split", "all", *flags]) == 2
+        assert "is inside the dataset folder" in error_line(capsys.readouterr().err, "kseg.show")
+    assert md5s(dataset) == before

@@ -333,7 +333,7 @@ def test_colour_mask(dummy):
     path = dummy / "PedMasks" / "PennPed00002_mask.png"
     Image.open(path).convert("RGB").save(path)
     with pytest.raises(
-        DatasetError, match=r"PennPed00002_mask\.png: instance mask of mode RGB; expected a single-channel"
+        DatasetError, match=r"PennPed00002_mask\.png: multi-class masks must be single-channel images .* got mode RGB"
     ):
         pf.load_example(dummy, pf.Case("PennPed00002", "penn"))
 

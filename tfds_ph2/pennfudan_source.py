@@ -22,7 +22,6 @@ import re
 
 import numpy as np
 from etils import epath
-from PIL import ImageOps
 
 from segio import images
 from segio.splits import stable_fraction
@@ -69,7 +68,6 @@ _FILENAME = re.compile(r"^Image filename : \"(?P<name>[^\"]*)\"\s*$")
 _COUNT = re.compile(r"^Objects with ground truth : (?P<n>\d+)\b")
 _PIXEL_MASK = re.compile(r"^Pixel mask for object (?P<k>\d+) \"[^\"]*\" : \"(?P<name>[^\"]*)\"\s*$")
 #: Pillow modes read as integer label images (palette masks by index).
-_LABEL_MODES = ("L", "P", "1", "I;16", "I")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -337,25 +335,13 @@ def _check_name(line: str, where: str, image_id: str) -> None:
 
 
 def read_instance_mask(path) -> np.ndarray:
-    """The instance label image at ``path`` as ``uint8`` ``(H, W)`` (0 background, k = object k), read with
-    Pillow as the integers it holds (grey, palette index, 1-bit or 16-bit), upright. A colour mask, values
-    above 255 or an unreadable file are a ``DatasetError`` naming it."""
+    """The instance label image at ``path`` as ``uint8`` ``(H, W)`` (0 background, k = object k), read by
+    segio's one label-mask reader (``segio.images.read_label_mask``: the integers it holds, upright). A colour
+    mask, values above 255 or an unreadable file are a ``DatasetError`` naming it."""
     try:
-        image = images.open_image(path)
+        return images.read_label_mask(path)
     except images.ImageReadError as e:
-        raise DatasetError(str(e)) from e
-    image = ImageOps.exif_transpose(image)  # upright, as segio.images reads the image itself
-    if image.mode not in _LABEL_MODES:
-        raise DatasetError(
-            f"{path}: instance mask of mode {image.mode}; expected a single-channel image of object numbers "
-            f"(8-bit grey, 0 background, k = pedestrian k)"
-        )
-    array = np.asarray(image)
-    if array.size and (array.min() < 0 or array.max() > 255):
-        raise DatasetError(
-            f"{path}: values from {array.min()} to {array.max()}; expected object numbers 0..255 (0 background)"
-        )
-    return array.astype(np.uint8)
+        raise DatasetError(f"{e} (an instance mask holds object numbers: 0 background, k = pedestrian k)") from e
 
 
 def _read_image(path) -> np.ndarray:
