@@ -129,6 +129,18 @@ class TrainConfig:
                 f"expected 0: model preset {self.model_preset!r} has no pretrained encoder to freeze (use "
                 f"unet-lite0, unet-vgg16 or segnet-vgg16), got {self.freeze_encoder_epochs}",
             )
+        if self.encoder_lr_multiplier != 1.0 and not self.has_pretrained_encoder:
+            fail(
+                "encoder_lr_multiplier (--encoder-lr-multiplier)",
+                f"applies to models with a pretrained encoder only (unet-lite0, unet-vgg16, segnet-vgg16); "
+                f"{self.model_preset!r} has none (got {self.encoder_lr_multiplier})",
+            )
+        if self.warmup_epochs is not None and self.schedule != "cosine":
+            fail(
+                "warmup_epochs (--warmup-epochs)",
+                f"applies to the cosine schedule only (its linear warm-up); the schedule is {self.schedule!r} "
+                f"(got {self.warmup_epochs})",
+            )
         try:
             settings.check_num_classes_applies(self.num_classes, self.dataset)
         except settings.SettingError as e:

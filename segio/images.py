@@ -238,8 +238,8 @@ def mask_to_binary(image: Image.Image, source: str = "<mask>") -> np.ndarray:
 
 
 def _mask_values(image: Image.Image, source: str) -> np.ndarray:
-    """The 2-D values of a mask (rule 1): colour collapsed with its maximum, the alpha channel used only
-    where the colour channels are all blank (masks drawn as opacity)."""
+    """The 2-D values of a mask (rule 1): colour collapsed with its maximum; the alpha channel instead where the
+    colour channels hold one value and alpha several (masks drawn as opacity: blank or white cut-outs)."""
     if image.mode not in _DIRECT_MASK_MODES:
         with_alpha = image.mode in ("PA", "La", "RGBa") or "transparency" in image.info
         try:
@@ -250,7 +250,7 @@ def _mask_values(image: Image.Image, source: str) -> np.ndarray:
     if array.ndim == 3:
         has_alpha = image.mode in ("RGBA", "LA")
         colour = array[..., :-1] if has_alpha else array
-        if has_alpha and colour.max(initial=0) == 0:
+        if has_alpha and np.ptp(colour) == 0 and np.ptp(array[..., -1]) > 0:
             colour = array[..., -1:]
         array = colour.max(axis=-1)
     if array.dtype == bool:

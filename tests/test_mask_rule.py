@@ -294,3 +294,14 @@ def test_kseg_show_takes_num_classes_for_a_folder_of_class_ids(tmp_path, capsys)
     assert out.exists()
     assert show.main(["tfds_ph2/synthetic", "--out", str(out), "--num-classes", "3"]) == 2
     assert "--num-classes: applies to folder: datasets only" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("colour", [0, 255])
+def test_a_cut_out_mask_drawn_as_opacity_is_read_from_its_alpha(tmp_path, colour):
+    """A mask saved as a cut-out (one colour everywhere, the shape in alpha) used to be all foreground when the
+    colour was white."""
+    rgba = np.zeros((24, 32, 4), np.uint8)
+    rgba[..., :3] = colour
+    rgba[..., 3] = _square() * 255
+    path = _save(tmp_path / "cutout.png", Image.fromarray(rgba, "RGBA"))
+    np.testing.assert_array_equal(imageio.read_binary_mask(path), _square())

@@ -221,6 +221,16 @@ def test_show_count_is_checked_by_its_flag(count, tmp_path, capsys):
             "'folder:/nowhere' is a folder dataset, read as it is (got '/downloads')",
         ),
         (
+            ["--preset", "synthetic-unet", "--encoder-lr-multiplier", "0.1"],
+            "encoder_lr_multiplier (--encoder-lr-multiplier): applies to models with a pretrained encoder only "
+            "(unet-lite0, unet-vgg16, segnet-vgg16); 'unet-small' has none (got 0.1)",
+        ),
+        (
+            ["--schedule", "constant", "--warmup-epochs", "2"],
+            "warmup_epochs (--warmup-epochs): applies to the cosine schedule only (its linear warm-up); the "
+            "schedule is 'constant' (got 2)",
+        ),
+        (
             ["--strategy", "mirrored", "--tpu", "grpc://10.0.0.2:8470"],
             "tpu (--tpu): applies to strategy 'tpu' only, and the strategy is 'mirrored' (got 'grpc://10.0.0.2:8470')",
         ),
