@@ -35,7 +35,7 @@ import urllib.request
 import numpy as np
 from PIL import Image
 
-from kseg import imageio, inputs, outputs
+from kseg import imageio, inputs, model_trust, outputs
 from kseg.errors import KsegError, UsageError
 from kseg.serving_contract import IMAGE_BYTES as INPUT_NAME
 from kseg.serving_contract import SERVING_OUTPUTS as OUTPUT_NAMES
@@ -370,8 +370,6 @@ class LocalClient:
             )
         path = resolved
         self.path, self.signature = path, signature
-        from kseg import model_trust  # TensorFlow's protobufs: only for the in-process client
-
         loaded = model_trust.load_saved_model(path)  # refuses what kseg.export did not write, before it runs
         if signature not in loaded.signatures:
             raise UsageError(f"{path}: no signature {signature!r}; it has {sorted(loaded.signatures)}")
