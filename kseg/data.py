@@ -38,7 +38,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from kseg import imageio
+from kseg import imageio, settings
 from kseg.augment import Augmentation, augment_batch, get_augmentation
 from kseg.defaults import IMAGE_SIZE
 from kseg.errors import KsegError
@@ -47,7 +47,7 @@ from segio import splits
 
 logger = logging.getLogger(__name__)
 
-FOLDER_PREFIX = "folder:"
+FOLDER_PREFIX = settings.FOLDER_PREFIX  # one spelling for the checkers and the readers
 SPLITS = ("train", "validation", "test")
 ALL = "all"
 KSEG_DATASETS = ("tfds_ph2/ph2", "tfds_ph2/mads", "tfds_ph2/synthetic")
@@ -95,8 +95,7 @@ class DatasetSpec:
         return self.split_sizes[split]
 
 
-def _is_folder(name: str) -> bool:
-    return name.startswith(FOLDER_PREFIX)
+_is_folder = settings.is_folder_dataset
 
 
 # --------------------------------------------------------------------------------------------- TFDS ---

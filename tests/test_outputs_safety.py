@@ -62,6 +62,16 @@ def save_png(array: np.ndarray, path: pathlib.Path) -> pathlib.Path:
     return path
 
 
+def folder_dataset(root: pathlib.Path, count: int, split: str | None = None, size=(48, 40)) -> pathlib.Path:
+    """``count`` lesion images and masks in ``root/[split/]images`` and ``masks`` (a ``folder:`` dataset)."""
+    base = root / split if split else root
+    for index in range(count):
+        image, mask = lesion(index, size)
+        save_png(image, base / "images" / f"{index}.png")
+        save_png(mask, base / "masks" / f"{index}.png")
+    return root
+
+
 def bomb_png(path: pathlib.Path, side: int = 40_000) -> pathlib.Path:
     """A 200-byte PNG that claims ``side`` x ``side`` pixels (1.6 gigapixels): Pillow refuses it as a
     decompression bomb when it opens it."""
@@ -142,11 +152,7 @@ def test_kseg_replaces_its_own_outputs(photos, model, tmp_path, capsys):
 
 
 def test_train_output_dir_inside_the_dataset_folder_is_refused(tmp_path, capsys):
-    dataset = tmp_path / "data"
-    for index in range(4):
-        image, mask = lesion(index)
-        save_png(image, dataset / "images" / f"{index}.png")
-        save_png(mask, dataset / "masks" / f"{index}.png")
+    dataset = folder_dataset(tmp_path / "data", 4)
     before = md5s(dataset)
     run_dir = dataset / "masks" / "run"
     code = train.main(
@@ -162,9 +168,7 @@ def test_train_output_dir_inside_the_dataset_folder_is_refused(tmp_path, capsys)
 def test_evaluate_output_dir_inside_the_dataset_folder_is_refused(tmp_path, model, capsys):
     dataset = tmp_path / "data"
     for split in ("validation", "test"):
-        image, mask = lesion(3)
-        save_png(image, dataset / split / "images" / "x.png")
-        save_png(mask, dataset / split / "masks" / "x.png")
+        folder_dataset(dataset, 1, split)
     before = md5s(dataset)
     out = dataset / "test" / "masks"
     code = evaluate.main(["--model", model, "--dataset", f"folder:{dataset}", "--output-dir", str(out)])
@@ -297,10 +301,7 @@ def test_client_refuses_a_server_address_that_is_not_http_at_once(server, photos
 def test_training_without_a_validation_split_keeps_the_last_epoch_and_draws_its_curves(tmp_path, capsys):
     dataset = tmp_path / "data"
     for split, count in (("train", 8), ("test", 2)):
-        for index in range(count):
-            image, mask = lesion(index, size=(32, 32))
-            save_png(image, dataset / split / "images" / f"{index}.png")
-            save_png(mask, dataset / split / "masks" / f"{index}.png")
+        folder_dataset(dataset, count, split, size=(32, 32))
     run_dir = tmp_path / "run"
     code = train.main(
         ["--preset", "synthetic-unet", "--dataset", f"folder:{dataset}", "--image-size", "32", "--epochs", "2"]
@@ -381,11 +382,7 @@ def test_safe_stems_never_leave_the_folder():
 def test_show_never_writes_into_the_folder_dataset_it_reads(tmp_path, capsys):
     from kseg import show
 
-    dataset = tmp_path / "data"
-    for index in range(2):
-        image, mask = lesion(index)
-        save_png(image, dataset / "images" / f"{index}.png")
-        save_png(mask, dataset / "masks" / f"{index}.png")
+    dataset = folder_dataset(tmp_path / "data", 2)
     before = md5s(dataset)
     for flags in (["--out", str(dataset / "images" / "grid.png")], ["--save-images", str(dataset / "images")]):
         assert show.main([f"folder:{dataset}", "--split", "all", *flags]) == 2
