@@ -337,3 +337,20 @@ def test_multiworker_two_processes_train_identical_weights(tmp_path, synthetic_d
     assert len(history) == 3 and float(history[-1]["loss"]) < float(history[0]["loss"])
     assert (run_dir / "metrics.json").exists() and (run_dir / "best.keras").exists()
     assert "kseg.train: tfds_ph2" not in outputs[1] and "done in" not in outputs[1]  # only the chief reports
+
+
+def test_the_history_row_is_written_before_the_epoch_checkpoint(tmp_path):
+    """A process killed between the two must never leave a checkpoint of epoch N without the history row of
+    epoch N (the resume keeps rows before the checkpoint's epoch and would lose that one for good)."""
+    import types
+
+    import keras
+
+    from kseg.training import checkpoints as checkpoints_lib
+    from kseg.training import fit_loop
+
+    setup = types.SimpleNamespace(
+        run_dir=tmp_path, state=checkpoints_lib.RunState(), config=types.SimpleNamespace(batch_size=8)
+    )
+    kinds = [type(hook) for hook in fit_loop.fit_callbacks(setup)]
+    assert kinds.index(keras.callbacks.CSVLogger) < kinds.index(checkpoints_lib.EpochCheckpoint)

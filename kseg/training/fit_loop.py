@@ -19,15 +19,17 @@ def _verbosity(verbose):
 
 
 def fit_callbacks(setup: TrainingSetup) -> list[keras.callbacks.Callback]:
-    """NaN stop, timer (before the checkpoint, which saves its figures), checkpoints, CSV history and
-    TensorBoard logs."""
+    """NaN stop, timer (before the checkpoint, which saves its figures), CSV history, checkpoints and
+    TensorBoard logs. The epoch's history row is written before its checkpoint, as the multi-worker loop
+    does: a process killed between the two then leaves a row that the resume drops (``truncate_history``),
+    never a checkpoint whose row is missing."""
     run_dir, state = setup.run_dir, setup.state
     history.truncate_history(run_dir / history.FILE_NAME, state.epoch)
     return [
         callbacks.StopOnNaN(run_dir, state),
         callbacks.TrainTimer(state, setup.config.batch_size),
-        EpochCheckpoint(run_dir / "checkpoints", run_dir / "best.keras", state),
         keras.callbacks.CSVLogger(str(run_dir / history.FILE_NAME), append=True),
+        EpochCheckpoint(run_dir / "checkpoints", run_dir / "best.keras", state),
         keras.callbacks.TensorBoard(log_dir=str(run_dir / "logs"), write_graph=False, profile_batch=0),
     ]
 
