@@ -19,6 +19,8 @@ from kseg.errors import KsegError
 from kseg.losses import LOSS_NAMES
 from kseg.models import MODEL_PRESETS
 
+TASK_NAMES = ("semantic", "instances")  # kseg.tasks.NAMES, without importing the tasks' TensorFlow code
+
 STRATEGIES = ("auto", "default", "one_device", "mirrored", "multiworker", "tpu")
 OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULES = ("cosine", "constant")
@@ -59,6 +61,9 @@ class TrainConfig:
     field names its checker; the comments and ``kseg.settings`` say why each bound is where it is."""
 
     preset: str | None = setting(None, _preset_name, optional=True)
+    # What the model predicts (kseg.tasks): a class per pixel, or every person their own mask. The dataset
+    # must hold masks of the same kind.
+    task: str = setting("semantic", settings.one_of(TASK_NAMES))
     dataset: str = setting("tfds_ph2/ph2", settings.dataset_name)
     model_preset: str = setting("unet", settings.one_of(sorted(MODEL_PRESETS)))  # flag --model
     image_size: tuple = setting(
@@ -145,6 +150,16 @@ class TrainConfig:
             settings.check_num_classes_applies(self.num_classes, self.dataset)
         except settings.SettingError as e:
             fail("num_classes (--num-classes)", e)
+        if self.task == "instances" and MODEL_PRESETS[self.model_preset][0] != "unet":
+            fail(
+                "model_preset (--model)",
+                f"the instances task puts its heads on a U-Net decoder: use unet-lite0 or a unet-* preset, got "
+                f"{self.model_preset!r}",
+            )
+        if self.task == "instances" and self.strategy == "multiworker":
+            fail("strategy (--strategy)", "the instances task trains with model.fit (every strategy but multiworker)")
+        if self.task == "instances" and self.num_classes not in (None, 1):
+            fail("num_classes (--num-classes)", f"the instances task has one class (person); got {self.num_classes}")
         if self.manual_dir is not None and settings.is_folder_dataset(self.dataset):
             fail(
                 "manual_dir (--manual-dir)",
@@ -277,6 +292,23 @@ TRAINING_PRESETS: dict[str, dict] = {
         freeze_encoder_epochs=3,
         encoder_lr_multiplier=0.1,
         output_dir="runs/mads-unet-lite0",
+    ),
+    # Every person their own mask on Penn-Fudan (120 photos to learn from): the Lite0 U-Net with
+    # Panoptic-DeepLab's centre and offset heads (kseg.tasks.instances). 320x416 keeps the photos' 4:3-ish
+    # shape; the epochs fit the 45-minute budget on 2 CPU cores (docs/benchmarks.md).
+    "pennfudan-instances": dict(
+        task="instances",
+        dataset="tfds_ph2/pennfudan",
+        model_preset="unet-lite0",
+        image_size=(320, 416),
+        batch_size=8,
+        epochs=30,
+        learning_rate=1e-3,
+        loss="bce_dice",
+        augmentation="medium",
+        freeze_encoder_epochs=3,
+        encoder_lr_multiplier=0.1,
+        output_dir="runs/pennfudan-instances",
     ),
     "synthetic-unet": dict(
         dataset="tfds_ph2/synthetic",

@@ -50,7 +50,11 @@ logger = logging.getLogger(__name__)
 FOLDER_PREFIX = settings.FOLDER_PREFIX  # one spelling for the checkers and the readers
 SPLITS = ("train", "validation", "test")
 ALL = "all"
-KSEG_DATASETS = ("tfds_ph2/ph2", "tfds_ph2/mads", "tfds_ph2/synthetic")
+KSEG_DATASETS = ("tfds_ph2/ph2", "tfds_ph2/mads", "tfds_ph2/synthetic", "tfds_ph2/pennfudan")
+#: The kinds of masks a dataset can hold (``DatasetSpec.kind``).
+SEMANTIC, INSTANCES = "semantic", "instances"
+#: The TFDS feature that holds each kind's masks.
+MASK_FEATURES = {SEMANTIC: "segmentation_mask", INSTANCES: "instance_mask"}
 
 
 class DataError(KsegError, ValueError):
@@ -78,10 +82,17 @@ class DatasetSpec:
     #: The feature results are reported per value of by default, as the dataset declares it in its TFDS
     #: metadata (``group_by``; PH2: ``clinical_diagnosis``), or None.
     default_group_by: str | None = None
+    #: What its masks hold: ``"semantic"`` (a class per pixel) or ``"instances"`` (an id per person, 0
+    #: background); the task that trains on it must be of the same kind (``kseg.tasks``).
+    kind: str = SEMANTIC
 
     @property
     def is_binary(self) -> bool:
         return self.num_classes == 1
+
+    @property
+    def is_instances(self) -> bool:
+        return self.kind == INSTANCES
 
     def size_of(self, split: str) -> int:
         """Number of examples in ``split``; ``all`` counts every example, and train, validation or test that the
@@ -226,23 +237,29 @@ def _scalar_features(features) -> dict:
     }
 
 
-def _check_has_masks(name: str, builder) -> None:
-    if "segmentation_mask" not in builder.info.features:
-        raise DataError(
-            f"{name} has no segmentation_mask feature (its features: {', '.join(builder.info.features)}); "
-            f"kseg's semantic models train on datasets with per-pixel class masks (e.g. tfds_ph2/ph2, "
-            f"tfds_ph2/mads). Instance datasets such as tfds_ph2/pennfudan are built but not trained on yet"
-        )
+def _mask_kind(name: str, builder) -> str:
+    """The kind of masks a TFDS dataset holds, from its features."""
+    for kind, feature in MASK_FEATURES.items():
+        if feature in builder.info.features:
+            return kind
+    raise DataError(
+        f"{name} has neither a segmentation_mask nor an instance_mask feature (its features: "
+        f"{', '.join(builder.info.features)}); kseg trains on datasets with per-pixel class masks (e.g. "
+        f"tfds_ph2/ph2) or instance label images (tfds_ph2/pennfudan)"
+    )
 
 
 def _tfds_spec(name: str, data_dir=None, manual_dir=None) -> DatasetSpec:
     builder = _tfds_builder(name, data_dir, manual_dir)
-    _check_has_masks(name, builder)
-    mask_feature = builder.info.features["segmentation_mask"]
+    kind = _mask_kind(name, builder)
+    mask_feature = builder.info.features[MASK_FEATURES[kind]]
     names = tuple(getattr(mask_feature, "names", None) or ())
     num_labels = len(names) or int(getattr(mask_feature, "num_classes", 0) or 2)
+    if kind == INSTANCES:  # one class, person; each person its own id
+        names, num_labels = ("background", "person"), 2
     return DatasetSpec(
         name=name,
+        kind=kind,
         num_classes=1 if num_labels <= 2 else num_labels,
         class_names=names or tuple(f"class_{i}" for i in range(num_labels)),
         split_sizes={s: info.num_examples for s, info in builder.info.splits.items()},
@@ -255,7 +272,7 @@ def _tfds_examples(name, split, data_dir, manual_dir, extra_features=()) -> tf.d
     import tensorflow_datasets as tfds
 
     builder = _tfds_builder(name, data_dir, manual_dir)
-    _check_has_masks(name, builder)
+    mask_feature = MASK_FEATURES[_mask_kind(name, builder)]
     if split != ALL and split not in builder.info.splits:
         raise DataError(f"{name} has no split {split!r}; it has {', '.join(builder.info.splits)} and {ALL}")
     scalar = _scalar_features(builder.info.features)
@@ -273,7 +290,7 @@ def _tfds_examples(name, split, data_dir, manual_dir, extra_features=()) -> tf.d
     }
 
     def select(ex):
-        result = {"image": ex["image"], "mask": ex["segmentation_mask"], "image_id": ex["image_id"]}
+        result = {"image": ex["image"], "mask": ex[mask_feature], "image_id": ex["image_id"]}
         for feature in extra_features:  # each under its own name, as a string
             value = ex[feature]
             result[feature] = tf.gather(label_names[feature], value) if feature in label_names else value
@@ -679,11 +696,15 @@ def load(
     data_dir=None,
     manual_dir=None,
     num_classes: int | None = None,
+    targets=None,
 ) -> tf.data.Dataset:
     """Batched ``(image float32 [B,H,W,3] in [0,1], mask [B,H,W,1])`` for training or evaluation.
 
     Decoded, resized examples are cached (in memory, or in a file when ``cache`` is a path) as uint8, so
-    the second epoch reads no file. ``seed`` makes shuffling and augmentation repeat exactly.
+    the second epoch reads no file. ``seed`` makes shuffling and augmentation repeat exactly. Instance
+    label images come as int32 ids (0 background). ``targets``, a function of ``(images, masks)``
+    returning ``(inputs, targets)``, runs last, after augmentation: a task makes its training targets
+    there (``kseg.tasks``), from the augmented masks.
     """
     image_size = tuple(int(s) for s in image_size)
     if len(image_size) != 2 or min(image_size) < 1:
@@ -692,7 +713,7 @@ def load(
         raise DataError(f"batch_size must be >= 1, got {batch_size}")
     spec = dataset_spec(name, data_dir=data_dir, manual_dir=manual_dir, num_classes=num_classes)
     examples = load_examples(name, split, data_dir=data_dir, manual_dir=manual_dir, num_classes=spec.num_classes)
-    mask_dtype = tf.float32 if spec.is_binary else tf.int32
+    mask_dtype = tf.float32 if spec.is_binary and not spec.is_instances else tf.int32
 
     dataset = examples.map(
         lambda ex: resize_example(ex["image"], ex["mask"], image_size), num_parallel_calls=tf.data.AUTOTUNE
@@ -715,6 +736,8 @@ def load(
             lambda batch, pair_seed: augment_batch(batch[0], batch[1], pair_seed, augmentation),
             num_parallel_calls=tf.data.AUTOTUNE,
         )
+    if targets is not None:
+        dataset = dataset.map(targets, num_parallel_calls=tf.data.AUTOTUNE)
     options = tf.data.Options()
     # Unshuffled reads keep the split's order (evaluation relies on it); a seed makes shuffling repeatable.
     options.deterministic = (not shuffle) or seed is not None

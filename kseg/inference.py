@@ -61,10 +61,13 @@ class Predictor:
         return masks
 
 
-def _keras_predictor(path: pathlib.Path) -> Predictor:
+def load_keras_model(path: pathlib.Path):
+    """A ``.keras`` model, loaded safely (no Python code) and without its compile settings."""
     import keras
 
     import kseg.models  # noqa: F401  (registers kseg's layers for deserialization)
+
+    path = pathlib.Path(path)
 
     if not zipfile.is_zipfile(path):
         raise ModelLoadError(
@@ -76,7 +79,11 @@ def _keras_predictor(path: pathlib.Path) -> Predictor:
         model = keras.models.load_model(path, compile=False, safe_mode=True)
     except Exception as e:  # Keras raises many types for a bad archive
         raise _keras_load_error(path, e) from None
-    return predictor_for_model(model, path, postprocess.for_model(path))
+    return model
+
+
+def _keras_predictor(path: pathlib.Path) -> Predictor:
+    return predictor_for_model(load_keras_model(path), path, postprocess.for_model(path))
 
 
 def _keras_load_error(path, error: Exception) -> ModelLoadError:

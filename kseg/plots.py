@@ -93,3 +93,50 @@ def training_curves(history_csv, path) -> None:
         ax.legend()
     fig.tight_layout()
     save_figure(fig, path)
+
+
+def instance_colours(count: int) -> np.ndarray:
+    """``count`` distinct RGB colours (uint8), the same for the same index everywhere (figures, overlays)."""
+    golden = 0.618033988749895
+    hues = (np.arange(count) * golden) % 1.0
+    return (matplotlib.colors.hsv_to_rgb(np.stack([hues, np.full(count, 0.85), np.full(count, 0.95)], 1)) * 255).astype(
+        np.uint8
+    )
+
+
+def instance_overlay(image, labels, alpha: float = 0.5) -> np.ndarray:
+    """uint8 [H, W, 3]: ``image`` with instance ``i`` of ``labels`` tinted in colour ``i`` (0 left as it is)."""
+    image = np.asarray(image, np.uint8)
+    labels = np.asarray(labels)
+    if labels.ndim == 3:
+        labels = labels[..., 0]
+    count = int(labels.max(initial=0))
+    if count == 0:
+        return image.copy()
+    palette = np.concatenate([np.zeros((1, 3), np.uint8), instance_colours(count)])
+    tint = palette[labels]
+    mixed = np.where(labels[..., None] > 0, (1 - alpha) * image + alpha * tint, image)
+    return np.clip(np.round(mixed), 0, 255).astype(np.uint8)
+
+
+def instance_grid(path, images, true_labels, pred_labels, titles=None, title=None):
+    """Pairs of panels per image: the truth and the prediction, each person in their own colour."""
+    count = len(images)
+    if count == 0:
+        raise ValueError("instance_grid needs at least one image")
+    columns = 4
+    rows = math.ceil(2 * count / columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 2.7 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for index in range(count):
+        for part, (labels, kind) in enumerate(((true_labels[index], "truth"), (pred_labels[index], "prediction"))):
+            ax = axes.flat[2 * index + part]
+            ax.imshow(instance_overlay(images[index], labels))
+            name = titles[index] if titles is not None else ""
+            ax.set_title(f"{name} {kind}".strip(), fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    save_figure(fig, path)
+    return path

@@ -38,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     add = parser.add_argument
     add("--preset", help=f"named starting point: {presets}")
     add("--config", help="JSON or YAML file of config fields (same names as the flags, with underscores)")
+    add("--task", help="what the model predicts: semantic (a class per pixel) or instances (every person their own mask)")
     add(
         "--dataset",
         help="tfds_ph2/ph2, tfds_ph2/mads, tfds_ph2/synthetic, any TFDS name, or folder:PATH "

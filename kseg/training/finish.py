@@ -9,7 +9,7 @@ import logging
 import math
 import pathlib
 
-from kseg import data, files, inference, plots
+from kseg import data, files, inference, plots, tasks
 from kseg.config import TrainConfig
 from kseg.evaluation.cases import MaskMaker, collect_cases, masks_for, mean_scores, score_cases
 from kseg.postprocess import PostProcessing
@@ -31,7 +31,20 @@ def read_metrics(run_dir) -> dict | None:
 
 
 def score_best_model(config: TrainConfig, spec: data.DatasetSpec, run_dir: pathlib.Path) -> dict:
-    """Validation and test scores of ``best.keras`` with a plain threshold; draws ``predictions.png``."""
+    """Validation and test scores of ``best.keras``, scored as its task scores; draws ``predictions.png``."""
+    scorer = {tasks.SEMANTIC: _score_semantic, tasks.INSTANCES: _score_instances}[config.task]
+    return scorer(config, spec, run_dir)
+
+
+def _score_instances(config: TrainConfig, spec: data.DatasetSpec, run_dir: pathlib.Path) -> dict:
+    from kseg.evaluation import instance_report
+
+    model = inference.load_keras_model(run_dir / "best.keras")
+    return instance_report.score_best_model(config, spec, run_dir, tasks.get(config.task).predictor(model))
+
+
+def _score_semantic(config: TrainConfig, spec: data.DatasetSpec, run_dir: pathlib.Path) -> dict:
+    """Semantic scores with a plain threshold."""
     predictor = inference.load_predictor(run_dir / "best.keras")
     predictor = dataclasses.replace(predictor, postprocessing=PostProcessing(threshold=config.threshold))
     make_mask = MaskMaker(spec.num_classes)
@@ -87,13 +100,12 @@ def summary_line(config: TrainConfig, run_dir, metrics: dict, state: RunState) -
         f"{config.preset or config.model_preset} on {config.dataset} done in {state.train_seconds / 60:.1f} "
         f"min of training"
     ]
+    task = tasks.get(config.task)
     if state.best_epoch >= 0 and math.isfinite(state.best_dice):
-        parts.append(f"best epoch {state.best_epoch + 1} (val Dice {state.best_dice:.4f} at model size)")
+        parts.append(f"best epoch {state.best_epoch + 1} ({task.monitor_label} {state.best_dice:.4f} at model size)")
     elif state.best_epoch >= 0:
         parts.append(f"last epoch {state.best_epoch + 1} kept (no validation split)")
-    for split in ("validation", "test"):
-        if split in metrics:
-            parts.append(f"{split} Dice {metrics[split]['dice']:.4f} IoU {metrics[split]['iou']:.4f}")
+    parts.extend(task.summary_parts(metrics))
     if metrics.get("images_per_second"):
         parts.append(f"{metrics['images_per_second']:.1f} img/s")
     parts.append(f"run dir {run_dir}")

@@ -28,8 +28,9 @@ def fit_callbacks(setup: TrainingSetup) -> list[keras.callbacks.Callback]:
     return [
         callbacks.StopOnNaN(run_dir, state),
         callbacks.TrainTimer(state, setup.config.batch_size),
+        *setup.validation_callbacks,  # the task's validation scores, into the logs the next ones read
         keras.callbacks.CSVLogger(str(run_dir / history.FILE_NAME), append=True),
-        EpochCheckpoint(run_dir / "checkpoints", run_dir / "best.keras", state),
+        EpochCheckpoint(run_dir / "checkpoints", run_dir / "best.keras", state, monitor=setup.task.monitor),
         keras.callbacks.TensorBoard(log_dir=str(run_dir / "logs"), write_graph=False, profile_batch=0),
     ]
 

@@ -14,7 +14,8 @@ import pathlib
 import keras
 import tensorflow as tf
 
-from kseg import data, distribute, files
+from kseg import data, distribute, files, tasks
+from kseg.augment import get_augmentation
 from kseg.config import ConfigError, TrainConfig, normalize_fields
 from kseg.errors import UsageError
 from kseg.models.backbones import ENCODER_PREFIX, encoder_layers
@@ -38,6 +39,8 @@ class TrainingSetup:
     model: keras.Model
     state: checkpoints.RunState
     chief: bool  # writes the run directory (every process but the non-chief multi-worker ones)
+    task: object = None  # kseg.tasks: what the model predicts
+    validation_callbacks: list = dataclasses.field(default_factory=list)  # the task's, before the checkpoint
 
     @property
     def num_classes(self) -> int:
@@ -87,14 +90,12 @@ def make_optimizer(config: TrainConfig, steps_per_epoch: int) -> keras.optimizer
 
 
 def build_model(config: TrainConfig, num_classes: int, replicas: int = 1) -> keras.Model:
-    """The configured model; with several replicas BN uses global-batch statistics, so every replica and
-    worker keeps the same moving averages and the model matches single-device training."""
-    from kseg.models import build_preset
-
-    overrides = {"dropout": config.dropout} if config.dropout else {}
-    if replicas > 1:
-        overrides["batch_norm"] = "sync"
-    return build_preset(config.model_preset, image_size=config.image_size, num_classes=num_classes, **overrides)
+    """The configured model with its task's heads; with several replicas BN uses global-batch statistics, so
+    every replica and worker keeps the same moving averages and the model matches single-device training."""
+    task = tasks.get(config.task)
+    if config.task == tasks.SEMANTIC:
+        return task.build_model(config, replicas, num_classes=num_classes)
+    return task.build_model(config, replicas)
 
 
 def compile_model(
@@ -104,17 +105,13 @@ def compile_model(
     steps_per_epoch: int,
     optimizer: keras.optimizers.Optimizer | None = None,
 ) -> None:
-    """Optimizer, loss and metrics; under ``mixed_float16`` Keras wraps the optimizer for loss scaling.
-    Pass the model's own ``optimizer`` to compile again after a change of what is trainable (the optimizer
-    and its state carry over)."""
-    from kseg.losses import get_loss
-    from kseg.metrics import default_metrics
-
+    """Optimizer, and the task's loss and metrics; under ``mixed_float16`` Keras wraps the optimizer for loss
+    scaling. Pass the model's own ``optimizer`` to compile again after a change of what is trainable (the
+    optimizer and its state carry over)."""
     model.compile(
         optimizer=optimizer or make_optimizer(config, steps_per_epoch),
-        loss=get_loss(config.loss, num_classes=num_classes),
-        metrics=default_metrics(num_classes=num_classes, threshold=config.threshold),
         jit_compile=config.jit_compile,
+        **tasks.get(config.task).compile_args(config, num_classes),
     )
 
 
@@ -187,6 +184,8 @@ def prepare(
     spec = data.dataset_spec(
         config.dataset, data_dir=config.data_dir, manual_dir=config.manual_dir, num_classes=config.num_classes
     )
+    task = tasks.get(config.task)
+    tasks.check_dataset(config.task, config.dataset, spec.kind)
     train_size = spec.split_sizes.get("train", 0)
     if train_size == 0:
         raise UsageError(f"{config.dataset} has no training examples")
@@ -211,12 +210,15 @@ def prepare(
     )
     train_data = load(
         "train",
-        augmentation=config.augmentation,
+        augmentation=task.augmentation(get_augmentation(config.augmentation)),
         shuffle=True,
         drop_remainder=drop_remainder,
         repeat=repeat or config.steps_per_epoch is not None,
+        targets=task.targets,
     )
-    validation_data = load("validation") if spec.split_sizes.get("validation") else None
+    has_validation = bool(spec.split_sizes.get("validation"))
+    validation_data = load("validation", targets=task.targets) if has_validation else None
+    validation_callbacks = task.validation_callbacks(load) if has_validation else []
     if validation_data is None and chief:
         log.warning(
             f"{config.dataset} has no validation split: best.keras will be the last epoch's model (there is "
@@ -235,5 +237,16 @@ def prepare(
     if chief and state.epoch:
         log.info(f"resuming {run_dir} after epoch {state.epoch} of {config.epochs}")
     return TrainingSetup(
-        config, strategy, spec, run_dir, steps_per_epoch, train_data, validation_data, model, state, chief
+        config,
+        strategy,
+        spec,
+        run_dir,
+        steps_per_epoch,
+        train_data,
+        validation_data,
+        model,
+        state,
+        chief,
+        task,
+        validation_callbacks,
     )

@@ -1,0 +1,45 @@
+"""What a model predicts, one object per kind: ``semantic`` (a class per pixel) and ``instances`` (every
+person their own mask).
+
+A task says how targets are made from a dataset's masks, which heads go on the decoder, the loss and
+metrics, the validation score that chooses the best epoch, how raw outputs become the final prediction (in
+TensorFlow ops), how a prediction is scored and drawn, and what the serving signature returns. Training,
+evaluation, prediction, export and the client each have one path and ask the task; none branches on the
+kind. A dataset declares its kind (``DatasetSpec.kind``); a training preset names it (``TrainConfig.task``).
+"""
+
+from __future__ import annotations
+
+from kseg.errors import UsageError
+
+SEMANTIC = "semantic"
+INSTANCES = "instances"
+NAMES = (SEMANTIC, INSTANCES)
+
+
+def get(name: str):
+    """The task object called ``name``."""
+    if name == SEMANTIC:
+        from kseg.tasks.semantic import TASK
+
+        return TASK
+    if name == INSTANCES:
+        from kseg.tasks.instances import TASK
+
+        return TASK
+    raise UsageError(f"unknown task {name!r}; kseg's tasks: {', '.join(NAMES)}")
+
+
+def of_model(model):
+    """The task a Keras model was built for, from its outputs (instance models return a dict of heads)."""
+    return get(INSTANCES if get(INSTANCES).is_model(model) else SEMANTIC)
+
+
+def check_dataset(task_name: str, dataset: str, kind: str, flag: str = "--task") -> None:
+    """A dataset of one kind given to a task of another is refused in one line."""
+    if task_name != kind:
+        hint = "--preset pennfudan-instances" if kind == INSTANCES else "a semantic preset such as --preset ph2-unet-lite0"
+        raise UsageError(
+            f"{dataset} holds {kind} masks but the task is {task_name!r}; train it as {kind} ({flag} {kind}, "
+            f"e.g. {hint})"
+        )

@@ -1,0 +1,304 @@
+"""Instance segmentation: every person their own mask (Panoptic-DeepLab, bottom-up).
+
+Targets: from the instance label image of each (augmented) example, the foreground mask at full resolution
+and the centre heatmap and offsets at stride 4 (``kseg.instance_ops.instance_targets``). Heads: the U-Net's
+``logits`` as foreground, a centre heatmap and offsets at stride 4 (``kseg.models.instance_heads``). Loss:
+BCE + Dice on the foreground, MSE x 200 on the heatmap, L1 on the offsets over foreground pixels (the
+paper's balance). Prediction: heatmap and offsets upsampled to the model's size, grouped there
+(``group_instances``, all TensorFlow ops, so the same function runs in the SavedModel), then brought to each
+image's own size. Scores: COCO mask and box AP by pycocotools (``kseg.evaluation.coco``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from kseg import instance_ops
+from kseg.errors import UsageError
+from kseg.models import instance_heads
+
+log = logging.getLogger(__name__)
+
+NAME = "instances"
+#: Loss weights of Panoptic-DeepLab (heatmap MSE x 200); the offset L1 is a mean over foreground pixels in
+#: stride-4 pixels, weighted so that it starts near the other two terms.
+CENTRE_WEIGHT = 200.0
+OFFSET_WEIGHT = 0.05
+#: Grouping at the model's full resolution (offsets and heatmap upsampled 4x): the paper's NMS kernel 7 at
+#: stride 4 covers 13 full-resolution pixels.
+NMS_KERNEL = 13
+#: At most this many people per image come out of a model (the serving signature pads to it).
+MAX_INSTANCES = 100
+
+
+@keras.saving.register_keras_serializable(package="kseg")
+class CentreHeatmapLoss(keras.losses.Loss):
+    """Mean squared error of the centre heatmap (Panoptic-DeepLab's loss; weight it 200)."""
+
+    def __init__(self, name="centre_heatmap_mse", reduction="sum_over_batch_size"):
+        super().__init__(name=name, reduction=reduction)
+
+    def call(self, y_true, y_pred):
+        return tf.reduce_mean(tf.square(tf.cast(y_true, tf.float32) - tf.cast(y_pred, tf.float32)), axis=[1, 2, 3])
+
+
+@keras.saving.register_keras_serializable(package="kseg")
+class OffsetLoss(keras.losses.Loss):
+    """L1 of the offsets over foreground pixels. ``y_true`` [B, h, w, 3] = (dy, dx, weight): background pixels
+    (weight 0) have no centre to point to. A mean per image, so a crowd and a single person count alike."""
+
+    def __init__(self, name="offset_l1", reduction="sum_over_batch_size"):
+        super().__init__(name=name, reduction=reduction)
+
+    def call(self, y_true, y_pred):
+        y_true = tf.cast(y_true, tf.float32)
+        weight = y_true[..., 2:3]
+        error = tf.abs(y_true[..., :2] - tf.cast(y_pred, tf.float32)) * weight
+        return tf.reduce_sum(error, axis=[1, 2, 3]) / tf.maximum(tf.reduce_sum(weight, axis=[1, 2, 3]), 1.0)
+
+
+def augmentation(aug):
+    """Geometry fills with background: a reflected border would copy a person under the same id, and the
+    centre of mass of the two copies would lie between them."""
+    return dataclasses.replace(aug, fill_mode="constant")
+
+
+@tf.autograph.experimental.do_not_convert
+def targets(images, labels):
+    """``(images, {"foreground": [B,H,W,1], "centre_heatmap": [B,h,w,1], "offsets": [B,h,w,3]})`` for a batch of
+    instance label images ``[B, H, W, 1]`` (the offsets carry their loss weight as a third channel)."""
+    labels = tf.cast(labels[..., 0], tf.int32)
+    made = instance_ops.instance_targets(labels, output_stride=instance_heads.HEAD_STRIDE)
+    return images, {
+        instance_heads.FOREGROUND: tf.cast(labels > 0, tf.float32)[..., None],
+        instance_heads.CENTRE_HEATMAP: made[instance_ops.CENTRE_HEATMAP][..., None],
+        instance_heads.OFFSETS: tf.concat(
+            [made[instance_ops.OFFSETS], made[instance_ops.OFFSET_WEIGHT][..., None]], axis=-1
+        ),
+    }
+
+
+def build_model(model_preset: str, image_size, *, replicas: int = 1, dropout: float = 0.0) -> keras.Model:
+    from kseg.models import MODEL_PRESETS, build_preset
+
+    if MODEL_PRESETS[model_preset][0] != "unet":
+        raise UsageError(
+            f"--model {model_preset}: instance heads go on a U-Net decoder; use unet-lite0 (pretrained) or a unet-* preset"
+        )
+    overrides = {"dropout": dropout} if dropout else {}
+    if replicas > 1:
+        overrides["batch_norm"] = "sync"
+    base = build_preset(model_preset, image_size=image_size, num_classes=1, **overrides)
+    return add_heads(base, batch_norm="sync" if replicas > 1 else True)
+
+
+def add_heads(base: keras.Model, batch_norm=True) -> keras.Model:
+    return instance_heads.add_instance_heads(base, batch_norm=batch_norm)
+
+
+def compile_args(loss_name: str) -> dict:
+    from kseg.losses import get_loss
+    from kseg.metrics import Dice
+
+    return dict(
+        loss={
+            instance_heads.FOREGROUND: get_loss(loss_name, num_classes=1),
+            instance_heads.CENTRE_HEATMAP: CentreHeatmapLoss(),
+            instance_heads.OFFSETS: OffsetLoss(),
+        },
+        loss_weights={
+            instance_heads.FOREGROUND: 1.0,
+            instance_heads.CENTRE_HEATMAP: CENTRE_WEIGHT,
+            instance_heads.OFFSETS: OFFSET_WEIGHT,
+        },
+        metrics={instance_heads.FOREGROUND: [Dice(num_classes=1)]},
+    )
+
+
+def is_instance_model(model) -> bool:
+    outputs = getattr(model, "output", None)
+    return isinstance(outputs, dict) and instance_heads.CENTRE_HEATMAP in outputs
+
+
+# ------------------------------------------------------------------------------------ prediction ---
+
+
+@tf.autograph.experimental.do_not_convert
+def group_outputs(outputs: dict, *, foreground_threshold: float = 0.5, max_instances: int = MAX_INSTANCES):
+    """Model outputs for a batch -> ``PaddedInstances`` at the model's size (labels [B, H, W], scores [B, M],
+    boxes [B, M, 4] in model pixels, areas [B, M], count [B]). TensorFlow ops only."""
+    logits = tf.cast(outputs[instance_heads.FOREGROUND], tf.float32)
+    size = tf.shape(logits)[1:3]
+    probability = tf.sigmoid(logits)
+    heatmap = tf.image.resize(tf.cast(outputs[instance_heads.CENTRE_HEATMAP], tf.float32), size, method="bilinear")
+    offsets = instance_ops.resize_offsets(tf.cast(outputs[instance_heads.OFFSETS], tf.float32), size)
+    return instance_ops.group_instances_batch(
+        probability,
+        heatmap,
+        offsets,
+        foreground_threshold=foreground_threshold,
+        nms_kernel=NMS_KERNEL,
+        max_instances=max_instances,
+    )
+
+
+def to_image_size(padded, size):
+    """One image's ``PaddedInstances`` (no batch axis) at the model's size -> at ``size`` (height, width)."""
+    return instance_ops.instances_to_size(padded, size)
+
+
+@dataclasses.dataclass
+class InstanceResult:
+    """One image's instances as NumPy: ``labels`` [H, W] (0 background, i the i-th), ``scores`` [n],
+    ``boxes`` [n, 4] (ymin, xmin, ymax, xmax) pixel edges, ``areas`` [n]."""
+
+    labels: np.ndarray
+    scores: np.ndarray
+    boxes: np.ndarray
+    areas: np.ndarray
+
+    @property
+    def count(self) -> int:
+        return len(self.scores)
+
+    def to_json(self, image_id: str) -> dict:
+        return {
+            "image_id": image_id,
+            "height": int(self.labels.shape[0]),
+            "width": int(self.labels.shape[1]),
+            "people": [
+                {
+                    "id": i + 1,
+                    "score": round(float(self.scores[i]), 4),
+                    "box": {
+                        "ymin": float(self.boxes[i, 0]),
+                        "xmin": float(self.boxes[i, 1]),
+                        "ymax": float(self.boxes[i, 2]),
+                        "xmax": float(self.boxes[i, 3]),
+                    },
+                    "area": int(self.areas[i]),
+                }
+                for i in range(self.count)
+            ],
+        }
+
+
+def result_from_padded(padded) -> InstanceResult:
+    count = int(padded.count)
+    return InstanceResult(
+        labels=np.asarray(padded.labels),
+        scores=np.asarray(padded.scores)[:count],
+        boxes=np.asarray(padded.boxes)[:count],
+        areas=np.asarray(padded.areas)[:count],
+    )
+
+
+class InstancePredictor:
+    """A Keras instance model on images of any size: resize as in training, predict, group, back to size."""
+
+    def __init__(self, model: keras.Model, path="<in memory>", max_instances: int = MAX_INSTANCES):
+        from kseg.inference import model_image_size
+
+        self.model, self.path, self.max_instances = model, str(path), max_instances
+        self.image_size = model_image_size(model)
+
+        @tf.function(reduce_retracing=True)
+        def predict_one(image):
+            from kseg.preprocessing import resize_image, scale_to_unit
+
+            batch = scale_to_unit(resize_image(image, self.image_size))[None]
+            grouped = group_outputs(model(batch, training=False), max_instances=max_instances)
+            one = instance_ops.PaddedInstances(*(t[0] for t in grouped))
+            return to_image_size(one, tf.shape(image)[:2])
+
+        self._predict_one = predict_one
+
+    def predict(self, images) -> list[InstanceResult]:
+        return [result_from_padded(self._predict_one(tf.convert_to_tensor(image, tf.uint8))) for image in images]
+
+
+# ------------------------------------------------------------------------------------ validation ---
+
+
+class MaskAPCallback(keras.callbacks.Callback):
+    """``val_mask_ap`` (and ``val_mask_ap50``) at the end of each epoch: the validation images at the model's
+    size, grouped as at inference and scored by pycocotools. Put it before the callbacks that read the logs
+    (history, checkpoint): Keras calls them in order with the same ``logs`` dict."""
+
+    def __init__(self, validation_data: tf.data.Dataset):
+        super().__init__()
+        self.validation_data = validation_data
+
+        def step(model, images):
+            return group_outputs(model(images, training=False))
+
+        self._step = tf.function(step, reduce_retracing=True)
+
+    def on_epoch_end(self, epoch, logs=None):
+        from kseg.evaluation.coco import InstancePrediction, coco_scores
+
+        if logs is None:
+            return
+        truths, predictions = [], []
+        for images, labels in self.validation_data:
+            grouped = self._step(self.model, images)
+            for i in range(int(tf.shape(images)[0])):
+                count = int(grouped.count[i])
+                truths.append(labels[i, ..., 0].numpy())
+                predictions.append(InstancePrediction(grouped.labels[i].numpy(), grouped.scores[i, :count].numpy()))
+        scores = coco_scores(truths, predictions)
+        logs["val_mask_ap"] = scores["mask_ap"]
+        logs["val_mask_ap50"] = scores["mask_ap50"]
+
+
+# ------------------------------------------------------------------------------------------ the task ---
+
+
+class InstanceTask:
+    """The instance kind as one object: what training, evaluation, prediction and export ask of it."""
+
+    name = NAME
+    monitor = "val_mask_ap"
+    monitor_label = "val mask AP"
+    headline = ("mask_ap", "mask AP")
+
+    augmentation = staticmethod(augmentation)
+    targets = staticmethod(targets)
+
+    def build_model(self, config, replicas: int = 1) -> keras.Model:
+        return build_model(config.model_preset, config.image_size, replicas=replicas, dropout=config.dropout)
+
+    def compile_args(self, config, num_classes: int) -> dict:
+        del num_classes  # one foreground channel
+        return compile_args(config.loss)
+
+    def is_model(self, model) -> bool:
+        return is_instance_model(model)
+
+    def validation_callbacks(self, load_split) -> list:
+        """``load_split(split)`` loads a split at the model size without targets (kseg.training.setup)."""
+        return [MaskAPCallback(load_split("validation"))]
+
+    def predictor(self, model, path="<in memory>") -> InstancePredictor:
+        return InstancePredictor(model, path)
+
+    def score_run(self, config, spec, run_dir) -> dict:
+        from kseg.evaluation import instance_report
+
+        return instance_report.score_best_model(config, spec, run_dir)
+
+    def summary_parts(self, metrics: dict) -> list[str]:
+        return [
+            f"{split} mask AP {metrics[split]['mask_ap']:.4f} AP50 {metrics[split]['mask_ap50']:.4f} box AP "
+            f"{metrics[split]['box_ap']:.4f}"
+            for split in ("validation", "test")
+            if split in metrics
+        ]
+
+
+TASK = InstanceTask()
