@@ -23,7 +23,7 @@ NOISE_NOTE = (
 if str(REPO_ROOT) not in sys.path:  # runnable as `python bench/x.py` from a checkout
     sys.path.insert(0, str(REPO_ROOT))
 
-from kseg.defaults import DATA_DIR_ENV  # noqa: E402  (kseg.defaults imports nothing heavy)
+from kseg.core.defaults import DATA_DIR_ENV  # noqa: E402  (kseg.core.defaults imports nothing heavy)
 
 
 def real_data_dir() -> Path:
@@ -58,8 +58,8 @@ def _version(module_name: str):
 
 
 def cpu_features() -> dict:
-    """What decides whether bfloat16 pays on this CPU (kseg.distribute.precision_policy): AMX, AVX512_BF16."""
-    from kseg import distribute  # imports TensorFlow: only when the results are written
+    """What decides whether bfloat16 pays on this CPU (kseg.core.distribute.precision_policy): AMX, AVX512_BF16."""
+    from kseg.core import distribute  # imports TensorFlow: only when the results are written
 
     flags = distribute.cpu_flags(distribute.read_cpuinfo())
     return {

@@ -40,9 +40,10 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     import numpy as np
 
-    from kseg import data, inference
+    from kseg import data
     from kseg.evaluation.cases import MaskMaker, PredictedCase, collect_cases, mean_dice
-    from kseg.postprocess import PostProcessing
+    from kseg.prediction import inference
+    from kseg.tasks.postprocess import PostProcessing
 
     examples = data.load_examples(args.dataset, args.split, data_dir=args.data_dir)
     per_model = [collect_cases(inference.load_predictor(run), examples, (False, True)) for run in args.runs]

@@ -21,7 +21,7 @@ best model, logs): the part of the overhead that is writing files.
     .venv/bin/python bench/loop.py --presets ph2-unet-lite0 --precisions float32 bfloat16 --phases frozen finetune
 
 ``--precisions`` measures each preset in the precisions named (``bfloat16`` forces it on CPUs where
-``kseg.distribute``'s policy would not choose it, so that the JSON shows what it would cost); ``--phases``
+``kseg.core.distribute``'s policy would not choose it, so that the JSON shows what it would cost); ``--phases``
 trains a pretrained encoder frozen for every epoch or fine-tuned from the first.
 
 Prints a table and writes JSON (machine, versions, command, one row per preset). Needs the presets' datasets
@@ -51,7 +51,7 @@ MANUAL_DIRS = {"tfds_ph2/ph2": ".", "tfds_ph2/mads": "bodies"}
 
 
 def parse_args(argv=None):
-    from kseg import config as config_lib
+    from kseg.training import config as config_lib
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -109,7 +109,7 @@ def parse_args(argv=None):
 
 def forced_cpu_bfloat16(force: bool):
     """``KSEG_CPU_BFLOAT16=1`` while ``force``, so that a CPU whose policy is float32 still measures bfloat16."""
-    from kseg.distribute import CPU_BFLOAT16_ENV
+    from kseg.core.distribute import CPU_BFLOAT16_ENV
 
     return mock.patch.dict(os.environ, {CPU_BFLOAT16_ENV: "1"} if force else {})
 
@@ -149,7 +149,7 @@ def measure_loop(config) -> tuple[float, EpochClock]:
     """Images/s of kseg.train's loop: its set-up and ``fit`` loop as they are, with one timing callback added
     last (the final scoring at original size is evaluation, not the loop, and is left out); and the clock,
     with every epoch's times."""
-    from kseg import distribute
+    from kseg.core import distribute
     from kseg.training import fit_loop, setup
 
     clock = EpochClock()
@@ -219,7 +219,7 @@ def median_seconds(values) -> str:
 def planned_runs(presets, precisions, phases) -> list[tuple[str, str, str]]:
     """``(preset, precision, phase)`` to measure: a preset without a pretrained encoder has one phase, so it
     runs once per precision whatever ``phases`` names."""
-    from kseg import config as config_lib
+    from kseg.training import config as config_lib
 
     return [
         (preset, precision, phase)
@@ -232,8 +232,9 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     import keras
 
-    from kseg import config as config_lib
-    from kseg import data, distribute
+    from kseg import data
+    from kseg.core import distribute
+    from kseg.training import config as config_lib
 
     rows = []
     for preset, precision, phase in planned_runs(args.presets, args.precisions, args.phases):

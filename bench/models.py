@@ -5,7 +5,7 @@ Keras' own predict/train step (the path kseg's training uses), so the numbers ca
 Presets with a pretrained encoder are trained in both phases of fine-tuning: ``frozen`` (the decoder alone)
 and ``finetune`` (the encoder too, its batch norm frozen), as kseg's training does. ``--mixed-precision``
 adds the mixed policy of this device: mixed_float16 on a GPU, mixed_bfloat16 on a CPU (forced, whatever
-``kseg.distribute.precision_policy`` would choose there), so the two precisions can be compared on any
+``kseg.core.distribute.precision_policy`` would choose there), so the two precisions can be compared on any
 machine; the JSON names the GPUs and says whether the CPU has AMX and AVX512_BF16.
 
     .venv/bin/python bench/models.py --steps 5
@@ -36,9 +36,9 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from kseg.config import ConfigError, parse_image_size  # noqa: E402
-from kseg.distribute import precision_policy  # noqa: E402
+from kseg.core.distribute import precision_policy  # noqa: E402
 from kseg.models import MODEL_PRESETS, build_preset, count_macs, count_params  # noqa: E402
+from kseg.training.config import ConfigError, parse_image_size  # noqa: E402
 from kseg.training.setup import set_encoder_trainable  # noqa: E402
 
 PHASES = ("frozen", "finetune")

@@ -37,9 +37,9 @@ import tensorflow_datasets as tfds  # noqa: E402
 
 import kseg  # noqa: E402,F401  (selects the TensorFlow backend before keras is imported)
 from kseg import data as kdata  # noqa: E402
-from kseg.losses import get_loss  # noqa: E402
-from kseg.metrics import default_metrics  # noqa: E402
 from kseg.models import MODEL_PRESETS, build_preset  # noqa: E402
+from kseg.tasks.losses import get_loss  # noqa: E402
+from kseg.tasks.metrics import default_metrics  # noqa: E402
 
 DEFAULT_DATASETS = ("tfds_ph2/synthetic", "tfds_ph2/ph2", "folder:bodies")
 MANUAL_DIRS = {"tfds_ph2/ph2": "PH2Dataset", "tfds_ph2/mads": "bodies"}  # sub-folders of the real data dir

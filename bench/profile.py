@@ -2,7 +2,7 @@
 
 The model is built and compiled as kseg's training builds it (``kseg.training.setup``: the recipe of the
 training preset that uses this model preset, with its loss, metrics and optimizer; no XLA), the precision
-is set directly (whatever ``kseg.distribute.precision_policy`` would choose on this CPU), and a
+is set directly (whatever ``kseg.core.distribute.precision_policy`` would choose on this CPU), and a
 ``tf.profiler`` trace of ``--steps`` training steps is recorded after ``--warmup`` untimed ones, for each
 precision, in ``bench/results/profile/<preset>[-<phase>]-<precision>/`` (replaced on each run; open it with
 ``tensorboard --logdir bench/results/profile``, Profile tab). The script then reads the trace's
@@ -37,8 +37,8 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from tensorflow.python.profiler.internal import _pywrap_profiler_plugin  # noqa: E402
 
-from kseg import config as kseg_config  # noqa: E402
 from kseg.models import MODEL_PRESETS  # noqa: E402
+from kseg.training import config as kseg_config  # noqa: E402
 from kseg.training import setup  # noqa: E402
 
 PRECISIONS = ("float32", "mixed_bfloat16")

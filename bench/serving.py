@@ -34,7 +34,9 @@ import common  # noqa: E402  (also puts the repository on sys.path and quiets TF
 import tensorflow as tf  # noqa: E402
 
 import kseg  # noqa: E402,F401  (selects the TensorFlow backend before keras is imported)
-from kseg import imageio, postprocess, saved_model_export, serving_client, serving_contract  # noqa: E402
+from kseg.core import imageio, serving_contract
+from kseg.serving import saved_model_export, serving_client
+from kseg.tasks import postprocess  # noqa: E402
 
 COLUMNS = [
     ("path", "path"),

@@ -1,8 +1,8 @@
 """kseg: semantic segmentation with Keras 3 and TensorFlow.
 
 Data flows one way: ``tfds_ph2`` (files -> TFDS records) -> ``kseg.data`` (records or folders -> batched
-tensors) -> ``kseg.models`` + ``kseg.losses``/``kseg.metrics`` -> training, evaluation, export.
-Pieces every stage needs (image decoding, thresholds) live in ``kseg.imageio`` and ``kseg.defaults``.
+tensors) -> ``kseg.models`` + ``kseg.tasks.losses``/``kseg.tasks.metrics`` -> training, evaluation, export.
+Pieces every stage needs (image decoding, thresholds) live in ``kseg.core.imageio`` and ``kseg.core.defaults``.
 """
 
 import os as _os

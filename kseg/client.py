@@ -5,7 +5,7 @@
     python -m kseg.client --saved-model export/models/kseg images/ --out masks/   # no server: same graph
 
 Writes ``NAME_mask.png`` and ``NAME_overlay.png`` per image, as ``kseg.predict`` does (see
-``kseg.serving_client`` for what is sent and how). Exit statuses: 0 every image written, 1 some images
+``kseg.serving.serving_client`` for what is sent and how). Exit statuses: 0 every image written, 1 some images
 failed (each named), 2 bad flags or paths or a server that cannot be used as asked, 130 interrupted.
 """
 
@@ -14,9 +14,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from kseg import cli, files, inputs, settings
-from kseg.serving_client import DEFAULT_SIGNATURE, check_server_address, make_client, send_files
-from kseg.serving_contract import MAX_VERSION
+from kseg.core import cli, files, inputs, settings
+from kseg.core.serving_contract import MAX_VERSION
+from kseg.serving.serving_client import DEFAULT_SIGNATURE, check_server_address, make_client, send_files
 
 PROG = "kseg.client"
 

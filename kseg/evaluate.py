@@ -12,8 +12,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from kseg import cli, settings
-from kseg.errors import UsageError
+from kseg.core import cli, settings
+from kseg.core.errors import UsageError
 
 PROG = "kseg.evaluate"
 
@@ -94,7 +94,7 @@ def main(argv=None) -> int:
             raise UsageError(f"--num-classes: {e}") from None
         from kseg import data
         from kseg.evaluation import report
-        from kseg.postprocess import PostProcessing
+        from kseg.tasks.postprocess import PostProcessing
 
         overrides = {
             name: getattr(args, name)

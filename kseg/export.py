@@ -3,7 +3,7 @@
     python -m kseg.export --model runs/ph2-unet                    # -> export/models/kseg/1/ (then 2, 3, ...)
     python -m kseg.export --model runs/ph2-unet/best.keras --name lesions --version 7
 
-What the export holds and how it is written: ``kseg.saved_model_export``.
+What the export holds and how it is written: ``kseg.serving.saved_model_export``.
 """
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ import json
 import pathlib
 import sys
 
-from kseg import cli
-from kseg.saved_model_export import (
+from kseg.core import cli
+from kseg.core.serving_contract import KSEG_FILE, PROBABILITIES_SIGNATURE, SERVING_SIGNATURE
+from kseg.serving.saved_model_export import (
     DEFAULT_EXPORT_DIR,
     DEFAULT_MAX_MEGAPIXELS,
     DEFAULT_NAME,
@@ -22,7 +23,6 @@ from kseg.saved_model_export import (
     VERSION,
     export_model,
 )
-from kseg.serving_contract import KSEG_FILE, PROBABILITIES_SIGNATURE, SERVING_SIGNATURE
 
 PROG = "kseg.export"
 
@@ -69,7 +69,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
 
     def work():
-        from kseg.postprocess import PostProcessing
+        from kseg.tasks.postprocess import PostProcessing
 
         target = export_model(args.model, args.export_dir, args.name, args.version, max_megapixels=args.max_megapixels)
         metadata = json.loads((target / KSEG_FILE).read_text())

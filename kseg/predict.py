@@ -1,7 +1,7 @@
 """``python -m kseg.predict``: masks and overlays for image files, with the model's stored post-processing.
 
 For each input ``NAME.ext`` it writes ``NAME_mask.png`` and ``NAME_overlay.png`` at the image's original
-size (``kseg.prediction``). Files that cannot be read are reported by name and skipped; the others are still
+size (``kseg.prediction.image_files``). Files that cannot be read are reported by name and skipped; the others are still
 predicted. Exit statuses: 0 every image written, 1 some failed, 2 bad flags or paths, 130 interrupted.
 """
 
@@ -11,7 +11,7 @@ import argparse
 import dataclasses
 import sys
 
-from kseg import cli, files, inputs, settings
+from kseg.core import cli, files, inputs, settings
 
 PROG = "kseg.predict"
 
@@ -47,7 +47,7 @@ def main(argv=None) -> int:
     written = []
 
     def work():
-        from kseg import inference, prediction
+        from kseg.prediction import image_files, inference
 
         files.check_output_dir(args.output_dir)
         found = inputs.collect_image_files(args.inputs, recursive=args.recursive)
@@ -62,7 +62,7 @@ def main(argv=None) -> int:
         postprocessing = dataclasses.replace(predictor.postprocessing, **overrides)
         errors = list(found.problems)
         if found.files:
-            done, read_errors = prediction.predict_files(
+            done, read_errors = image_files.predict_files(
                 predictor,
                 found.files,
                 args.output_dir,

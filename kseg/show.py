@@ -9,8 +9,8 @@ import argparse
 import pathlib
 import sys
 
-from kseg import cli, files, outputs, settings
-from kseg.errors import UsageError
+from kseg.core import cli, files, outputs, settings
+from kseg.core.errors import UsageError
 
 PROG = "kseg.show"
 #: Examples in one grid: 4 to a row, so 100 make a PNG 25 rows tall; matplotlib cannot draw ten times that.
@@ -67,7 +67,7 @@ def image_paths(examples, folder: pathlib.Path) -> list[pathlib.Path]:
 
 
 def save_images(examples, paths, dataset: str) -> None:
-    """The examples' images, marked as kseg's input images (``kseg.outputs.INPUT_MARKER``): a later run may
+    """The examples' images, marked as kseg's input images (``kseg.core.outputs.INPUT_MARKER``): a later run may
     replace them and ``kseg.predict`` reads them."""
     paths[0].parent.mkdir(parents=True, exist_ok=True)
     for ex, path in zip(examples, paths):
@@ -80,7 +80,8 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
 
     def work():
-        from kseg import data, plots
+        from kseg import data
+        from kseg.evaluation import plots
 
         try:
             settings.check_num_classes_applies(args.num_classes, args.dataset)

@@ -10,8 +10,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from kseg import cli, settings
-from kseg import config as config_lib
+from kseg.core import cli, settings
+from kseg.training import config as config_lib
 
 PROG = "kseg.train"
 
@@ -38,7 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
     add = parser.add_argument
     add("--preset", help=f"named starting point: {presets}")
     add("--config", help="JSON or YAML file of config fields (same names as the flags, with underscores)")
-    add("--task", help="what the model predicts: semantic (a class per pixel) or instances (every person their own mask)")
+    add(
+        "--task",
+        help="what the model predicts: semantic (a class per pixel) or instances (every person their own mask)",
+    )
     add(
         "--dataset",
         help="tfds_ph2/ph2, tfds_ph2/mads, tfds_ph2/synthetic, any TFDS name, or folder:PATH "
@@ -127,7 +130,7 @@ def main(argv=None) -> int:
         config, args = config_from_args(argv)
         resolved.append(config)
         if args.logical_cpus > 1:
-            from kseg.distribute import split_cpu
+            from kseg.core.distribute import split_cpu
 
             split_cpu(args.logical_cpus)
         from kseg import data, training

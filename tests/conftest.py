@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from kseg.defaults import DATA_DIR_ENV
+from kseg.core.defaults import DATA_DIR_ENV
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 DUMMY_DATA = REPO / "tfds_ph2" / "dummy_data"

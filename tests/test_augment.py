@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kseg.augment import AUGMENTATIONS, Augmentation, augment_batch, get_augmentation
+from kseg.data.augment import AUGMENTATIONS, Augmentation, augment_batch, get_augmentation
 
 
 def _batch(size=32, batch=6):
@@ -79,7 +79,7 @@ def test_colour_jitter_leaves_mask_and_stays_in_range():
 
 def _colour_reference(images, seed, aug):
     """The colour steps one after another in NumPy, as the textbook describes them (same random draws)."""
-    from kseg.augment import _uniform
+    from kseg.data.augment import _uniform
 
     seeds = tf.unstack(tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 10))
     batch = images.shape[0]

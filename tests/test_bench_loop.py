@@ -3,7 +3,7 @@ compared with, and every preset asked for is measured."""
 
 import pytest
 
-from kseg import config as config_lib
+from kseg.training import config as config_lib
 
 
 @pytest.fixture

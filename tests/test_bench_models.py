@@ -20,7 +20,7 @@ def bench_models(load_bench_script):
     ],
 )
 def test_mixed_precision_measures_the_devices_own_mixed_policy(bench_models, monkeypatch, device, expected):
-    from kseg import distribute
+    from kseg.core import distribute
 
     # A CPU whose policy keeps float32 (no AMX) is still measured in bfloat16: that is the comparison asked for.
     monkeypatch.setattr(distribute, "read_cpuinfo", lambda: "flags\t\t: avx512f\n")

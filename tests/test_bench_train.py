@@ -7,7 +7,7 @@ from argparse import Namespace
 
 import pytest
 
-from kseg import config as config_lib
+from kseg.training import config as config_lib
 
 
 @pytest.fixture

@@ -20,7 +20,11 @@ import pytest
 import serving_double as sd
 from PIL import Image
 
-from kseg import client, imageio, inference, outputs, postprocess, saved_model_export, serving_client
+from kseg import client
+from kseg.core import imageio, outputs
+from kseg.prediction import inference
+from kseg.serving import saved_model_export, serving_client
+from kseg.tasks import postprocess
 
 CHOICE = postprocess.PostProcessing(threshold=0.5, fill_holes=True)
 

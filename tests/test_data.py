@@ -6,7 +6,8 @@ import tensorflow as tf
 from conftest import DUMMY_DATA
 from PIL import Image
 
-from kseg import data, imageio
+from kseg import data
+from kseg.core import imageio
 
 
 @pytest.fixture(autouse=True)

@@ -7,10 +7,12 @@ import shutil
 import numpy as np
 import pytest
 
-from kseg import evaluate, imageio, scoring
+from kseg import evaluate
+from kseg.core import imageio
 from kseg.evaluation.cases import MaskMaker, PredictedCase, mean_dice, summarize
 from kseg.evaluation.postprocessing_choice import choose_postprocessing
-from kseg.postprocess import PostProcessing
+from kseg.tasks import scoring
+from kseg.tasks.postprocess import PostProcessing
 
 
 def _rows(path):
@@ -214,7 +216,7 @@ def test_errors_name_the_problem(tmp_path, synthetic_data_dir, trained_synthetic
         == 2
     )
     assert "has no split 'dev'" in capsys.readouterr().err
-    with pytest.raises(SystemExit) as exit_info:  # the flag's own check (kseg.settings), before anything loads
+    with pytest.raises(SystemExit) as exit_info:  # the flag's own check (kseg.core.settings), before anything loads
         evaluate.main(["--model", str(trained_synthetic_run), "--output-dir", str(tmp_path), "--threshold", "2"])
     assert exit_info.value.code == 2
     assert "argument --threshold: expected a number in (0, 1), got '2'" in capsys.readouterr().err

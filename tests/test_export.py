@@ -1,8 +1,9 @@
 """``kseg.export``: the SavedModel TF Serving loads, checked without a model server.
 
 The export is loaded back with ``tf.saved_model.load`` (in this process and in a fresh one), inspected and run
-with ``saved_model_cli``, and its masks are compared with the Keras model's (``kseg.inference.load_predictor``
-with the same post-processing) on real PH2 images of different sizes sent in one batch.
+with ``saved_model_cli``, and its masks are compared with the Keras model's
+(``kseg.prediction.inference.load_predictor`` with the same post-processing) on real PH2 images of different
+sizes sent in one batch.
 
 Tolerance for "the same mask": at most 0.05% of an image's pixels (plus 2) may differ. The serving graph
 decodes, resizes and thresholds with the same TF ops as the Keras path, but the model runs inside a bigger
@@ -26,7 +27,11 @@ import tensorflow as tf
 from PIL import Image
 from tensorflow.core.protobuf import saved_model_pb2
 
-from kseg import export, imageio, inference, postprocess, saved_model_export, serving_contract
+from kseg import export
+from kseg.core import imageio, serving_contract
+from kseg.prediction import inference
+from kseg.serving import saved_model_export
+from kseg.tasks import postprocess
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SIDECAR_CHOICE = postprocess.PostProcessing(threshold=0.45, fill_holes=True)
@@ -307,7 +312,7 @@ def test_masks_match_keras_for_mixed_sizes_and_formats_in_one_batch(serving, ker
     pillow = keras_predictor.predict([imageio.to_rgb_array(imageio.decode_pil(jpeg))])[0]
     assert sd.mismatch(masks[2], pillow) <= 0.01 * pillow.size
 
-    # kseg.inference reads the export (folder of versions -> newest) through predict_images.
+    # kseg.prediction.inference reads the export (folder of versions -> newest) through predict_images.
     saved = inference.load_predictor(exported.parent)
     assert saved.postprocessing == SIDECAR_CHOICE and saved.image_size == (64, 96) and saved.num_classes == 1
     for mask, reference in zip(saved.predict([images[0], images[3]]), [references[0], references[3]]):

@@ -11,7 +11,10 @@ listed after each refused one.
 
 import pytest
 
-from kseg import export, postprocess, saved_model_export, serving_contract
+from kseg import export
+from kseg.core import serving_contract
+from kseg.serving import saved_model_export
+from kseg.tasks import postprocess
 
 MAX_VERSION = 2**63 - 1
 

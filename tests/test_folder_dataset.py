@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from kseg import data, imageio
+from kseg import data
+from kseg.core import imageio
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 #: Generous: a command that ends takes seconds here; one that hangs never ends.
@@ -206,7 +207,8 @@ def test_other_errors_pass_through_reraise():
 #: some are always running when the process ends: before the fix this hung (or aborted) every time.
 PIPELINE_SCRIPT = textwrap.dedent("""
     import pathlib, sys, time
-    from kseg import data, imageio
+    from kseg import data
+    from kseg.core import imageio
     root, mode = pathlib.Path(sys.argv[1]), sys.argv[2]
     dataset = data.load(f"folder:{root}", "all", image_size=(16, 16), batch_size=2, shuffle=True, seed=0)
     read_image = imageio.read_image

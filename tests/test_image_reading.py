@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from kseg import data, imageio
+from kseg import data
+from kseg.core import imageio
 
 ORIENTATION = 0x0112
 
@@ -147,7 +148,7 @@ def test_decompression_bomb_is_an_image_read_error_naming_the_file(tmp_path, mon
 
 
 def test_predict_skips_a_decompression_bomb_like_any_unreadable_file(tmp_path, monkeypatch):
-    from kseg import prediction
+    from kseg.prediction import image_files
 
     class EmptyPredictor:  # every mask empty: only which files get through matters here
         num_classes = 1
@@ -159,6 +160,6 @@ def test_predict_skips_a_decompression_bomb_like_any_unreadable_file(tmp_path, m
     Image.new("RGB", (8, 8)).save(good)
     Image.new("RGB", (20, 20)).save(huge)
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
-    written, errors = prediction.predict_files(EmptyPredictor(), [str(huge), str(good)], tmp_path / "out")
+    written, errors = image_files.predict_files(EmptyPredictor(), [str(huge), str(good)], tmp_path / "out")
     assert len(written) == 1 and (tmp_path / "out" / "good_mask.png").exists()
     assert len(errors) == 1 and errors[0].startswith(f"{huge}: 400 pixels, more than Pillow's decompression-bomb")

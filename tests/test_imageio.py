@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from kseg import imageio
+from kseg.core import imageio
 
 
 def _save(tmp_path, name, image):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kseg import instance_ops as io
+from kseg.tasks import instance_ops as io
 
 # ------------------------------------------------------------------------------------------ helpers ---
 

@@ -1,5 +1,6 @@
 """The layering rules, checked on the source: no import cycles, library modules never import a command
-module, the TFDS builder never imports kseg, and the shared readers (``segio``) import neither."""
+module, each package of kseg imports only packages below it (``LAYERS``), the TFDS builder never imports kseg,
+and the shared readers (``segio``) import neither."""
 
 import ast
 import pathlib
@@ -9,6 +10,17 @@ import pytest
 REPO = pathlib.Path(__file__).resolve().parents[1]
 PACKAGES = ("kseg", "tfds_ph2", "segio")
 COMMANDS = {f"kseg.{name}" for name in ("train", "evaluate", "predict", "export", "client", "show")}
+#: kseg's packages from the bottom up; a module may import its own package and those on lower layers only.
+#: The data flow: files -> data -> models + tasks -> prediction -> evaluation -> training -> serving -> commands.
+LAYERS = (
+    ("kseg.core",),
+    ("kseg.data", "kseg.models"),
+    ("kseg.tasks",),
+    ("kseg.prediction",),
+    ("kseg.evaluation",),
+    ("kseg.training",),
+    ("kseg.serving",),
+)
 
 
 def _module_name(path: pathlib.Path) -> str:
@@ -87,6 +99,30 @@ def test_library_modules_do_not_import_commands(module):
     assert not GRAPH[module] & COMMANDS, f"{module} imports the command module(s) {sorted(GRAPH[module] & COMMANDS)}"
 
 
+def _layer(module: str) -> int | None:
+    for rank, packages in enumerate(LAYERS):
+        if any(module == p or module.startswith(p + ".") for p in packages):
+            return rank
+    return None
+
+
+def test_every_kseg_module_is_in_a_package_or_a_command():
+    loose = [m for m in GRAPH if m.startswith("kseg.") and m not in COMMANDS and _layer(m) is None]
+    assert not loose, f"modules outside kseg's packages (add them to one, or to LAYERS): {loose}"
+
+
+@pytest.mark.parametrize("module", sorted(name for name in GRAPH if _layer(name) is not None))
+def test_packages_import_only_lower_layers(module):
+    upward = sorted(t for t in GRAPH[module] if _layer(t) is not None and _layer(t) > _layer(module))
+    assert not upward, f"{module} (layer {_layer(module)}) imports higher layers: {upward}"
+
+
+def test_an_upward_import_would_be_found(monkeypatch):
+    monkeypatch.setitem(GRAPH, "kseg.data.augment", GRAPH["kseg.data.augment"] | {"kseg.training.setup"})
+    with pytest.raises(AssertionError, match="imports higher layers"):
+        test_packages_import_only_lower_layers("kseg.data.augment")
+
+
 def test_builder_and_shared_readers_do_not_import_kseg():
     for name, targets in GRAPH.items():
         if name.startswith("tfds_ph2"):
@@ -96,6 +132,8 @@ def test_builder_and_shared_readers_do_not_import_kseg():
 
 
 def test_a_cycle_would_be_found(monkeypatch):
-    # kseg.evaluation.cases imports kseg.inference; the reverse edge closes a loop.
-    monkeypatch.setitem(GRAPH, "kseg.inference", GRAPH["kseg.inference"] | {"kseg.evaluation.cases"})
+    # kseg.evaluation.cases imports kseg.prediction.inference; the reverse edge closes a loop.
+    monkeypatch.setitem(
+        GRAPH, "kseg.prediction.inference", GRAPH["kseg.prediction.inference"] | {"kseg.evaluation.cases"}
+    )
     assert _cycle() is not None

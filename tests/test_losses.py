@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 
-from kseg import losses, metrics
+from kseg.tasks import losses, metrics
 
 SIZE = 5
 C = 3

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from kseg import data, imageio
+from kseg import data
+from kseg.core import imageio
 
 NESTED = "segmentation_full_body_mads_dataset_1192_img"
 
@@ -178,7 +179,8 @@ def test_folder_dataset_with_16_bit_0_255_masks(tmp_path, logged):
 
 def test_kseg_show_draws_the_masks_of_16_bit_0_255_files(tmp_path, monkeypatch):
     """``python -m kseg.show folder:...``: the masks it outlines are the files' masks, not empty ones."""
-    from kseg import plots, show
+    from kseg import show
+    from kseg.evaluation import plots
 
     root = _folder(tmp_path / "ds", {f"im{i}": _sixteen_bit(_square() * 255) for i in range(3)})
     drawn = {}

@@ -1,4 +1,4 @@
-"""Metrics against a plain NumPy reference written independently of kseg.metrics."""
+"""Metrics against a plain NumPy reference written independently of kseg.tasks.metrics."""
 
 import math
 import zlib
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kseg import metrics
-from kseg.defaults import THRESHOLD
+from kseg.core.defaults import THRESHOLD
+from kseg.tasks import metrics
 
 METRIC_CLASSES = {
     "dice": metrics.Dice,

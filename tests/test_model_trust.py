@@ -22,7 +22,7 @@ import tensorflow as tf
 from PIL import Image
 from tensorflow.core.protobuf import saved_model_pb2
 
-from kseg import inference, predict, saved_model_export
+from kseg import predict
 from kseg.models import pretrained_weights
 from kseg.models.pretrained_weights import (
     TORCH_LEGACY_MAGIC,
@@ -30,6 +30,8 @@ from kseg.models.pretrained_weights import (
     PretrainedWeightsError,
     read_torch_legacy,
 )
+from kseg.prediction import inference
+from kseg.serving import saved_model_export
 
 TRUST = "A SavedModel is a program: load only models from people you trust"
 WRITES = "WriteFile, an op that writes files; kseg exports never touch files"
@@ -222,7 +224,7 @@ def test_every_refused_op_name_is_a_real_tensorflow_op():
     """A misspelt name would refuse nothing."""
     from tensorflow.python.framework import op_def_registry
 
-    from kseg import model_trust
+    from kseg.prediction import model_trust
 
     assert [op for op in model_trust.FORBIDDEN_OPS if op_def_registry.get(op) is None] == []
     assert model_trust.forbidden("ShardedFilename") is None and model_trust.forbidden("Conv2D") is None

@@ -22,7 +22,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from kseg import client, evaluate, files, inputs, outputs, predict, saved_model_export, train
+from kseg import client, evaluate, predict, train
+from kseg.core import files, inputs, outputs
+from kseg.serving import saved_model_export
 from kseg.training import checkpoints
 
 REPO = pathlib.Path(__file__).resolve().parents[1]

@@ -10,6 +10,7 @@ import shutil
 
 import numpy as np
 import pytest
+import tensorflow as tf
 from PIL import Image
 
 from tfds_ph2 import pennfudan_source as pf
@@ -389,10 +390,36 @@ def test_empty_image_file(dummy):
         pf.load_example(dummy, pf.Case("PennPed00002", "penn"))
 
 
-def test_kseg_says_clearly_that_it_does_not_train_on_the_instance_config_yet(tmp_path):
-    """The built config has no segmentation_mask; kseg.data says so in one line instead of a KeyError."""
+def test_the_built_config_is_an_instance_dataset_with_exact_ids(tmp_path):
+    """kseg.data reads the instance label images as they were built: int32 ids, 0 background, nearest resize."""
     from kseg import data
 
     dummy = pathlib.Path(__file__).resolve().parents[1] / "tfds_ph2" / "dummy_data" / "PennFudanPed"
-    with pytest.raises(data.DataError, match=r"tfds_ph2/pennfudan has no segmentation_mask feature \(its features:"):
-        data.dataset_spec("tfds_ph2/pennfudan", data_dir=str(tmp_path), manual_dir=str(dummy))
+    spec = data.dataset_spec("tfds_ph2/pennfudan", data_dir=str(tmp_path), manual_dir=str(dummy))
+    assert spec.kind == "instances" and spec.is_instances and spec.num_classes == 1
+    assert spec.split_sizes == {"train": 3, "validation": 1, "test": 2}
+    (example,) = data.load_examples("tfds_ph2/pennfudan", "validation", data_dir=str(tmp_path)).take(1)
+    ids = set(np.unique(example["mask"].numpy()).tolist())
+    ((images, labels),) = data.load("tfds_ph2/pennfudan", "validation", image_size=(64, 96), data_dir=str(tmp_path))
+    assert labels.dtype == tf.int32 and images.shape == (1, 64, 96, 3)
+    assert set(np.unique(labels.numpy()).tolist()) <= ids and len(ids) > 1
+
+
+def test_a_semantic_run_on_the_instance_config_is_refused_in_one_line(tmp_path):
+    from kseg.core.errors import UsageError
+    from kseg.training import config as config_lib
+    from kseg.training import run
+
+    dummy = pathlib.Path(__file__).resolve().parents[1] / "tfds_ph2" / "dummy_data" / "PennFudanPed"
+    config = config_lib.resolve(
+        overrides=dict(
+            preset="synthetic-unet",
+            dataset="tfds_ph2/pennfudan",
+            data_dir=str(tmp_path / "tfds"),
+            manual_dir=str(dummy),
+            output_dir=str(tmp_path / "run"),
+        )
+    )
+    with pytest.raises(UsageError, match=r"tfds_ph2/pennfudan holds instances masks but the task is 'semantic'"):
+        run(config)
+    assert not (tmp_path / "run" / "config.json").exists()

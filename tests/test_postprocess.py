@@ -7,8 +7,8 @@ import pytest
 import tensorflow as tf
 from scipy import ndimage
 
-from kseg import postprocess
-from kseg.postprocess import PostProcessing
+from kseg.tasks import postprocess
+from kseg.tasks.postprocess import PostProcessing
 
 
 def _random_masks(seed, shape=(3, 40, 56)):

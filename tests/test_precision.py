@@ -5,7 +5,7 @@ import logging
 
 import pytest
 
-from kseg import distribute
+from kseg.core import distribute
 
 # /proc/cpuinfo excerpts: a Sapphire Rapids Xeon with AMX, the same CPU under a hypervisor that hides AMX,
 # an AMD Zen 4 EPYC (AVX512_BF16, no AMX), a Zen 3 one, and an older Intel CPU with neither.
@@ -88,17 +88,17 @@ def test_what_pays_names_the_cpu_features():
 
 
 def test_cpu_without_amx_logs_why(caplog):
-    with caplog.at_level(logging.INFO, logger="kseg.distribute"):
+    with caplog.at_level(logging.INFO, logger="kseg.core.distribute"):
         distribute.precision_policy(True, device="cpu", cpuinfo_text=AVX512_BF16_CPUINFO)
-    messages = [r.getMessage() for r in caplog.records if r.name == "kseg.distribute"]
+    messages = [r.getMessage() for r in caplog.records if r.name == "kseg.core.distribute"]
     assert len(messages) == 1
     assert "AVX512_BF16 but no AMX" in messages[0] and distribute.CPU_BFLOAT16_ENV in messages[0]
 
 
 def test_cpu_with_amx_logs_nothing(caplog):
-    with caplog.at_level(logging.INFO, logger="kseg.distribute"):
+    with caplog.at_level(logging.INFO, logger="kseg.core.distribute"):
         distribute.precision_policy(True, device="cpu", cpuinfo_text=AMX_CPUINFO)
-    assert not [r for r in caplog.records if r.name == "kseg.distribute"]
+    assert not [r for r in caplog.records if r.name == "kseg.core.distribute"]
 
 
 def test_argument_forces_the_cpu_choice():
@@ -157,8 +157,7 @@ def test_training_precision_scope_follows_the_policy(monkeypatch):
     """kseg's training sets the policy through precision_policy: forcing float32 on a CPU reaches Keras."""
     import keras
 
-    from kseg import config
-    from kseg.training import setup
+    from kseg.training import config, setup
 
     if distribute.accelerator_kind() != "cpu":
         pytest.skip("checks the CPU choice")

@@ -3,7 +3,10 @@
 import numpy as np
 from PIL import Image
 
-from kseg import imageio, inference, inputs, outputs, postprocess, predict
+from kseg import predict
+from kseg.core import imageio, inputs, outputs
+from kseg.prediction import inference
+from kseg.tasks import postprocess
 
 
 def test_real_ph2_and_odd_formats_end_to_end(ph2_dir, trained_synthetic_run, tmp_path, capsys):

@@ -5,7 +5,7 @@ import math
 import numpy as np
 from scipy.spatial.distance import cdist
 
-from kseg import scoring
+from kseg.tasks import scoring
 
 
 def _surface_points(mask):

@@ -6,12 +6,12 @@ import keras
 import numpy as np
 import pytest
 
-import kseg.losses  # noqa: F401  (registers the classes below)
-import kseg.metrics  # noqa: F401
 import kseg.models  # noqa: F401
-from kseg import losses, metrics
+import kseg.tasks.losses  # noqa: F401  (registers the classes below)
+import kseg.tasks.metrics  # noqa: F401
 from kseg.models import layers as model_layers
 from kseg.models.backbones import EncoderPreprocessing
+from kseg.tasks import losses, metrics
 from kseg.training import optimizers
 
 #: One instance of each registered class, with arguments away from their defaults, so a dropped argument

@@ -1,6 +1,6 @@
 """Every setting checked for type and range in one place: config files (YAML, JSON) and flags go through the
-same checkers (``kseg.settings``, the field table of ``kseg.config.TrainConfig``), so a bad value is one line
-naming the field or flag, what was expected and (bounded) what was given; nothing is created for it.
+same checkers (``kseg.core.settings``, the field table of ``kseg.training.config.TrainConfig``), so a bad value is
+one line naming the field or flag, what was expected and (bounded) what was given; nothing is created for it.
 
 Commands are called through their ``main(argv)``: a bad config value comes back as ``kseg.<cmd>: error: ...``
 with exit status 2; a bad numeric flag is refused by argparse (``usage`` and ``error: argument --flag: ...``,
@@ -12,7 +12,8 @@ import time
 
 import pytest
 
-from kseg import config, evaluate, show, train
+from kseg import evaluate, show, train
+from kseg.training import config
 
 MAX_SEED = 2**32 - 1
 
@@ -140,7 +141,7 @@ def test_a_yaml_alias_bomb_is_named_in_a_short_line_at_once(tmp_path, capsys):
 
 
 def test_values_in_messages_are_bounded_whatever_their_size():
-    from kseg import settings
+    from kseg.core import settings
 
     bomb = ["lol"]
     for _ in range(60):  # 2**60 leaves: only a repr that stops early can finish

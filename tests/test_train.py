@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kseg import config, errors, train
-from kseg.training import callbacks, checkpoints, history, setup
+from kseg import train
+from kseg.core import errors
+from kseg.training import callbacks, checkpoints, config, history, setup
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TINY = ["--preset", "synthetic-unet", "--image-size", "32", "--batch-size", "8", "--seed", "1"]

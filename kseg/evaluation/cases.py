@@ -13,9 +13,10 @@ from collections.abc import Callable
 import numpy as np
 import tensorflow as tf
 
-from kseg import inference, postprocess, scoring
-from kseg.postprocess import PostProcessing
-from kseg.preprocessing import model_input
+from kseg.data.preprocessing import model_input
+from kseg.prediction import inference
+from kseg.tasks import postprocess, scoring
+from kseg.tasks.postprocess import PostProcessing
 
 
 @dataclasses.dataclass

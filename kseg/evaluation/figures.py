@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from kseg import plots
+from kseg.evaluation import plots
 
 GRID_CASES_PER_ROW = 4
 

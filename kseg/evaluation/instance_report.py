@@ -1,4 +1,4 @@
-"""Scoring instance predictions: COCO mask and box AP (pycocotools, ``kseg.evaluation.coco``), per-image
+"""Scoring instance predictions: COCO mask and box AP (pycocotools, ``kseg.tasks.coco``), per-image
 counts (people found, missed, spurious), ``summary.json``, ``cases.csv`` and a figure where each person has
 their own colour. Every image is predicted at the model's size and scored at its original resolution, as
 the semantic evaluator does."""
@@ -13,8 +13,10 @@ import pathlib
 
 import numpy as np
 
-from kseg import data, files, plots
-from kseg.evaluation.coco import InstancePrediction, coco_scores, image_counts
+from kseg import data
+from kseg.core import files
+from kseg.evaluation import plots
+from kseg.tasks.coco import InstancePrediction, coco_scores, image_counts
 
 PICTURED_CASES = 8
 CASE_COLUMNS = ("people", "predicted", "found", "missed", "spurious", "matched_iou")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from kseg.evaluation.cases import MaskMaker, mean_dice
-from kseg.postprocess import PostProcessing
+from kseg.tasks.postprocess import PostProcessing
 
 #: A post-processing step must raise mean validation Dice by this much to be kept (avoids fitting noise).
 MIN_GAIN = 0.001

@@ -12,12 +12,15 @@ import pathlib
 
 import numpy as np
 
-from kseg import data, files, inference, postprocess, scoring
-from kseg.errors import UsageError
+from kseg import data
+from kseg.core import files
+from kseg.core.errors import UsageError
 from kseg.evaluation import figures
 from kseg.evaluation.cases import MaskMaker, collect_cases, dice_vs_threshold, masks_for, score_cases, summarize
 from kseg.evaluation.postprocessing_choice import ablation, choose_postprocessing
-from kseg.postprocess import PostProcessing
+from kseg.prediction import inference
+from kseg.tasks import postprocess, scoring
+from kseg.tasks.postprocess import PostProcessing
 
 log = logging.getLogger(__name__)
 

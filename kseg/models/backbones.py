@@ -26,7 +26,7 @@ import keras
 import numpy as np
 from keras import layers, ops
 
-from kseg.errors import ModelArgumentError
+from kseg.core.errors import ModelArgumentError
 from kseg.models import pretrained_weights
 from kseg.models.layers import batch_normalization, check_image_size, depthwise_conv
 

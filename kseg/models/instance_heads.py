@@ -4,7 +4,7 @@ The semantic model's ``logits`` (person vs background, full resolution) stays th
 heads read the decoder at stride 4 (``dec3``, where the U-Net decoder still has 64 channels and the
 encoder's context): the instance-centre heatmap and the per-pixel offsets ``(dy, dx)`` to the centre, in
 stride-4 pixels. Stride 4 is Panoptic-DeepLab's choice too: the centre and offset maps are smooth, and
-their convs cost a sixteenth of full resolution. ``kseg.instance_ops`` turns the three maps into instances.
+their convs cost a sixteenth of full resolution. ``kseg.tasks.instance_ops`` turns the three maps into instances.
 
 The model is one flat functional graph returning a dict, so ``get_config`` round trips, ``count_macs`` and
 export handle it like the semantic models; the three outputs compute in float32 under mixed precision.
@@ -15,7 +15,7 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from kseg.errors import ModelArgumentError
+from kseg.core.errors import ModelArgumentError
 from kseg.models.layers import conv_block
 
 #: Output names (the keys of the model's output dict, of the targets and of the losses).
@@ -41,8 +41,13 @@ def _decoder_output(model: keras.Model, level: int):
 
 
 def _head(features, filters, outputs, name, batch_norm):
+    """3x3 conv-BN-ReLU then a 1x1 conv to the outputs. The last conv starts near zero (std 0.001, as
+    detectron2's heads do): a heatmap that starts at zero already has the loss of an empty image, where a
+    default initialisation starts it at values around 1 and the x200 heatmap loss swamps the others for
+    the first epochs."""
     x = conv_block(features, filters, 1, f"{name}_head", batch_norm)
-    return layers.Conv2D(outputs, 1, dtype="float32", name=name)(x)
+    initializer = keras.initializers.RandomNormal(stddev=0.001)
+    return layers.Conv2D(outputs, 1, dtype="float32", kernel_initializer=initializer, name=name)(x)
 
 
 def add_instance_heads(base: keras.Model, *, head_filters: int = HEAD_FILTERS, batch_norm=True) -> keras.Model:

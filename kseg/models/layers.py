@@ -8,8 +8,8 @@ support, instead of ``tf.nn.max_pool_with_argmax`` plus a scatter of flattened i
 import keras
 from keras import layers, ops
 
-from kseg.distribute import accelerator_kind
-from kseg.errors import ModelArgumentError
+from kseg.core.distribute import accelerator_kind
+from kseg.core.errors import ModelArgumentError
 
 
 @keras.saving.register_keras_serializable(package="kseg")

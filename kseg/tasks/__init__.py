@@ -10,7 +10,7 @@ kind. A dataset declares its kind (``DatasetSpec.kind``); a training preset name
 
 from __future__ import annotations
 
-from kseg.errors import UsageError
+from kseg.core.errors import UsageError
 
 SEMANTIC = "semantic"
 INSTANCES = "instances"
@@ -38,7 +38,9 @@ def of_model(model):
 def check_dataset(task_name: str, dataset: str, kind: str, flag: str = "--task") -> None:
     """A dataset of one kind given to a task of another is refused in one line."""
     if task_name != kind:
-        hint = "--preset pennfudan-instances" if kind == INSTANCES else "a semantic preset such as --preset ph2-unet-lite0"
+        hint = (
+            "--preset pennfudan-instances" if kind == INSTANCES else "a semantic preset such as --preset ph2-unet-lite0"
+        )
         raise UsageError(
             f"{dataset} holds {kind} masks but the task is {task_name!r}; train it as {kind} ({flag} {kind}, "
             f"e.g. {hint})"

@@ -1,12 +1,12 @@
 """Instance segmentation: every person their own mask (Panoptic-DeepLab, bottom-up).
 
 Targets: from the instance label image of each (augmented) example, the foreground mask at full resolution
-and the centre heatmap and offsets at stride 4 (``kseg.instance_ops.instance_targets``). Heads: the U-Net's
+and the centre heatmap and offsets at stride 4 (``kseg.tasks.instance_ops.instance_targets``). Heads: the U-Net's
 ``logits`` as foreground, a centre heatmap and offsets at stride 4 (``kseg.models.instance_heads``). Loss:
 BCE + Dice on the foreground, MSE x 200 on the heatmap, L1 on the offsets over foreground pixels (the
 paper's balance). Prediction: heatmap and offsets upsampled to the model's size, grouped there
 (``group_instances``, all TensorFlow ops, so the same function runs in the SavedModel), then brought to each
-image's own size. Scores: COCO mask and box AP by pycocotools (``kseg.evaluation.coco``).
+image's own size. Scores: COCO mask and box AP by pycocotools (``kseg.tasks.coco``).
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from kseg import instance_ops
-from kseg.errors import UsageError
+from kseg.core.errors import UsageError
 from kseg.models import instance_heads
+from kseg.tasks import instance_ops
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,8 @@ def build_model(model_preset: str, image_size, *, replicas: int = 1, dropout: fl
 
     if MODEL_PRESETS[model_preset][0] != "unet":
         raise UsageError(
-            f"--model {model_preset}: instance heads go on a U-Net decoder; use unet-lite0 (pretrained) or a unet-* preset"
+            f"--model {model_preset}: instance heads go on a U-Net decoder; use unet-lite0 (pretrained) or a "
+            f"unet-* preset"
         )
     overrides = {"dropout": dropout} if dropout else {}
     if replicas > 1:
@@ -102,8 +103,8 @@ def add_heads(base: keras.Model, batch_norm=True) -> keras.Model:
 
 
 def compile_args(loss_name: str) -> dict:
-    from kseg.losses import get_loss
-    from kseg.metrics import Dice
+    from kseg.tasks.losses import get_loss
+    from kseg.tasks.metrics import Dice
 
     return dict(
         loss={
@@ -202,14 +203,12 @@ class InstancePredictor:
     """A Keras instance model on images of any size: resize as in training, predict, group, back to size."""
 
     def __init__(self, model: keras.Model, path="<in memory>", max_instances: int = MAX_INSTANCES):
-        from kseg.inference import model_image_size
-
         self.model, self.path, self.max_instances = model, str(path), max_instances
-        self.image_size = model_image_size(model)
+        self.image_size = tuple(int(side) for side in model.inputs[0].shape[1:3])
 
         @tf.function(reduce_retracing=True)
         def predict_one(image):
-            from kseg.preprocessing import resize_image, scale_to_unit
+            from kseg.data.preprocessing import resize_image, scale_to_unit
 
             batch = scale_to_unit(resize_image(image, self.image_size))[None]
             grouped = group_outputs(model(batch, training=False), max_instances=max_instances)
@@ -240,7 +239,7 @@ class MaskAPCallback(keras.callbacks.Callback):
         self._step = tf.function(step, reduce_retracing=True)
 
     def on_epoch_end(self, epoch, logs=None):
-        from kseg.evaluation.coco import InstancePrediction, coco_scores
+        from kseg.tasks.coco import InstancePrediction, coco_scores
 
         if logs is None:
             return
@@ -286,11 +285,6 @@ class InstanceTask:
 
     def predictor(self, model, path="<in memory>") -> InstancePredictor:
         return InstancePredictor(model, path)
-
-    def score_run(self, config, spec, run_dir) -> dict:
-        from kseg.evaluation import instance_report
-
-        return instance_report.score_best_model(config, spec, run_dir)
 
     def summary_parts(self, metrics: dict) -> list[str]:
         return [

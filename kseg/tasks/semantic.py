@@ -1,7 +1,7 @@
 """Semantic segmentation: a class for every pixel (lesion vs skin, person vs background, K classes).
 
-The kind kseg started with; its pieces live where they always did (``kseg.losses``, ``kseg.metrics``,
-``kseg.postprocess``, ``kseg.evaluation.cases``) and this object is what the shared paths ask of them.
+The kind kseg started with; its pieces live where they always did (``kseg.tasks.losses``, ``kseg.tasks.metrics``,
+``kseg.tasks.postprocess``, ``kseg.evaluation.cases``) and this object is what the shared paths ask of them.
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ class SemanticTask:
         return build_preset(config.model_preset, image_size=config.image_size, num_classes=num_classes, **overrides)
 
     def compile_args(self, config, num_classes: int) -> dict:
-        from kseg.losses import get_loss
-        from kseg.metrics import default_metrics
+        from kseg.tasks.losses import get_loss
+        from kseg.tasks.metrics import default_metrics
 
         return dict(
             loss=get_loss(config.loss, num_classes=num_classes),

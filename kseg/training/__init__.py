@@ -13,14 +13,15 @@ from __future__ import annotations
 import logging
 import pathlib
 
-from kseg.config import TrainConfig
+from kseg.training.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
 
 def run(config: TrainConfig, *, verbose="auto") -> dict:
     """Train as ``config`` says, write the run directory and return the contents of ``metrics.json``."""
-    from kseg import data, distribute, files
+    from kseg import data
+    from kseg.core import distribute, files
     from kseg.training import setup
 
     # The strategy comes first: multi-worker collectives must be configured before TensorFlow's runtime
@@ -52,7 +53,7 @@ def _train(config: TrainConfig, strategy, run_dir: pathlib.Path, verbose) -> dic
     multiworker = config.strategy == "multiworker"
     is_tpu = config.strategy == "tpu"
     with setup.precision_scope(config):
-        # What the run really trains in: --mixed-precision asks for it, the device decides (kseg.distribute).
+        # What the run really trains in: --mixed-precision asks for it, the device decides (kseg.core.distribute).
         precision = keras.mixed_precision.global_policy().name
         prepared = setup.prepare(config, strategy, drop_remainder=multiworker or is_tpu, repeat=multiworker)
         if multiworker:

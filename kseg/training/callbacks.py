@@ -9,7 +9,7 @@ import time
 
 import keras
 
-from kseg.errors import TrainingDivergedError
+from kseg.core.errors import TrainingDivergedError
 from kseg.training.checkpoints import RunState
 
 

@@ -16,8 +16,8 @@ import pathlib
 
 import keras
 
-from kseg import files
-from kseg.errors import UsageError
+from kseg.core import files
+from kseg.core.errors import UsageError
 
 STATE_FILE = "state.json"
 

@@ -9,12 +9,15 @@ import logging
 import math
 import pathlib
 
-from kseg import data, files, inference, plots, tasks
-from kseg.config import TrainConfig
+from kseg import data, tasks
+from kseg.core import files
+from kseg.evaluation import plots
 from kseg.evaluation.cases import MaskMaker, collect_cases, masks_for, mean_scores, score_cases
-from kseg.postprocess import PostProcessing
+from kseg.prediction import inference
+from kseg.tasks.postprocess import PostProcessing
 from kseg.training import history
 from kseg.training.checkpoints import RunState
+from kseg.training.config import TrainConfig
 
 log = logging.getLogger(__name__)
 

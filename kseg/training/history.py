@@ -7,7 +7,7 @@ import csv
 import io
 import pathlib
 
-from kseg.files import atomic_write_text
+from kseg.core.files import atomic_write_text
 
 FILE_NAME = "history.csv"
 

@@ -16,8 +16,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from kseg.losses import get_loss
-from kseg.metrics import default_metrics
+from kseg.tasks.losses import get_loss
+from kseg.tasks.metrics import default_metrics
 from kseg.training import callbacks, history
 from kseg.training.checkpoints import EpochCheckpoint
 from kseg.training.setup import TrainingSetup, encoder_phases, set_encoder_trainable

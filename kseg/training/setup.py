@@ -14,12 +14,13 @@ import pathlib
 import keras
 import tensorflow as tf
 
-from kseg import data, distribute, files, tasks
-from kseg.augment import get_augmentation
-from kseg.config import ConfigError, TrainConfig, normalize_fields
-from kseg.errors import UsageError
+from kseg import data, tasks
+from kseg.core import distribute, files
+from kseg.core.errors import UsageError
+from kseg.data.augment import get_augmentation
 from kseg.models.backbones import ENCODER_PREFIX, encoder_layers
 from kseg.training import checkpoints, optimizers
+from kseg.training.config import ConfigError, TrainConfig, normalize_fields
 
 log = logging.getLogger(__name__)
 

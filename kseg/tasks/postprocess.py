@@ -26,11 +26,11 @@ import pathlib
 
 import tensorflow as tf
 
-from kseg import settings
-from kseg.defaults import THRESHOLD
-from kseg.errors import KsegError
-from kseg.files import atomic_write_text
-from kseg.serving_contract import POSTPROCESSING_FILE
+from kseg.core import settings
+from kseg.core.defaults import THRESHOLD
+from kseg.core.errors import KsegError
+from kseg.core.files import atomic_write_text
+from kseg.core.serving_contract import POSTPROCESSING_FILE
 
 #: Sidecar file that stores the choice next to a ``.keras`` model (``best.keras`` -> ``best.postprocessing.json``).
 SIDECAR_SUFFIX = ".postprocessing.json"
@@ -52,7 +52,7 @@ class PostProcessing:
     largest_component: bool = False
 
     def __post_init__(self):
-        # The same checkers as every other setting (kseg.settings): a stored choice is a setting too.
+        # The same checkers as every other setting (kseg.core.settings): a stored choice is a setting too.
         checks = {
             "threshold": settings.THRESHOLD,
             **dict.fromkeys(("tta", "fill_holes", "largest_component"), settings.boolean),

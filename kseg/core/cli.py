@@ -2,7 +2,7 @@
 the command's name, exit statuses (0 done, 1 the job failed, 2 wrong arguments or inputs, 130 interrupted)
 and Ctrl-C.
 
-Library modules raise ``kseg.errors.KsegError`` (and the image reader's ``ImageReadError``) and log through
+Library modules raise ``kseg.core.errors.KsegError`` (and the image reader's ``ImageReadError``) and log through
 ``logging``; only commands print. A command's ``main(argv)`` calls ``run(prog, body, argv)``.
 """
 
@@ -12,7 +12,7 @@ import logging
 import sys
 from collections.abc import Callable
 
-from kseg import errors
+from kseg.core import errors
 
 
 class _CommandFormatter(logging.Formatter):

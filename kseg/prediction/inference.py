@@ -14,9 +14,13 @@ from collections.abc import Callable
 
 import tensorflow as tf
 
-from kseg import model_trust, postprocess, serving_contract
-from kseg.model_trust import ModelLoadError  # still kseg.inference.ModelLoadError; refusals subclass it
-from kseg.preprocessing import model_input
+from kseg.core import serving_contract
+from kseg.data.preprocessing import model_input
+from kseg.prediction import model_trust
+from kseg.prediction.model_trust import (
+    ModelLoadError,  # still kseg.prediction.inference.ModelLoadError; refusals subclass it
+)
+from kseg.tasks import postprocess
 
 
 def model_image_size(model) -> tuple[int, int]:
@@ -75,7 +79,7 @@ def load_keras_model(path: pathlib.Path):
             f"truncated or corrupt, or is another format. Use a run's best.keras or re-save it "
             f"with model.save('model.keras')"
         )
-    try:  # compile=False: inference needs no loss or metrics (and so no kseg.losses import)
+    try:  # compile=False: inference needs no loss or metrics (and so no kseg.tasks.losses import)
         model = keras.models.load_model(path, compile=False, safe_mode=True)
     except Exception as e:  # Keras raises many types for a bad archive
         raise _keras_load_error(path, e) from None
@@ -120,7 +124,7 @@ def predictor_for_model(
 
 
 def _saved_model_predictor(path: pathlib.Path) -> Predictor:
-    """A kseg export, checked before TensorFlow runs anything from it (``kseg.model_trust``)."""
+    """A kseg export, checked before TensorFlow runs anything from it (``kseg.prediction.model_trust``)."""
     loaded = model_trust.load_saved_model(path)
     name = serving_contract.PROBABILITIES_SIGNATURE
     if name not in loaded.signatures:

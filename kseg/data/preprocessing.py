@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from kseg.defaults import IMAGE_SIZE
+from kseg.core.defaults import IMAGE_SIZE
 
 
 def resize_image(image, image_size=IMAGE_SIZE):

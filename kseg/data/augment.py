@@ -72,6 +72,11 @@ AUGMENTATIONS = {
     "strong": Augmentation(
         scale=0.25, rotate_degrees=45, translate=0.12, brightness=0.2, contrast=0.3, saturation=0.3, hue=0.06
     ),
+    # Photos of people standing: mirror images and a wide range of scales (people near and far), small tilts,
+    # never upside down (no quarter or half turns).
+    "people": Augmentation(
+        rotate90=False, scale=0.35, rotate_degrees=10, translate=0.1, brightness=0.15, contrast=0.2, saturation=0.2
+    ),
 }
 
 

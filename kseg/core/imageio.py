@@ -3,7 +3,7 @@
 The Pillow readers (``read_image``, ``read_binary_mask``, ``ImageReadError``, ...) live in ``segio.images``,
 shared with the TFDS builder; they are re-exported here so that ``from kseg import imageio`` keeps working.
 The binary mask rule (what counts as foreground) is documented there, once.
-Command-line input files and output names: ``kseg.inputs``.
+Command-line input files and output names: ``kseg.core.inputs``.
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ Per-pixel weights are not supported.
 import keras
 from keras import ops
 
-from kseg.defaults import THRESHOLD, probability_to_logit
+from kseg.core.defaults import THRESHOLD, probability_to_logit
 
 _FLOAT = "float32"
 

@@ -1,6 +1,6 @@
 """The contract between an exported SavedModel and its callers, in one place without TensorFlow.
 
-``kseg.export`` writes it, ``kseg.inference`` and ``kseg.client`` (which must not need TensorFlow) read it:
+``kseg.export`` writes it, ``kseg.prediction.inference`` and ``kseg.client`` (which must not need TensorFlow) read it:
 signature, input and output names, where kseg's metadata lives in a version folder, and how the newest
 version of a model folder is found (TF Serving's rule: the highest integer-named folder).
 """

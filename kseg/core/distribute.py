@@ -14,8 +14,8 @@ import os
 
 import tensorflow as tf
 
-from kseg.errors import UsageError
-from kseg.settings import clip, shown
+from kseg.core.errors import UsageError
+from kseg.core.settings import clip, shown
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ def resolve_name(name: str) -> str:
 
 
 def make_strategy(name: str, tpu: str | None = None) -> tf.distribute.Strategy:
-    """The strategy called ``name`` (see ``kseg.config.STRATEGIES``)."""
+    """The strategy called ``name`` (see ``kseg.training.config.STRATEGIES``)."""
     name = resolve_name(name)
     if name == "default":
         return tf.distribute.get_strategy()

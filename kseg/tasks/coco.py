@@ -128,7 +128,9 @@ def image_counts(truth, prediction: InstancePrediction, score_threshold: float =
     """People in the truth, found (IoU >= 0.5 with a kept prediction), missed, spurious, and mean matched IoU."""
     truth_ids, truth_masks = instance_masks(truth)
     ids, masks = instance_masks(prediction.labels)
-    kept = [(float(prediction.scores[i - 1]), m) for i, m in zip(ids, masks) if prediction.scores[i - 1] >= score_threshold]
+    kept = [
+        (float(prediction.scores[i - 1]), m) for i, m in zip(ids, masks) if prediction.scores[i - 1] >= score_threshold
+    ]
     kept.sort(key=lambda pair: -pair[0])
     found, ious = 0, []
     if kept and truth_masks:

@@ -3,7 +3,7 @@
 
 The version folder holds ``saved_model.pb`` and ``variables/`` (what TF Serving polls for), plus
 ``assets.extra/postprocessing.json`` (the model's stored threshold, TTA and clean-up, read back by
-``kseg.inference``) and ``assets.extra/kseg.json`` (image size, classes, source model, versions). The model
+``kseg.prediction.inference``) and ``assets.extra/kseg.json`` (image size, classes, source model, versions). The model
 name defaults to ``kseg``, the name in ``export/models.config``, so a newly trained model becomes the next
 version of the served one. Versions count up from 1 unless ``--version`` is given; an existing version is
 never overwritten. The SavedModel is
@@ -19,15 +19,15 @@ in ``tensorflow_model_server``:
     at each image's original size: 0/255 for binary models, class ids for multi-class ones, as written by
     ``kseg.predict``), ``height`` and ``width`` (int32, the original size) and ``foreground_fraction``
     (float32, the share of non-background pixels). Each image is decoded and resized exactly as
-    ``kseg.inference`` does (bilinear, antialiased, rounded to uint8), the batch goes through the model once
-    (with test-time augmentation if chosen), and ``kseg.postprocess.final_mask`` brings each probability map
+    ``kseg.prediction.inference`` does (bilinear, antialiased, rounded to uint8), the batch goes through the model once
+    (with test-time augmentation if chosen), and ``kseg.tasks.postprocess.final_mask`` brings each probability map
     back to its image's size with the model's threshold, hole filling and largest-component selection.
     Bad inputs fail the request with INVALID_ARGUMENT naming the image (``image_bytes[2] is empty``, ``is
     not a PNG, JPEG, BMP, GIF or WebP image``, ``is a truncated PNG``, ``is a 1-bit BMP``, too many pixels).
 
 ``predict_images``
     ``images``: float32 ``[N, H, W, 3]`` in [0, 1] at the model's size -> ``probabilities`` ``[N, H, W, C]``
-    (sigmoid or softmax; no TTA). ``kseg.inference.load_predictor`` uses this one, so ``kseg.evaluate`` and
+    (sigmoid or softmax; no TTA). ``kseg.prediction.inference.load_predictor`` uses this one, so ``kseg.evaluate`` and
     ``kseg.predict`` accept an export (and apply TTA and post-processing themselves).
 """
 
@@ -45,10 +45,9 @@ import uuid
 import tensorflow as tf
 
 import kseg  # noqa: F401  (sets the Keras backend and quiets TensorFlow before they are imported)
-from kseg import inference, postprocess, settings
-from kseg.errors import FAILURE, KsegError
-from kseg.preprocessing import resize_image, scale_to_unit
-from kseg.serving_contract import (
+from kseg.core import settings
+from kseg.core.errors import FAILURE, KsegError
+from kseg.core.serving_contract import (
     IMAGE_BYTES,
     KSEG_FILE,
     MAX_VERSION,
@@ -61,6 +60,9 @@ from kseg.serving_contract import (
     looks_like_a_version,
     version_numbers,
 )
+from kseg.data.preprocessing import resize_image, scale_to_unit
+from kseg.prediction import inference
+from kseg.tasks import postprocess
 
 log = logging.getLogger(__name__)
 

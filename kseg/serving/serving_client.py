@@ -4,7 +4,7 @@ gRPC's message types and the in-process client.
 
 It sends the images to the export's ``serving_default`` signature (``image_bytes`` in; ``mask_bytes``,
 ``height``, ``width``, ``foreground_fraction`` out; see ``kseg.export``) and writes ``NAME_mask.png`` and
-``NAME_overlay.png`` with ``kseg.outputs.write_prediction``, exactly as ``kseg.predict`` does for a local
+``NAME_overlay.png`` with ``kseg.core.outputs.write_prediction``, exactly as ``kseg.predict`` does for a local
 model. REST uses only the standard library; gRPC needs ``grpcio`` and ``tensorflow-serving-api``
 (``pip install grpcio && pip install --no-deps tensorflow-serving-api``), imported only when ``--grpc`` is used.
 
@@ -35,12 +35,13 @@ import urllib.request
 import numpy as np
 from PIL import Image
 
-from kseg import imageio, inputs, model_trust, outputs
-from kseg.errors import KsegError, UsageError
-from kseg.serving_contract import IMAGE_BYTES as INPUT_NAME
-from kseg.serving_contract import SERVING_OUTPUTS as OUTPUT_NAMES
-from kseg.serving_contract import SERVING_SIGNATURE as DEFAULT_SIGNATURE
-from kseg.serving_contract import resolve_saved_model
+from kseg.core import imageio, inputs, outputs
+from kseg.core.errors import KsegError, UsageError
+from kseg.core.serving_contract import IMAGE_BYTES as INPUT_NAME
+from kseg.core.serving_contract import SERVING_OUTPUTS as OUTPUT_NAMES
+from kseg.core.serving_contract import SERVING_SIGNATURE as DEFAULT_SIGNATURE
+from kseg.core.serving_contract import resolve_saved_model
+from kseg.prediction import model_trust
 
 GRPC_INSTALL_HINT = (
     "gRPC needs grpcio and tensorflow-serving-api: pip install grpcio && "
@@ -460,7 +461,7 @@ def send_files(client, files, output_dir, batch_size: int = 8, reencode: bool = 
     """Send ``files`` in batches and write their masks and overlays; returns ``(written, errors)``.
 
     A batch the server rejects is retried image by image, so one bad image fails alone; outputs are written
-    by ``kseg.outputs.PredictionWriter``, as ``kseg.predict`` writes them.
+    by ``kseg.core.outputs.PredictionWriter``, as ``kseg.predict`` writes them.
     """
     writer = outputs.PredictionWriter(output_dir)
     errors, batch = writer.errors, []

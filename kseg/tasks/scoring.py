@@ -1,8 +1,8 @@
 """Per-case segmentation scores in NumPy, at whatever resolution the masks have.
 
-The Keras metrics in ``kseg.metrics`` score batches at the model's size during training; papers score each
+The Keras metrics in ``kseg.tasks.metrics`` score batches at the model's size during training; papers score each
 image at its original resolution and report means over images, which is what these functions do for
-``kseg.train``'s final report and ``kseg.evaluate``. Conventions match ``kseg.metrics``: a score whose
+``kseg.train``'s final report and ``kseg.evaluate``. Conventions match ``kseg.tasks.metrics``: a score whose
 denominator is empty (e.g. Dice with both masks empty) is 1.0, never NaN.
 """
 

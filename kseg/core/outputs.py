@@ -21,8 +21,8 @@ import re
 import numpy as np
 from PIL import Image, PngImagePlugin
 
-from kseg.errors import FAILURE, KsegError
-from kseg.files import atomic_write_bytes
+from kseg.core.errors import FAILURE, KsegError
+from kseg.core.files import atomic_write_bytes
 
 #: The PNG text chunk that marks a file as a prediction kseg wrote (never read back as an input).
 MARKER = "kseg-output"

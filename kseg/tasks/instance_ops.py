@@ -10,7 +10,7 @@ read is TF Model Garden's ``official/projects/panoptic`` (``panoptic_deeplab_inp
 Everything here is core TensorFlow (no ``numpy_function``/``py_function``, no Python loop over instances or
 pixels), so the same code makes training targets inside a ``tf.data`` map, where the image size and the
 number of instances are unknown at trace time, and groups instances inside a SavedModel served by TF
-Serving (see ``kseg.postprocess`` for the same rule on the semantic side).
+Serving (see ``kseg.tasks.postprocess`` for the same rule on the semantic side).
 
 Training recipe (the paper's): centre heatmap = a 2-D Gaussian of sigma 8 input pixels at each instance's
 centre of mass (``instance_targets``), MSE loss on it weighted 200; L1 loss on the offsets only where

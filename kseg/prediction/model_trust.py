@@ -6,7 +6,7 @@ signature runs the graph it holds, with the rights of whoever loads it (TensorFl
 same: run only models from people you trust). So before ``tf.saved_model.load`` sees a folder, kseg checks,
 reading ``saved_model.pb`` as a protocol buffer (nothing in it runs):
 
-1. **kseg's export contract** (what ``kseg.saved_model_export.export_model`` writes): ``assets.extra/kseg.json``
+1. **kseg's export contract** (what ``kseg.serving.saved_model_export.export_model`` writes): ``assets.extra/kseg.json``
    and ``assets.extra/postprocessing.json``, one TensorFlow 2 meta graph, and the signatures
    ``serving_default`` (input ``image_bytes``) and ``predict_images`` (input ``images``). Anyone can copy those
    files next to another graph, so this only turns away models that were never meant for kseg.
@@ -46,8 +46,8 @@ import dataclasses
 import json
 import pathlib
 
-from kseg.errors import KsegError
-from kseg.serving_contract import (
+from kseg.core.errors import KsegError
+from kseg.core.serving_contract import (
     IMAGE_BYTES,
     KSEG_FILE,
     POSTPROCESSING_FILE,
@@ -63,8 +63,8 @@ from kseg.serving_contract import (
 class ModelLoadError(KsegError, ValueError):
     """A model path is missing or is not a kseg model; the message names the path and what was expected.
 
-    Defined here (and re-exported as ``kseg.inference.ModelLoadError``) so that refusals are load errors too
-    without this module importing ``kseg.inference``, which imports it."""
+    Defined here (and re-exported as ``kseg.prediction.inference.ModelLoadError``) so that refusals are load errors too
+    without this module importing ``kseg.prediction.inference``, which imports it."""
 
 
 class ModelRefusedError(ModelLoadError):

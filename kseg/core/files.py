@@ -18,7 +18,7 @@ import shutil
 import sys
 import uuid
 
-from kseg.errors import KsegError, OutputDirError
+from kseg.core.errors import KsegError, OutputDirError
 
 LOCK_FILE = ".kseg.lock"
 

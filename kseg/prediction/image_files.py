@@ -1,14 +1,16 @@
 """Masks and overlays for image files from a loaded model (the library behind ``python -m kseg.predict``).
 
-For each input ``NAME.ext`` it writes ``NAME_mask.png`` and ``NAME_overlay.png`` (see ``kseg.outputs``) at
-the image's original size, each file whole or not at all; output names are unique (``kseg.inputs``). One bad
+For each input ``NAME.ext`` it writes ``NAME_mask.png`` and ``NAME_overlay.png`` (see ``kseg.core.outputs``) at
+the image's original size, each file whole or not at all; output names are unique (``kseg.core.inputs``). One bad
 input (unreadable, a decompression bomb, an output name taken by a user's file) is named and skipped; a full
-disk stops the run (``kseg.outputs.DiskFullError``).
+disk stops the run (``kseg.core.outputs.DiskFullError``).
 """
 
 from __future__ import annotations
 
-from kseg import imageio, inference, inputs, outputs, postprocess
+from kseg.core import imageio, inputs, outputs
+from kseg.prediction import inference
+from kseg.tasks import postprocess
 
 
 def predict_files(

@@ -38,11 +38,11 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from kseg import imageio, settings
-from kseg.augment import Augmentation, augment_batch, get_augmentation
-from kseg.defaults import IMAGE_SIZE
-from kseg.errors import KsegError
-from kseg.preprocessing import resize_image, scale_to_unit
+from kseg.core import imageio, settings
+from kseg.core.defaults import IMAGE_SIZE
+from kseg.core.errors import KsegError
+from kseg.data.augment import Augmentation, augment_batch, get_augmentation
+from kseg.data.preprocessing import resize_image, scale_to_unit
 from segio import splits
 
 logger = logging.getLogger(__name__)
@@ -631,7 +631,7 @@ def reraise_read_errors():
 
 def input_folders(name: str, data_dir=None, manual_dir=None) -> dict:
     """The folders whose files are the dataset ``name``, by what they are (for messages): an output folder
-    must never be one of them or lie inside one (``kseg.files.check_outside_inputs``). A ``folder:`` dataset is
+    must never be one of them or lie inside one (``kseg.core.files.check_outside_inputs``). A ``folder:`` dataset is
     read from its folder on every run; a TFDS dataset from the data dir's records, which TFDS keeps in its own
     sub-folders (the manual download is read once, when it is built), so only folder datasets are guarded."""
     del data_dir, manual_dir  # named so every caller says which data it reads; see the docstring

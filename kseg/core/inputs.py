@@ -7,7 +7,7 @@ the extension is kept (``x_jpg``, ``x_png``), then as many parent folders as it 
 name too long for the file system once ``_overlay.png`` and the temporary suffix of an atomic write are added
 is cut and given a hash of the whole name (``MAX_STEM_BYTES``), so it still gets its outputs.
 
-A folder's files that kseg wrote itself (PNGs with its marker, ``kseg.outputs.MARKER``) are not inputs: an
+A folder's files that kseg wrote itself (PNGs with its marker, ``kseg.core.outputs.MARKER``) are not inputs: an
 output folder that is also the input folder is not predicted again on the next run.
 """
 
@@ -17,7 +17,7 @@ import dataclasses
 import hashlib
 import pathlib
 
-from kseg.outputs import is_kseg_output
+from kseg.core.outputs import is_kseg_output
 from segio.images import IMAGE_SUFFIXES
 
 #: File names are at most 255 bytes on common file systems; an output adds ``_overlay.png`` (12) and its

@@ -16,17 +16,18 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from kseg.files import atomic_write_bytes  # noqa: E402
-from kseg.outputs import MARKER  # noqa: E402
+from kseg.core.files import atomic_write_bytes  # noqa: E402
+from kseg.core.outputs import MARKER  # noqa: E402
 
 TRUE_COLOUR = "#00e676"  # green: ground truth
 PRED_COLOUR = "#ff1744"  # red: prediction
 
 
 def save_figure(fig, path, dpi: int = 90) -> None:
-    """Write ``fig`` as a PNG at ``path``, whole or not at all (``kseg.files.atomic_write_bytes``), and close it."""
+    """Write ``fig`` as a PNG at ``path``, whole or not at all (``kseg.core.files.atomic_write_bytes``), and close
+    it."""
     buffer = io.BytesIO()
-    try:  # with kseg's marker, so that a later run may replace it (kseg.outputs.check_replaceable)
+    try:  # with kseg's marker, so that a later run may replace it (kseg.core.outputs.check_replaceable)
         fig.savefig(buffer, format="png", dpi=dpi, metadata={MARKER: f"kseg figure {pathlib.Path(path).name}"})
     finally:
         plt.close(fig)
