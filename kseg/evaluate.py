@@ -118,8 +118,13 @@ def main(argv=None) -> int:
                 group_by=group_by,
                 progress=_progress,
             )
-        postprocessing = PostProcessing.from_dict(summary["postprocessing"])
-        print("\n" + report.format_table(summary, postprocessing, summary.get("group_by")))
+        if summary.get("task") == "instances":
+            from kseg.evaluation import instance_report
+
+            print("\n" + instance_report.format_table(summary))
+        else:
+            postprocessing = PostProcessing.from_dict(summary["postprocessing"])
+            print("\n" + report.format_table(summary, postprocessing, summary.get("group_by")))
         print(f"{PROG}: wrote {args.output_dir}/summary.json, cases.csv and figures", file=sys.stderr)
 
     return cli.run(PROG, work)

@@ -14,7 +14,7 @@ import pathlib
 import sys
 
 from kseg.core import cli
-from kseg.core.serving_contract import KSEG_FILE, PROBABILITIES_SIGNATURE, SERVING_SIGNATURE
+from kseg.core.serving_contract import KSEG_FILE
 from kseg.serving.saved_model_export import (
     DEFAULT_EXPORT_DIR,
     DEFAULT_MAX_MEGAPIXELS,
@@ -74,13 +74,20 @@ def main(argv=None) -> int:
         target = export_model(args.model, args.export_dir, args.name, args.version, max_megapixels=args.max_megapixels)
         metadata = json.loads((target / KSEG_FILE).read_text())
         postprocessing = PostProcessing.from_dict(metadata["postprocessing"])
+        signatures = ", ".join(
+            f"{name} ({', '.join(spec['inputs'])} -> {', '.join(spec['outputs'])})"
+            for name, spec in metadata["signatures"].items()
+        )
+        in_graph = (
+            f"grouping in the graph, at most {metadata['max_instances']} people per image"
+            if metadata["task"] == "instances"
+            else f"post-processing in the graph: {postprocessing.describe()}"
+        )
         print(
-            f"exported {args.model} to {target}\n"
-            f"  signatures: {SERVING_SIGNATURE} (image_bytes -> mask_bytes, height, width, foreground_fraction), "
-            f"{PROBABILITIES_SIGNATURE} (images -> probabilities)\n"
+            f"exported {args.model} ({metadata['task']}) to {target}\n"
+            f"  signatures: {signatures}\n"
             f"  model input {metadata['image_size'][0]}x{metadata['image_size'][1]}, "
-            f"{metadata['num_classes']} output channel(s); post-processing in the graph: "
-            f"{postprocessing.describe()}\n"
+            f"{metadata['num_classes']} output channel(s); {in_graph}\n"
             f"  serve it: see export/README.md (model base path {target.parent.resolve()})"
         )
 

@@ -185,7 +185,7 @@ def test_evaluate_output_dir_inside_the_dataset_folder_is_refused(tmp_path, mode
 def hold_lock(folder: pathlib.Path, log: pathlib.Path) -> subprocess.Popen:
     """Another process holding ``folder``'s lock (as a training run does) until it is killed."""
     code = (
-        "import sys, time\nfrom kseg import files\n"
+        "import sys, time\nfrom kseg.core import files\n"
         f"with files.folder_lock({str(folder)!r}, 'a kseg.train run'):\n"
         "    print('locked', flush=True)\n    time.sleep(600)\n"
     )

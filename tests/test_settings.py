@@ -65,8 +65,8 @@ def argparse_error(capsys, call) -> str:
         (
             "c.yaml",
             "dataset: [tfds_ph2/ph2, tfds_ph2/mads]\n",
-            "dataset: expected a TFDS name like tfds_ph2/ph2 or folder:PATH, got ['tfds_ph2/ph2', 'tfds_ph2/mads'] "
-            "(a list)",
+            "dataset: expected a TFDS name like tfds_ph2/ph2, folder:PATH or coco:FILE.json, got "
+            "['tfds_ph2/ph2', 'tfds_ph2/mads'] (a list)",
         ),
         ("c.yaml", "manual_dir: 7\n", "manual_dir: expected a folder path (text of 1 to 4096 characters), got 7"),
         ("c.yaml", "1: 2\n", "config file {path}: expected field names, got 1"),
@@ -135,7 +135,8 @@ def test_a_yaml_alias_bomb_is_named_in_a_short_line_at_once(tmp_path, capsys):
     elapsed = time.perf_counter() - start
     line = error_line(capsys.readouterr().err, "kseg.train")
     assert code == 2 and elapsed < 0.5
-    assert line.startswith("dataset: expected a TFDS name like tfds_ph2/ph2 or folder:PATH, got [['lol', ")
+    expected = "dataset: expected a TFDS name like tfds_ph2/ph2, folder:PATH or coco:FILE.json, got [['lol', "
+    assert line.startswith(expected)
     assert line.endswith("(a list)") and len(line) < 400
     assert not (tmp_path / "run").exists()
 

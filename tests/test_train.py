@@ -347,11 +347,23 @@ def test_the_history_row_is_written_before_the_epoch_checkpoint(tmp_path):
 
     import keras
 
+    from kseg import tasks
     from kseg.training import checkpoints as checkpoints_lib
     from kseg.training import fit_loop
 
+    class TaskScore(keras.callbacks.Callback):
+        """Stands for a task's validation callback (the instance task's mask AP)."""
+
     setup = types.SimpleNamespace(
-        run_dir=tmp_path, state=checkpoints_lib.RunState(), config=types.SimpleNamespace(batch_size=8)
+        run_dir=tmp_path,
+        state=checkpoints_lib.RunState(),
+        config=types.SimpleNamespace(batch_size=8),
+        task=tasks.get(tasks.INSTANCES),
+        validation_callbacks=[TaskScore()],
     )
-    kinds = [type(hook) for hook in fit_loop.fit_callbacks(setup)]
+    hooks = fit_loop.fit_callbacks(setup)
+    kinds = [type(hook) for hook in hooks]
     assert kinds.index(keras.callbacks.CSVLogger) < kinds.index(checkpoints_lib.EpochCheckpoint)
+    # the task's score is in the logs before the CSV row and the checkpoint that monitors it read them
+    assert kinds.index(TaskScore) < kinds.index(keras.callbacks.CSVLogger)
+    assert hooks[kinds.index(checkpoints_lib.EpochCheckpoint)].monitor == "val_mask_ap"

@@ -1,7 +1,7 @@
 """The image readers of ``segio.images`` under their old name.
 
 The Pillow readers (``read_image``, ``read_binary_mask``, ``ImageReadError``, ...) live in ``segio.images``,
-shared with the TFDS builder; they are re-exported here so that ``from kseg import imageio`` keeps working.
+shared with the TFDS builder; they are re-exported here so that ``from kseg.core import imageio`` serves both.
 The binary mask rule (what counts as foreground) is documented there, once.
 Command-line input files and output names: ``kseg.core.inputs``.
 """

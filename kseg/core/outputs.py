@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import errno
 import io
+import json
 import pathlib
 import re
 
@@ -84,8 +85,25 @@ def encode_mask_png(mask: np.ndarray, binary: bool, what: str = "mask") -> bytes
     return encode_png(mask_to_png_values(mask, binary), what)
 
 
+#: A JSON file kseg wrote is small; a larger one is not kseg's (and is not read to find out).
+MAX_JSON_BYTES = 1 << 24
+
+
+def _json_markers(path) -> set:
+    """kseg's marker in a JSON file it wrote (a top-level ``"kseg-output"`` key)."""
+    try:
+        if pathlib.Path(path).stat().st_size > MAX_JSON_BYTES:
+            return set()
+        values = json.loads(pathlib.Path(path).read_text())
+    except (OSError, ValueError):
+        return set()
+    return {MARKER} if isinstance(values, dict) and MARKER in values else set()
+
+
 def _markers(path) -> set:
-    """kseg's markers that the PNG at ``path`` carries (read from its header chunks only)."""
+    """kseg's markers that the PNG at ``path`` carries (read from its header chunks only), or the JSON file."""
+    if str(path).endswith(".json"):
+        return _json_markers(path)
     try:
         with Image.open(path) as image:
             return {m for m in (MARKER, INPUT_MARKER) if m in image.info} if image.format == "PNG" else set()
@@ -140,26 +158,41 @@ def overlay(image: np.ndarray, mask: np.ndarray, thickness: int = 2) -> np.ndarr
     return np.clip(np.round(result), 0, 255).astype(np.uint8)
 
 
+MASK_SUFFIX = "_mask.png"
+OVERLAY_SUFFIX = "_overlay.png"
+
+
+def semantic_files(image: np.ndarray, mask: np.ndarray, binary: bool, source: str = "") -> dict[str, bytes]:
+    """``{suffix: bytes}`` of a semantic prediction: the mask PNG and the overlay PNG."""
+    of = f" of {source}" if source else ""
+    return {
+        MASK_SUFFIX: encode_mask_png(mask, binary, f"kseg mask{of}"),
+        OVERLAY_SUFFIX: encode_png(overlay(image, mask), f"kseg overlay{of}"),
+    }
+
+
 def write_prediction(
     output_dir, stem: str, image: np.ndarray, mask: np.ndarray, binary: bool, source: str = ""
 ) -> tuple:
     """Write ``STEM_mask.png`` and ``STEM_overlay.png`` into ``output_dir``; returns both paths.
 
     Neither is written when either name is taken by a file kseg did not write (``OutputExistsError``).
+    Each file appears whole or not at all (an interrupted run leaves no truncated PNG).
     """
+    return write_files(output_dir, stem, semantic_files(image, mask, binary, source))
+
+
+def write_files(output_dir, stem: str, files: dict[str, bytes]) -> tuple:
+    """Write ``STEM + suffix`` for each ``{suffix: bytes}`` of ``files`` (each carries kseg's marker); returns
+    the paths. None is written when any name is taken by a file kseg did not write (``OutputExistsError``)."""
     output_dir = pathlib.Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    mask_path = output_dir / f"{stem}_mask.png"
-    overlay_path = output_dir / f"{stem}_overlay.png"
-    check_replaceable(mask_path)
-    check_replaceable(overlay_path)
-    of = f" of {source}" if source else ""
-    mask_png = encode_mask_png(mask, binary, f"kseg mask{of}")
-    overlay_png = encode_png(overlay(image, mask), f"kseg overlay{of}")
-    # Each file appears whole or not at all (an interrupted run leaves no truncated PNG).
-    atomic_write_bytes(mask_path, mask_png)
-    atomic_write_bytes(overlay_path, overlay_png)
-    return mask_path, overlay_path
+    paths = [output_dir / f"{stem}{suffix}" for suffix in files]
+    for path in paths:
+        check_replaceable(path)
+    for path, data in zip(paths, files.values()):
+        atomic_write_bytes(path, data)
+    return tuple(paths)
 
 
 def safe_stem(text: str) -> str:
@@ -184,8 +217,17 @@ class PredictionWriter:
         self.errors: list[str] = []
 
     def write(self, source, stem: str, image: np.ndarray, mask: np.ndarray, binary: bool) -> tuple | None:
+        """A semantic mask and its overlay (``write_prediction``)."""
+        name = pathlib.Path(source).name
+        return self._write(source, lambda: write_prediction(self.output_dir, stem, image, mask, binary, source=name))
+
+    def write_files(self, source, stem: str, files: dict[str, bytes]) -> tuple | None:
+        """Any task's files, made by the task (``{suffix: bytes}``)."""
+        return self._write(source, lambda: write_files(self.output_dir, stem, files))
+
+    def _write(self, source, write) -> tuple | None:
         try:
-            paths = write_prediction(self.output_dir, stem, image, mask, binary, source=pathlib.Path(source).name)
+            paths = write()
         except OutputExistsError as e:
             self.errors.append(f"{source}: {e}")
             return None

@@ -31,6 +31,8 @@ MAX_PATH_LENGTH = 4096
 _MAX_NUMBER_TEXT = 100
 
 FOLDER_PREFIX = "folder:"
+#: ``coco:FILE.json``: a COCO instances file (what labelling tools export) and the images it names.
+COCO_PREFIX = "coco:"
 
 
 class SettingError(argparse.ArgumentTypeError, ValueError):
@@ -197,19 +199,21 @@ def path(what: str = "a path") -> Callable:
 
 
 def dataset_name(value) -> str:
-    """A TFDS name (``tfds_ph2/ph2``; kseg's loaders need the builder/config form) or ``folder:PATH``."""
+    """A TFDS name (``tfds_ph2/ph2``; kseg's loaders need the builder/config form), ``folder:PATH`` or
+    ``coco:FILE.json``; a prefix needs a path after it."""
+    prefix = next((p for p in (FOLDER_PREFIX, COCO_PREFIX) if isinstance(value, str) and value.startswith(p)), "")
     if (
         not isinstance(value, str)
-        or not 0 < len(value) <= len(FOLDER_PREFIX) + MAX_PATH_LENGTH
+        or not 0 < len(value) <= len(prefix) + MAX_PATH_LENGTH
         or "\0" in value
-        or (value.startswith(FOLDER_PREFIX) and len(value) == len(FOLDER_PREFIX))
-        or (not value.startswith(FOLDER_PREFIX) and "/" not in value)
+        or (prefix and len(value) == len(prefix))
+        or (not prefix and "/" not in value)
     ):
         raise Invalid(dataset_name.expected, value)
     return value
 
 
-dataset_name.expected = "a TFDS name like tfds_ph2/ph2 or folder:PATH"
+dataset_name.expected = "a TFDS name like tfds_ph2/ph2, folder:PATH or coco:FILE.json"
 
 
 def image_size(min_side: int, max_side: int) -> Callable:
@@ -254,11 +258,23 @@ def is_folder_dataset(name: str) -> bool:
     return name.startswith(FOLDER_PREFIX)
 
 
+def is_coco_dataset(name: str) -> bool:
+    return name.startswith(COCO_PREFIX)
+
+
+def is_tfds_dataset(name: str) -> bool:
+    """Neither ``folder:`` nor ``coco:``: a name TFDS builds and reads (the only kind a manual dir is for)."""
+    return not (is_folder_dataset(name) or is_coco_dataset(name))
+
+
 def check_num_classes_applies(num_classes, dataset: str) -> None:
     """A class count only for ``folder:`` datasets: they cannot say how many classes their masks hold without
-    reading every mask, while a TFDS dataset declares its own (a given count would be ignored)."""
+    reading every mask, while a TFDS dataset declares its own (a given count would be ignored) and a COCO
+    file holds instances of one class, person."""
     if num_classes is not None and not is_folder_dataset(dataset):
-        raise SettingError(
-            f"applies to folder: datasets only; {shown(dataset)} is a TFDS dataset, which declares its own "
-            f"classes (got {shown(num_classes)})"
+        what = (
+            "a COCO file of instances, whose one class is person"
+            if is_coco_dataset(dataset)
+            else "a TFDS dataset, which declares its own classes"
         )
+        raise SettingError(f"applies to folder: datasets only; {shown(dataset)} is {what} (got {shown(num_classes)})")

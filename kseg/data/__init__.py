@@ -1,9 +1,12 @@
 """Input pipelines: a dataset name and split in, batched ``(image, mask)`` tensors ready for ``fit`` out.
 
-Names are ``tfds_ph2/ph2``, ``tfds_ph2/mads``, ``tfds_ph2/synthetic`` (any ``tfds`` name works) or
-``folder:PATH`` for a user's own ``PATH/images/*`` + ``PATH/masks/*``. Splits are ``train``, ``validation``,
-``test`` or ``all`` (every image). Images become float32 in [0, 1] at the model size (bilinear, antialiased);
-masks stay exact labels (nearest): float32 {0, 1} for binary tasks, int32 class ids for multi-class ones.
+Names are ``tfds_ph2/ph2``, ``tfds_ph2/mads``, ``tfds_ph2/synthetic``, ``tfds_ph2/pennfudan`` (any ``tfds``
+name works), ``folder:PATH`` for a user's own ``PATH/images/*`` + ``PATH/masks/*`` (class masks) or
+``PATH/instances/*`` (instance label images), or ``coco:FILE.json`` for a COCO instances file and its images
+(``kseg.data.coco_source``). Splits are ``train``, ``validation``, ``test`` or ``all`` (every image).
+Images become float32 in [0, 1] at the model size (bilinear, antialiased); masks stay exact labels
+(nearest): float32 {0, 1} for binary tasks, int32 class ids for multi-class ones, int32 person ids for
+instance datasets.
 Decoding and resizing run once and are cached; shuffling, batching, augmentation and prefetching follow, so
 the input pipeline keeps up with training.
 
@@ -37,17 +40,21 @@ import time
 
 import numpy as np
 import tensorflow as tf
+from PIL import ImageOps
 
 from kseg.core import imageio, settings
 from kseg.core.defaults import IMAGE_SIZE
 from kseg.core.errors import KsegError
+from kseg.data import coco_source
 from kseg.data.augment import Augmentation, augment_batch, get_augmentation
 from kseg.data.preprocessing import resize_image, scale_to_unit
 from segio import splits
+from segio.images import LOSSY_FORMATS
 
 logger = logging.getLogger(__name__)
 
 FOLDER_PREFIX = settings.FOLDER_PREFIX  # one spelling for the checkers and the readers
+COCO_PREFIX = settings.COCO_PREFIX
 SPLITS = ("train", "validation", "test")
 ALL = "all"
 KSEG_DATASETS = ("tfds_ph2/ph2", "tfds_ph2/mads", "tfds_ph2/synthetic", "tfds_ph2/pennfudan")
@@ -55,6 +62,10 @@ KSEG_DATASETS = ("tfds_ph2/ph2", "tfds_ph2/mads", "tfds_ph2/synthetic", "tfds_ph
 SEMANTIC, INSTANCES = "semantic", "instances"
 #: The TFDS feature that holds each kind's masks.
 MASK_FEATURES = {SEMANTIC: "segmentation_mask", INSTANCES: "instance_mask"}
+#: The sub-folder that holds a folder dataset's masks: its name declares the kind.
+MASK_FOLDERS = {SEMANTIC: "masks", INSTANCES: "instances"}
+#: The classes of every instance dataset: each person has their own id, and all are one class.
+PERSON_CLASSES = ("background", "person")
 
 
 class DataError(KsegError, ValueError):
@@ -67,7 +78,12 @@ class DatasetNotReadyError(DataError, RuntimeError):
 
 
 class FolderDatasetError(DataError, FileNotFoundError):
-    """A ``folder:`` dataset lacks its images/ or masks/ folder, or a file its counterpart."""
+    """A ``folder:`` dataset lacks its images/ or masks/ (or instances/) folder, or a file its counterpart."""
+
+
+class CocoDatasetError(DataError):
+    """A ``coco:`` dataset's JSON file, or an annotation or image it names, cannot be used; the message names
+    the JSON file and the culprit (``coco_source.CocoFileError``, raised again as a DataError)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,6 +123,7 @@ class DatasetSpec:
 
 
 _is_folder = settings.is_folder_dataset
+_is_coco = settings.is_coco_dataset
 
 
 # --------------------------------------------------------------------------------------------- TFDS ---
@@ -118,7 +135,10 @@ def _unknown_dataset(name: str, error: Exception) -> DataError:
 
     dataset, _, config = name.partition(":")[0].partition("/")
     kseg_names = ", ".join(KSEG_DATASETS)
-    hint = f"kseg's datasets: {kseg_names}, or folder:PATH (PATH/images/ + PATH/masks/)"
+    hint = (
+        f"kseg's datasets: {kseg_names}, or folder:PATH (PATH/images/ + PATH/masks/ or PATH/instances/), "
+        f"or coco:FILE.json"
+    )
     try:
         known = tfds.builder_cls(dataset)
     except Exception:  # noqa: BLE001  (any failure means the dataset itself is unknown)
@@ -302,8 +322,29 @@ def _tfds_examples(name, split, data_dir, manual_dir, extra_features=()) -> tf.d
 # ------------------------------------------------------------------------------------------ folders ---
 
 
+def folder_kind(path: str) -> str:
+    """What a folder dataset's masks hold, declared by their folder's name: ``masks/`` class masks
+    (``SEMANTIC``), ``instances/`` instance label images (``INSTANCES``: 0 background, k = person k), in
+    ``PATH`` or in each of its split folders. Both in one dataset is a DataError: which to train on would be a
+    guess. Neither is taken as semantic (``_pairs_in`` then names the missing masks/)."""
+    roots = [f"{path.rstrip('/')}/{s}" for s in folder_splits(path)] or [path.rstrip("/")]
+    found = {
+        kind: f"{root}/{sub}/"
+        for root in reversed(roots)  # reversed: the first root's folder is the one named
+        for kind, sub in MASK_FOLDERS.items()
+        if tf.io.gfile.isdir(f"{root}/{sub}")
+    }
+    if len(found) > 1:
+        raise FolderDatasetError(
+            f"folder dataset {path!r} has both {found[SEMANTIC]} and {found[INSTANCES]}: keep one, masks/ for class "
+            f"masks or instances/ for instance label images (one id per person)"
+        )
+    return next(iter(found), SEMANTIC)
+
+
 def folder_pairs(path: str, split: str) -> list[tuple[str, str, str]]:
-    """``(image_id, image_path, mask_path)`` for ``split`` of a ``PATH/images`` + ``PATH/masks`` folder.
+    """``(image_id, image_path, mask_path)`` for ``split`` of a ``PATH/images`` + ``PATH/masks`` (or
+    ``PATH/instances``, ``folder_kind``) folder.
 
     A folder with ``train/``, ``validation/``, ``test/`` sub-folders (each with images/ and masks/) uses them
     (``all`` takes every sub-folder; an image id that two of them share gets the sub-folder's name as a
@@ -313,9 +354,10 @@ def folder_pairs(path: str, split: str) -> list[tuple[str, str, str]]:
     if split not in (*SPLITS, ALL):
         raise DataError(f"folder dataset {path!r}: unknown split {split!r}; use train, validation, test or all")
     split_folders = folder_splits(path)
+    masks = MASK_FOLDERS[folder_kind(path)]
     if split_folders:
         if split == ALL:
-            per_folder = {s: _pairs_in(path, f"{path.rstrip('/')}/{s}") for s in split_folders}
+            per_folder = {s: _pairs_in(path, f"{path.rstrip('/')}/{s}", masks) for s in split_folders}
             counts = collections.Counter(stem for pairs in per_folder.values() for stem, _, _ in pairs)
             return [
                 (f"{s}_{stem}" if counts[stem] > 1 else stem, image, mask)
@@ -324,21 +366,21 @@ def folder_pairs(path: str, split: str) -> list[tuple[str, str, str]]:
             ]
         if split not in split_folders:
             raise DataError(f"folder dataset {path!r} has split folders {split_folders} but no {split!r}")
-        return _pairs_in(path, f"{path.rstrip('/')}/{split}")
-    pairs = _pairs_in(path, path.rstrip("/"))
+        return _pairs_in(path, f"{path.rstrip('/')}/{split}", masks)
+    pairs = _pairs_in(path, path.rstrip("/"), masks)
     return [p for p in pairs if split == ALL or splits.split_of_name(p[0], salt="folder/") == split]
 
 
-def _pairs_in(path: str, root: str) -> list[tuple[str, str, str]]:
-    for sub in ("images", "masks"):
+def _pairs_in(path: str, root: str, masks_folder: str = "masks") -> list[tuple[str, str, str]]:
+    for sub in ("images", masks_folder):
         if not tf.io.gfile.isdir(f"{root}/{sub}"):
             raise FolderDatasetError(
-                f"folder dataset {path!r}: {root}/{sub}/ is missing; expected "
-                f"PATH/images/* and PATH/masks/* with matching file names"
+                f"folder dataset {path!r}: {root}/{sub}/ is missing; expected PATH/images/* and PATH/masks/* "
+                f"(class masks) or PATH/instances/* (instance label images) with matching file names"
             )
     stem = lambda p: p.rsplit("/", 1)[-1].rsplit(".", 1)[0]
     images = {stem(p): p for p in imageio.list_images(f"{root}/images")}
-    masks = {stem(p): p for p in imageio.list_images(f"{root}/masks")}
+    masks = {stem(p): p for p in imageio.list_images(f"{root}/{masks_folder}")}
     if not images:
         raise FolderDatasetError(f"folder dataset {path!r}: no images in {root}/images")
     unmatched = sorted(set(images) ^ set(masks))
@@ -346,7 +388,7 @@ def _pairs_in(path: str, root: str) -> list[tuple[str, str, str]]:
         where = images.get(unmatched[0]) or masks.get(unmatched[0])
         raise FolderDatasetError(
             f"folder dataset {path!r}: {where} has no counterpart with the same name in "
-            f"{'masks' if unmatched[0] in images else 'images'}/ ({len(unmatched)} unmatched)"
+            f"{masks_folder if unmatched[0] in images else 'images'}/ ({len(unmatched)} unmatched)"
         )
     return [(s, images[s], masks[s]) for s in sorted(images)]
 
@@ -411,30 +453,116 @@ def _stat(path: str) -> list:
     return [int(stat.length), int(stat.mtime_nsec)]
 
 
-def _read_mask(path: str, multi_class: bool) -> np.ndarray:
-    return imageio.read_label_mask(path) if multi_class else imageio.read_binary_mask(path)
+#: How a folder dataset's masks are read: binary (the binary mask rule), class ids (``--num-classes``) or
+#: instance ids (an ``instances/`` folder).
+BINARY, LABELS = "binary", "labels"
 
 
-def _decode_pair(image_path: str, mask_path: str, multi_class: bool) -> tuple[list, list, int]:
+def _reading(kind: str, multi_class) -> str:
+    return INSTANCES if kind == INSTANCES else LABELS if multi_class else BINARY
+
+
+def _read_mask(path: str, reading: str) -> np.ndarray:
+    if reading == INSTANCES:
+        return read_instance_mask(path)
+    if reading == LABELS:
+        return imageio.read_label_mask(path)
+    try:
+        return imageio.read_binary_mask(path)
+    except imageio.MaskValuesError as e:
+        if not _holds_ids(path):
+            raise
+        instances = f"{path.rsplit('/', 2)[0]}/instances/"
+        raise type(e)(f"{e}; if they are instance label images (one id per person), put them in {instances}") from None
+
+
+def _holds_ids(path: str) -> bool:
+    """Whether a mask the binary rule refused could hold ids: a lossless single-channel integer image."""
+    try:
+        image = imageio.open_image(path)
+    except imageio.ImageReadError:
+        return False
+    return image.format not in LOSSY_FORMATS and image.mode in _ID_MODES
+
+
+#: Single-channel integer modes an id image is read from (palette images by index).
+_ID_MODES = ("1", "L", "P", "I", "I;16", "I;16L", "I;16B", "I;16N")
+_COLOUR_MODES = ("RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "LAB", "HSV", "LA", "La", "PA", "RGBa")
+
+
+def read_instance_mask(path: str) -> np.ndarray:
+    """The instance label image at ``path`` as ``int32`` ``(H, W)``: 0 background, k = person k, read exactly
+    (8- or 16-bit single-channel, palette by index), upright.
+
+    Refused, naming the file: a colour image (an instance label image holds one id per pixel, not a colour
+    per person), a lossy file (JPEG changes the ids along every edge), float or negative values, and a mask
+    holding only 0 and the type's maximum (255, 65535): a binary mask, which belongs in masks/.
+    """
+    image = imageio.open_image(path)
+    if image.format in LOSSY_FORMATS:
+        raise imageio.ImageReadError(
+            f"{path}: a {image.format} file; an instance label image must be lossless (PNG): lossy compression "
+            f"changes the ids along every edge"
+        )
+    if image.mode not in _ID_MODES:
+        what = f"a colour image (mode {image.mode})" if image.mode in _COLOUR_MODES else f"of mode {image.mode}"
+        raise imageio.ImageReadError(
+            f"{path}: {what}; an instance label image holds one id per pixel (0 background, k = person k): "
+            f"save it as a single-channel 8- or 16-bit PNG"
+        )
+    if imageio.exif_rotates(image):
+        image = ImageOps.exif_transpose(image)
+    ids = np.asarray(image)
+    ids = ids.astype(np.uint8) if ids.dtype == bool else ids
+    if ids.size and (ids.min() < 0 or ids.max() > np.iinfo(np.uint16).max):
+        raise imageio.ImageReadError(
+            f"{path}: ids from {ids.min()} to {ids.max()}; expected 0 (background) to 65535 in an instance label image"
+        )
+    people = _ids_in(ids)
+    top = 255 if ids.dtype == np.uint8 else 65535
+    if people.tolist() == [top]:
+        raise imageio.ImageReadError(
+            f"{path}: holds only 0 and {top}, a binary mask; an instance label image numbers each person 1, 2, ... "
+            f"(binary masks go in masks/, not instances/)"
+        )
+    return ids.astype(np.int32)
+
+
+def _ids_in(ids: np.ndarray) -> np.ndarray:
+    """The person ids (non-zero values) of an instance label image, in increasing order."""
+    if ids.dtype.kind == "u" and ids.dtype.itemsize <= 2:
+        values = np.flatnonzero(np.bincount(ids.ravel(), minlength=1))
+    else:
+        values = np.unique(ids)
+    return values[values > 0]
+
+
+def _count(mask: np.ndarray, reading: str) -> int:
+    """What ``check_folder_files`` keeps per mask: foreground pixels, or people in an instance label image."""
+    return int(_ids_in(mask).size) if reading == INSTANCES else int(np.count_nonzero(mask))
+
+
+def _decode_pair(image_path: str, mask_path: str, reading: str) -> tuple[list, list, int]:
     """Shapes ``[h, w]`` of a fully decoded image and mask, and the mask's foreground pixel count (non-zero
-    labels); a read error names its file."""
+    labels; for instances the number of people); a read error names its file."""
     image_shape = list(imageio.read_image(image_path).shape[:2])
-    mask = _read_mask(mask_path, multi_class)
-    return image_shape, list(mask.shape[:2]), int(np.count_nonzero(mask))
+    mask = _read_mask(mask_path, reading)
+    return image_shape, list(mask.shape[:2]), _count(mask, reading)
 
 
 #: What a cached verdict was decided by. The "/2" readers apply EXIF orientation and read binary masks by
 #: the values they hold (segio.images); verdicts of the older readers ("image", "binary", "labels", which
 #: read 16-bit 0/255 masks as empty and kept no foreground count) do not match these kinds and are redone.
 _IMAGE_KIND = "image/2"
-_MASK_KINDS = {False: "binary/2", True: "labels/2"}
+_MASK_KINDS = {BINARY: "binary/2", LABELS: "labels/2", INSTANCES: "instances/1"}
 
 
 def check_folder_files(path: str, pairs, multi_class: bool = False) -> dict[str, int]:
     """Decode every image and mask of ``pairs`` (``folder_pairs`` rows of the folder dataset ``path``) fully
     once and check each mask against its image (``segio.images.check_mask_fits``); raise an
     ``ImageReadError`` naming the first bad file (and how many more there are). Returns the foreground pixel
-    count of each mask by path, so that a split of empty masks can be told before training on it.
+    count of each mask by path (of an instance label image: its number of people), so that a split of empty
+    masks can be told before training on it. Masks are read as ``folder_kind(path)`` and ``multi_class`` say.
 
     A truncated JPEG only shows when it is decoded to the end, and inside a running tf.data pipeline it would
     surface as a TensorFlow traceback; here it is one message before any pipeline exists. Verdicts are cached
@@ -442,7 +570,8 @@ def check_folder_files(path: str, pairs, multi_class: bool = False) -> dict[str,
     """
     cache_file = _check_cache_file(path)
     cached = _load_checks(cache_file)
-    mask_kind = _MASK_KINDS[bool(multi_class)]
+    reading = _reading(folder_kind(path), multi_class)
+    mask_kind = _MASK_KINDS[reading]
     fresh, todo, errors, foreground = {}, [], [], {}
     for _, image_path, mask_path in pairs:
         try:
@@ -469,7 +598,7 @@ def check_folder_files(path: str, pairs, multi_class: bool = False) -> dict[str,
         )
         workers = max(1, min(8, os.cpu_count() or 1, len(todo)))
         with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-            futures = [pool.submit(_decode_pair, image[0], mask[0], multi_class) for image, mask in todo]
+            futures = [pool.submit(_decode_pair, image[0], mask[0], reading) for image, mask in todo]
             for (image_key, mask_key), future in zip(todo, futures):
                 try:
                     image_shape, mask_shape, mask_foreground = future.result()
@@ -510,16 +639,20 @@ _calls_lock = threading.Lock()
 _calls = {"active": 0, "last": 0.0, "closing": False, "hooked": False}
 
 
-def _read_pair(image_path, mask_path, multi_class):
+#: The dtype of a folder example's mask, by how it is read: ids of more than 255 people stay exact.
+_MASK_DTYPES = {BINARY: np.uint8, LABELS: np.uint8, INSTANCES: np.int32}
+
+
+def _read_pair(image_path, mask_path, reading):
     """One folder example for ``tf.numpy_function``: image ``(H, W, 3)``, mask ``(H, W, 1)`` fitted to it."""
     if _calls["closing"]:  # the interpreter is exiting: produce nothing that needs files (see _finish_pipelines)
-        return np.zeros((1, 1, 3), np.uint8), np.zeros((1, 1, 1), np.uint8)
+        return np.zeros((1, 1, 3), np.uint8), np.zeros((1, 1, 1), _MASK_DTYPES[reading])
     with _calls_lock:
         _calls["active"] += 1
     try:
         image_path, mask_path = image_path.decode(), mask_path.decode()
         image = imageio.read_image(image_path)
-        mask = imageio.fit_mask_to_image(_read_mask(mask_path, multi_class), image.shape, image_path, mask_path)
+        mask = imageio.fit_mask_to_image(_read_mask(mask_path, reading), image.shape, image_path, mask_path)
         return image, mask[..., None]
     except imageio.ImageReadError as e:
         _PIPELINE_ERRORS.append((type(e), str(e)))
@@ -560,6 +693,7 @@ def _folder_examples(path: str, split: str, multi_class: bool) -> tf.data.Datase
     pairs = folder_pairs(path, split)
     if not pairs:
         raise DataError(f"folder dataset {path!r}: split {split!r} is empty")
+    reading = _reading(folder_kind(path), multi_class)
     foreground = check_folder_files(path, pairs, multi_class)
     warn_if_masks_empty(f"{FOLDER_PREFIX}{path}", split, foreground.values())
     if not _calls["hooked"]:
@@ -569,9 +703,9 @@ def _folder_examples(path: str, split: str, multi_class: bool) -> tf.data.Datase
 
     def read(stem, image_path, mask_path):
         image, mask = tf.numpy_function(
-            functools.partial(_read_pair, multi_class=multi_class),
+            functools.partial(_read_pair, reading=reading),
             [image_path, mask_path],
-            [tf.uint8, tf.uint8],
+            [tf.uint8, tf.as_dtype(_MASK_DTYPES[reading])],
             stateful=False,
         )
         image.set_shape([None, None, 3])
@@ -585,6 +719,12 @@ def _folder_examples(path: str, split: str, multi_class: bool) -> tf.data.Datase
 
 def _folder_spec(name: str, num_classes: int | None) -> DatasetSpec:
     path = name[len(FOLDER_PREFIX) :]
+    split_sizes = {s: len(folder_pairs(path, s)) for s in (folder_splits(path) or SPLITS)}
+    if folder_kind(path) == INSTANCES:
+        _check_one_class(f"folder dataset {path!r} holds instance label images (instances/)", num_classes)
+        return DatasetSpec(
+            name=name, kind=INSTANCES, num_classes=1, class_names=PERSON_CLASSES, split_sizes=split_sizes
+        )
     num_classes = num_classes or 1
     return DatasetSpec(
         name=name,
@@ -592,7 +732,74 @@ def _folder_spec(name: str, num_classes: int | None) -> DatasetSpec:
         class_names=(
             ("background", "foreground") if num_classes == 1 else tuple(f"class_{i}" for i in range(num_classes))
         ),
-        split_sizes={s: len(folder_pairs(path, s)) for s in (folder_splits(path) or SPLITS)},
+        split_sizes=split_sizes,
+    )
+
+
+def _check_one_class(what: str, num_classes: int | None) -> None:
+    if num_classes not in (None, 1):
+        raise DataError(
+            f"{what}: one class, person, each person with their own id; a class count does not apply "
+            f"(got num_classes={num_classes})"
+        )
+
+
+# --------------------------------------------------------------------------------------- COCO files ---
+
+
+@contextlib.contextmanager
+def _coco_errors():
+    """``coco_source`` cannot import this package (it is imported by it): its errors become DataErrors here."""
+    try:
+        yield
+    except coco_source.CocoFileError as e:
+        raise CocoDatasetError(str(e)) from None
+
+
+def _coco_spec(name: str, num_classes: int | None) -> DatasetSpec:
+    path = name[len(COCO_PREFIX) :]
+    _check_one_class(f"COCO file {path} holds instances", num_classes)
+    with _coco_errors():
+        index = coco_source.read_index(path)
+    return DatasetSpec(
+        name=name,
+        kind=INSTANCES,
+        num_classes=1,
+        class_names=PERSON_CLASSES,
+        split_sizes={s: len(index.split(s)) for s in SPLITS},
+    )
+
+
+def _coco_examples(path: str, split: str) -> tf.data.Dataset:
+    if split not in (*SPLITS, ALL):
+        raise DataError(f"COCO file {path}: unknown split {split!r}; use train, validation, test or all")
+    with _coco_errors():
+        examples = coco_source.load_split(path, split)
+    if not examples:
+        raise DataError(f"COCO file {path}: split {split!r} has no image")
+    warn_if_masks_empty(f"{COCO_PREFIX}{path}", split, (_ids_in(labels).size for _, _, labels in examples))
+    ids, images, masks = zip(*examples)
+    return _in_memory_examples(list(ids), list(images), list(masks))
+
+
+def _in_memory_examples(ids: list, images: list, masks: list) -> tf.data.Dataset:
+    """Examples held in NumPy as a tf.data source: images of different sizes go in as ragged tensors (rows of
+    pixels of their own width), so no Python runs inside the pipeline; masks come out as int32."""
+    heights = np.array([m.shape[0] for m in masks], np.int64)
+    row_widths = np.repeat([m.shape[1] for m in masks], heights)
+
+    def ragged(arrays: list, channels: int) -> tf.RaggedTensor:
+        flat = np.concatenate([a.reshape(-1, channels) for a in arrays])
+        return tf.RaggedTensor.from_nested_row_lengths(flat, [heights, row_widths], validate=False)
+
+    dataset = tf.data.Dataset.from_tensor_slices((ids, ragged(images, 3), ragged(masks, 1)))
+    return dataset.map(
+        lambda image_id, image, mask: {
+            "image": image.to_tensor(),
+            "mask": tf.cast(mask.to_tensor(), tf.int32),
+            "image_id": image_id,
+        },
+        num_parallel_calls=tf.data.AUTOTUNE,
     )
 
 
@@ -632,20 +839,30 @@ def reraise_read_errors():
 def input_folders(name: str, data_dir=None, manual_dir=None) -> dict:
     """The folders whose files are the dataset ``name``, by what they are (for messages): an output folder
     must never be one of them or lie inside one (``kseg.core.files.check_outside_inputs``). A ``folder:`` dataset is
-    read from its folder on every run; a TFDS dataset from the data dir's records, which TFDS keeps in its own
-    sub-folders (the manual download is read once, when it is built), so only folder datasets are guarded."""
+    read from its folder on every run, a ``coco:`` dataset from its JSON's folder (and an ``images/`` folder
+    beside that folder, where CVAT puts the images); a TFDS dataset from the data dir's records, which TFDS keeps
+    in its own sub-folders (the manual download is read once, when it is built), so those are not guarded."""
     del data_dir, manual_dir  # named so every caller says which data it reads; see the docstring
-    return {f"the dataset folder ({name})": name[len(FOLDER_PREFIX) :]} if _is_folder(name) else {}
+    if _is_folder(name):
+        return {f"the dataset folder ({name})": name[len(FOLDER_PREFIX) :]}
+    if _is_coco(name):
+        folder, _, beside = coco_source.image_folders(name[len(COCO_PREFIX) :])
+        found = {f"the COCO file's folder ({name})": folder}
+        return found | ({f"the images folder beside it ({name})": beside} if tf.io.gfile.isdir(beside) else {})
+    return {}
 
 
 def dataset_spec(name: str, *, data_dir=None, manual_dir=None, num_classes: int | None = None) -> DatasetSpec:
     """Classes and split sizes of a dataset (building a TFDS config on first use).
 
-    Folder datasets cannot say how many classes they hold without reading every mask: they are binary
-    unless ``num_classes`` says otherwise.
+    Folder datasets of class masks cannot say how many classes they hold without reading every mask: they are
+    binary unless ``num_classes`` says otherwise. Instance datasets (a folder with instances/, a COCO file)
+    have one class, person.
     """
     if _is_folder(name):
         return _folder_spec(name, num_classes)
+    if _is_coco(name):
+        return _coco_spec(name, num_classes)
     return _tfds_spec(name, data_dir, manual_dir)
 
 
@@ -659,20 +876,24 @@ def load_examples(
     extra_features: tuple[str, ...] = (),
 ) -> tf.data.Dataset:
     """Examples at their original size: ``{"image": uint8 [H,W,3], "mask": uint8 [H,W,1], "image_id"}``, in a
-    fixed order; ``split`` may be ``all``.
+    fixed order; ``split`` may be ``all``. An instance label image (0 background, k = person k) from a folder
+    or a COCO file is int32, so ids above 255 stay exact.
 
     ``extra_features`` adds each named scalar TFDS feature under its own name as a string (a ClassLabel as its
     label name, a Text as its text), e.g. ``("clinical_diagnosis",)`` for PH2; ``DatasetSpec.features`` lists
     them. Evaluation reads these to score predictions at each image's own resolution.
     """
     extra_features = tuple(extra_features)
+    folder, coco = name[len(FOLDER_PREFIX) :], name[len(COCO_PREFIX) :]
+    if (_is_folder(name) or _is_coco(name)) and extra_features:
+        what = f"folder dataset {folder!r}" if _is_folder(name) else f"COCO file {coco}"
+        raise DataError(
+            f"{what} has no features to group by (asked for {', '.join(extra_features)}); only TFDS datasets have them"
+        )
     if _is_folder(name):
-        if extra_features:
-            raise DataError(
-                f"folder dataset {name[len(FOLDER_PREFIX) :]!r} has no features to group by "
-                f"(asked for {', '.join(extra_features)}); only TFDS datasets have them"
-            )
-        return _folder_examples(name[len(FOLDER_PREFIX) :], split, multi_class=(num_classes or 1) > 1)
+        return _folder_examples(folder, split, multi_class=(num_classes or 1) > 1)
+    if _is_coco(name):
+        return _coco_examples(coco, split)
     return _tfds_examples(name, split, data_dir, manual_dir, extra_features)
 
 

@@ -34,7 +34,7 @@ def predict_examples(predictor, examples, keep_images: int = 0, progress=None):
         if len(images) < keep_images:
             images.append(image)
         if progress is not None:
-            progress.update(1)
+            progress(len(ids))
     return ids, truths, results, images
 
 
@@ -100,10 +100,13 @@ def score_best_model(config, spec, run_dir: pathlib.Path, predictor) -> dict:
 
 
 def evaluate(predictor, dataset, split, output_dir, *, data_dir=None, manual_dir=None, progress=None) -> dict:
-    """``kseg.evaluate`` for an instance model: ``summary.json``, ``cases.csv``, ``predictions.png``."""
+    """``kseg.evaluate`` for an instance model: ``summary.json``, ``cases.csv``, ``predictions.png``.
+    ``progress(label, total)`` returns a per-image callback (or None), as for the semantic evaluator."""
     output_dir = pathlib.Path(output_dir)
+    spec = data.dataset_spec(dataset, data_dir=data_dir, manual_dir=manual_dir)
     examples = data.load_examples(dataset, split, data_dir=data_dir, manual_dir=manual_dir)
-    ids, truths, results, images = predict_examples(predictor, examples, keep_images=PICTURED_CASES, progress=progress)
+    track = progress(split, spec.size_of(split)) if progress else None
+    ids, truths, results, images = predict_examples(predictor, examples, keep_images=PICTURED_CASES, progress=track)
     summary, rows = score(ids, truths, results)
     summary = {"task": "instances", "model": predictor.path, "dataset": dataset, "split": split, **summary}
     files.make_output_dir(output_dir)

@@ -18,6 +18,7 @@ import numpy as np  # noqa: E402
 
 from kseg.core.files import atomic_write_bytes  # noqa: E402
 from kseg.core.outputs import MARKER  # noqa: E402
+from kseg.tasks import instance_files  # noqa: E402
 
 TRUE_COLOUR = "#00e676"  # green: ground truth
 PRED_COLOUR = "#ff1744"  # red: prediction
@@ -74,15 +75,16 @@ def _number(text) -> float | None:
         return None
 
 
-def training_curves(history_csv, path) -> None:
-    """Loss and Dice per epoch, training and validation, from Keras' ``history.csv``."""
+def training_curves(history_csv, path, score: str = "dice") -> None:
+    """Loss and the task's score per epoch (Dice; mask AP for instances, validation only), training and
+    validation, from Keras' ``history.csv``."""
     with open(history_csv) as f:
         rows = list(csv.DictReader(f))
     if not rows:
         return
     epochs = [int(r["epoch"]) + 1 for r in rows]
     fig, (ax_loss, ax_dice) = plt.subplots(1, 2, figsize=(10, 3.8))
-    for ax, key in ((ax_loss, "loss"), (ax_dice, "dice")):
+    for ax, key in ((ax_loss, "loss"), (ax_dice, score)):
         for prefix, style in (("", "-"), ("val_", "--")):
             values = [_number(r.get(prefix + key)) for r in rows]
             if any(v is not None for v in values):  # a run without validation logs val_* as NA
@@ -91,33 +93,10 @@ def training_curves(history_csv, path) -> None:
         ax.set_xlabel("epoch")
         ax.set_title(key)
         ax.grid(alpha=0.3)
-        ax.legend()
+        if ax.get_lines():
+            ax.legend()
     fig.tight_layout()
     save_figure(fig, path)
-
-
-def instance_colours(count: int) -> np.ndarray:
-    """``count`` distinct RGB colours (uint8), the same for the same index everywhere (figures, overlays)."""
-    golden = 0.618033988749895
-    hues = (np.arange(count) * golden) % 1.0
-    return (matplotlib.colors.hsv_to_rgb(np.stack([hues, np.full(count, 0.85), np.full(count, 0.95)], 1)) * 255).astype(
-        np.uint8
-    )
-
-
-def instance_overlay(image, labels, alpha: float = 0.5) -> np.ndarray:
-    """uint8 [H, W, 3]: ``image`` with instance ``i`` of ``labels`` tinted in colour ``i`` (0 left as it is)."""
-    image = np.asarray(image, np.uint8)
-    labels = np.asarray(labels)
-    if labels.ndim == 3:
-        labels = labels[..., 0]
-    count = int(labels.max(initial=0))
-    if count == 0:
-        return image.copy()
-    palette = np.concatenate([np.zeros((1, 3), np.uint8), instance_colours(count)])
-    tint = palette[labels]
-    mixed = np.where(labels[..., None] > 0, (1 - alpha) * image + alpha * tint, image)
-    return np.clip(np.round(mixed), 0, 255).astype(np.uint8)
 
 
 def instance_grid(path, images, true_labels, pred_labels, titles=None, title=None):
@@ -133,7 +112,7 @@ def instance_grid(path, images, true_labels, pred_labels, titles=None, title=Non
     for index in range(count):
         for part, (labels, kind) in enumerate(((true_labels[index], "truth"), (pred_labels[index], "prediction"))):
             ax = axes.flat[2 * index + part]
-            ax.imshow(instance_overlay(images[index], labels))
+            ax.imshow(instance_files.overlay(images[index], labels))
             name = titles[index] if titles is not None else ""
             ax.set_title(f"{name} {kind}".strip(), fontsize=8)
     if title:

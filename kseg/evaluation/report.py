@@ -12,10 +12,10 @@ import pathlib
 
 import numpy as np
 
-from kseg import data
+from kseg import data, tasks
 from kseg.core import files
 from kseg.core.errors import UsageError
-from kseg.evaluation import figures
+from kseg.evaluation import figures, instance_report
 from kseg.evaluation.cases import MaskMaker, collect_cases, dice_vs_threshold, masks_for, score_cases, summarize
 from kseg.evaluation.postprocessing_choice import ablation, choose_postprocessing
 from kseg.prediction import inference
@@ -108,10 +108,24 @@ def evaluate(
     output_dir = files.check_output_dir(output_dir)
     files.check_outside_inputs(output_dir, data.input_folders(dataset, data_dir, manual_dir))
     predictor = inference.load_predictor(model_path)
-    if choose:
-        check_choice_writable(predictor)
     binary_hint = predictor.num_classes if predictor.num_classes > 1 else None
     spec = data.dataset_spec(dataset, data_dir=data_dir, manual_dir=manual_dir, num_classes=num_classes or binary_hint)
+    if spec.kind != predictor.task:
+        raise UsageError(
+            f"{model_path}: a model for {predictor.task} given a dataset of {spec.kind} masks ({dataset}); "
+            f"evaluate it on a dataset of its own kind"
+        )
+    if predictor.task == tasks.INSTANCES:  # scored the COCO way: kseg.evaluation.instance_report
+        semantic_only = {"--choose-postprocessing": choose, "--ablation": run_ablation, "--group-by": group_by}
+        semantic_only.update({f"--{k.replace('_', '-')}": True for k in postprocessing_overrides or {}})
+        given = [flag for flag, value in semantic_only.items() if value and value != "auto"]
+        if given:
+            raise UsageError(f"{', '.join(given)}: semantic models only; {model_path} is an instance model")
+        return instance_report.evaluate(
+            predictor, dataset, split, output_dir, data_dir=data_dir, manual_dir=manual_dir, progress=progress
+        )
+    if choose:
+        check_choice_writable(predictor)
     if spec.num_classes != predictor.num_classes:
         raise UsageError(
             f"{model_path}: the model predicts {predictor.num_classes} channel(s) but {dataset} "

@@ -28,6 +28,10 @@ OUTPUTS = (FOREGROUND, CENTRE_HEATMAP, OFFSETS)
 HEAD_LEVEL = 3
 HEAD_STRIDE = 4
 HEAD_FILTERS = 32
+#: The offset head predicts offsets in units of this many stride-4 pixels. A person's offsets reach tens of
+#: stride-4 pixels, and a 1x1 conv that starts near zero needs thousands of Adam steps to grow that far;
+#: a CPU fine-tuning has a few hundred (seen: the L1 stayed at its all-zero value, ~16, for the first epochs).
+OFFSET_UNIT = 16.0
 
 
 def _decoder_output(model: keras.Model, level: int):
@@ -40,14 +44,17 @@ def _decoder_output(model: keras.Model, level: int):
     return model.get_layer(sorted(names)[-1]).output
 
 
-def _head(features, filters, outputs, name, batch_norm):
+def _head(features, filters, outputs, name, batch_norm, unit=1.0):
     """3x3 conv-BN-ReLU then a 1x1 conv to the outputs. The last conv starts near zero (std 0.001, as
     detectron2's heads do): a heatmap that starts at zero already has the loss of an empty image, where a
     default initialisation starts it at values around 1 and the x200 heatmap loss swamps the others for
     the first epochs."""
     x = conv_block(features, filters, 1, f"{name}_head", batch_norm)
     initializer = keras.initializers.RandomNormal(stddev=0.001)
-    return layers.Conv2D(outputs, 1, dtype="float32", kernel_initializer=initializer, name=name)(x)
+    if unit == 1.0:
+        return layers.Conv2D(outputs, 1, dtype="float32", kernel_initializer=initializer, name=name)(x)
+    x = layers.Conv2D(outputs, 1, dtype="float32", kernel_initializer=initializer, name=f"{name}_conv")(x)
+    return layers.Rescaling(unit, dtype="float32", name=name)(x)
 
 
 def add_instance_heads(base: keras.Model, *, head_filters: int = HEAD_FILTERS, batch_norm=True) -> keras.Model:
@@ -64,6 +71,6 @@ def add_instance_heads(base: keras.Model, *, head_filters: int = HEAD_FILTERS, b
     outputs = {
         FOREGROUND: layers.Identity(dtype="float32", name=FOREGROUND)(base.output),
         CENTRE_HEATMAP: _head(features, head_filters, 1, CENTRE_HEATMAP, batch_norm),
-        OFFSETS: _head(features, head_filters, 2, OFFSETS, batch_norm),
+        OFFSETS: _head(features, head_filters, 2, OFFSETS, batch_norm, unit=OFFSET_UNIT),
     }
     return keras.Model(base.input, outputs, name=base.name)

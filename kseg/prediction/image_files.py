@@ -8,6 +8,8 @@ disk stops the run (``kseg.core.outputs.DiskFullError``).
 
 from __future__ import annotations
 
+import pathlib
+
 from kseg.core import imageio, inputs, outputs
 from kseg.prediction import inference
 from kseg.tasks import postprocess
@@ -22,17 +24,18 @@ def predict_files(
     postprocessing: postprocess.PostProcessing | None = None,
     progress=None,
 ) -> tuple[list, list]:
-    """Write mask and overlay PNGs for each file; returns ``(written, errors)``. A file that cannot be read
-    or written is an error line naming it; the others are still predicted."""
+    """Write the predictor's files for each image (its task says which: a mask and an overlay, or labels,
+    overlay and JSON); returns ``(written, errors)``. A file that cannot be read or written is an error line
+    naming it; the others are still predicted."""
     writer = outputs.PredictionWriter(output_dir)
     errors, batch = writer.errors, []
 
     def flush():
-        masks = predictor.predict(
+        results = predictor.predict(
             [image for _, _, image in batch], batch_size=batch_size, postprocessing=postprocessing
         )
-        for (path, stem, image), mask in zip(batch, masks):
-            writer.write(path, stem, image, mask, binary=predictor.num_classes == 1)
+        for (path, stem, image), result in zip(batch, results):
+            writer.write_files(path, stem, predictor.prediction_files(image, result, pathlib.Path(path).name))
         batch.clear()
         if progress:
             progress(len(writer.written) + len(errors))

@@ -8,13 +8,15 @@ resize the image to the model's input size exactly as the training pipeline does
 from __future__ import annotations
 
 import dataclasses
+import json
 import pathlib
 import zipfile
 from collections.abc import Callable
 
 import tensorflow as tf
 
-from kseg.core import serving_contract
+from kseg import tasks
+from kseg.core import outputs, serving_contract
 from kseg.data.preprocessing import model_input
 from kseg.prediction import model_trust
 from kseg.prediction.model_trust import (
@@ -44,6 +46,11 @@ class Predictor:
     postprocessing: postprocess.PostProcessing
     model_probabilities_fn: Callable  # float32 [N, H, W, 3] in [0, 1] -> probabilities [N, H, W, C]
     keras_model: object = None  # the Keras model when loaded from .keras (None for a SavedModel)
+    task: str = "semantic"  # kseg.tasks: what it predicts
+
+    def prediction_files(self, image, mask, source: str = "") -> dict[str, bytes]:
+        """The files ``kseg.predict`` writes for one image: the mask and its overlay."""
+        return outputs.semantic_files(image, mask, self.num_classes == 1, source)
 
     def model_probabilities(self, batch, tta: bool | None = None):
         """Probabilities at the model size for a model-size batch; ``tta`` defaults to the stored choice."""
@@ -86,8 +93,12 @@ def load_keras_model(path: pathlib.Path):
     return model
 
 
-def _keras_predictor(path: pathlib.Path) -> Predictor:
-    return predictor_for_model(load_keras_model(path), path, postprocess.for_model(path))
+def _keras_predictor(path: pathlib.Path):
+    model = load_keras_model(path)
+    task = tasks.of_model(model)
+    if task.name == tasks.INSTANCES:
+        return task.predictor(model, path)
+    return predictor_for_model(model, path, postprocess.for_model(path))
 
 
 def _keras_load_error(path, error: Exception) -> ModelLoadError:
@@ -123,9 +134,20 @@ def predictor_for_model(
     )
 
 
-def _saved_model_predictor(path: pathlib.Path) -> Predictor:
+def _saved_model_task(path: pathlib.Path) -> str:
+    """The task an export was made for, from its ``kseg.json`` (exports older than the task field: semantic)."""
+    try:
+        metadata = json.loads((path / serving_contract.KSEG_FILE).read_text())
+    except (OSError, ValueError):
+        return tasks.SEMANTIC
+    return metadata.get("task", tasks.SEMANTIC) if isinstance(metadata, dict) else tasks.SEMANTIC
+
+
+def _saved_model_predictor(path: pathlib.Path):
     """A kseg export, checked before TensorFlow runs anything from it (``kseg.prediction.model_trust``)."""
     loaded = model_trust.load_saved_model(path)
+    if _saved_model_task(path) == tasks.INSTANCES:
+        return InstanceSavedModelPredictor(path, loaded)
     name = serving_contract.PROBABILITIES_SIGNATURE
     if name not in loaded.signatures:
         raise ModelLoadError(
@@ -147,6 +169,53 @@ def _saved_model_predictor(path: pathlib.Path) -> Predictor:
         postprocess.for_model(path),
         model_probabilities,
     )
+
+
+class InstanceSavedModelPredictor:
+    """An exported instance model, run through its ``serving_default`` (the graph TF Serving runs): each image
+    goes in as lossless PNG bytes and comes back as a label image with scores, boxes and areas."""
+
+    task = tasks.INSTANCES
+    num_classes = 1
+    keras_model = None
+
+    def __init__(self, path: pathlib.Path, loaded):
+        self.path = str(path)
+        name = serving_contract.SERVING_SIGNATURE
+        if name not in loaded.signatures:
+            raise ModelLoadError(
+                f"{path}: the SavedModel has no {name!r} signature; export it with python -m kseg.export"
+            )
+        self._signature = loaded.signatures[name]
+        metadata = json.loads((path / serving_contract.KSEG_FILE).read_text())
+        self.image_size = tuple(metadata["image_size"])
+
+    def predict(self, images, batch_size: int = 8, postprocessing=None):
+        from kseg.tasks.instance_files import InstanceResult, read_label_png
+
+        del postprocessing  # instances have none to choose
+        results = []
+        for start in range(0, len(images), batch_size):
+            chunk = [
+                tf.io.encode_png(tf.convert_to_tensor(image, tf.uint8)) for image in images[start : start + batch_size]
+            ]
+            response = self._signature(**{serving_contract.IMAGE_BYTES: tf.stack(chunk)})
+            for i in range(len(chunk)):
+                count = int(response["count"][i])
+                results.append(
+                    InstanceResult(
+                        labels=read_label_png(response["label_bytes"][i].numpy()),
+                        scores=response["scores"][i, :count].numpy(),
+                        boxes=response["boxes"][i, :count].numpy(),
+                        areas=response["areas"][i, :count].numpy(),
+                    )
+                )
+        return results
+
+    def prediction_files(self, image, result, source: str = "") -> dict[str, bytes]:
+        from kseg.tasks.instance_files import prediction_files
+
+        return prediction_files(image, result, source)
 
 
 def load_predictor(path) -> Predictor:

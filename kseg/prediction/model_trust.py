@@ -49,6 +49,7 @@ import pathlib
 from kseg.core.errors import KsegError
 from kseg.core.serving_contract import (
     IMAGE_BYTES,
+    INSTANCE_OUTPUTS,
     KSEG_FILE,
     POSTPROCESSING_FILE,
     PROBABILITIES_INPUT,
@@ -202,9 +203,9 @@ def check_saved_model(path) -> None:
     """Refuse (``ModelRefusedError``, one line naming ``path`` and why) a SavedModel version folder that is
     not a kseg export or that holds code touching files, the process or Python. Runs nothing from it."""
     path = pathlib.Path(path)
-    _check_contract_files(path)
+    task = _check_contract_files(path)
     meta_graph = _read_meta_graph(path)
-    _check_signatures(path, meta_graph)
+    _check_signatures(path, meta_graph, task)
     _check_ops(path, meta_graph)
     _check_objects(path, meta_graph)
 
@@ -217,7 +218,8 @@ def _refused(path, why: str) -> ModelRefusedError:
     return ModelRefusedError(f"{path}: refused: {why}. {TRUST_HINT}")
 
 
-def _check_contract_files(path: pathlib.Path) -> None:
+def _check_contract_files(path: pathlib.Path) -> str:
+    """The contract files are there; returns the task the export says it was made for."""
     for name in (KSEG_FILE, POSTPROCESSING_FILE):
         if not (path / name).is_file():
             raise _not_a_kseg_export(path, f"no {name}")
@@ -227,6 +229,12 @@ def _check_contract_files(path: pathlib.Path) -> None:
         raise _not_a_kseg_export(path, f"{KSEG_FILE} is not readable JSON: {e}") from None
     if not isinstance(metadata, dict) or "kseg_version" not in metadata:
         raise _not_a_kseg_export(path, f"{KSEG_FILE} has no kseg_version")
+    task = metadata.get("task", "semantic")  # exports older than the field are semantic
+    if task not in CONTRACT_SIGNATURES:
+        raise _not_a_kseg_export(
+            path, f"{KSEG_FILE} names the task {task!r}; kseg's tasks: {sorted(CONTRACT_SIGNATURES)}"
+        )
+    return task
 
 
 def _read_meta_graph(path: pathlib.Path):
@@ -254,26 +262,27 @@ def _read_meta_graph(path: pathlib.Path):
 
 # --------------------------------------------------------------------------------------- signatures ---
 
-#: The signatures a kseg export has: inputs and outputs (as ``export_model`` writes them).
+#: The signatures a kseg export has, per task: inputs and outputs (as ``export_model`` writes them).
 CONTRACT_SIGNATURES = {
-    SERVING_SIGNATURE: ({IMAGE_BYTES}, set(SERVING_OUTPUTS)),
-    PROBABILITIES_SIGNATURE: ({PROBABILITIES_INPUT}, {PROBABILITIES_OUTPUT}),
+    "semantic": {
+        SERVING_SIGNATURE: ({IMAGE_BYTES}, set(SERVING_OUTPUTS)),
+        PROBABILITIES_SIGNATURE: ({PROBABILITIES_INPUT}, {PROBABILITIES_OUTPUT}),
+    },
+    "instances": {SERVING_SIGNATURE: ({IMAGE_BYTES}, set(INSTANCE_OUTPUTS))},
 }
 
 
-def _check_signatures(path, meta_graph) -> None:
+def _check_signatures(path, meta_graph, task: str) -> None:
     """Both loaders must see kseg's signatures: TF Serving reads ``signature_def``, ``tf.saved_model.load``
     the object graph's ``signatures`` map."""
     loaded = _object_graph_signatures(meta_graph.object_graph_def)
-    for name, (inputs, outputs) in CONTRACT_SIGNATURES.items():
+    expected = CONTRACT_SIGNATURES[task]
+    for name, (inputs, outputs) in expected.items():
         served = meta_graph.signature_def.get(name)
         if served is None or name not in loaded or set(served.inputs) != inputs or set(served.outputs) != outputs:
             found = {n: sorted(s.inputs) for n, s in sorted(meta_graph.signature_def.items()) if n != _INIT_SIGNATURE}
-            raise _not_a_kseg_export(
-                path,
-                f"its signatures and inputs are {found}; a kseg export has {SERVING_SIGNATURE} (input "
-                f"{IMAGE_BYTES}) and {PROBABILITIES_SIGNATURE} (input {PROBABILITIES_INPUT})",
-            )
+            wanted = " and ".join(f"{n} (input {', '.join(sorted(i))})" for n, (i, _) in expected.items())
+            raise _not_a_kseg_export(path, f"its signatures and inputs are {found}; a kseg {task} export has {wanted}")
 
 
 def _object_functions(object_graph, node_id) -> list[str]:

@@ -45,6 +45,7 @@ import uuid
 import tensorflow as tf
 
 import kseg  # noqa: F401  (sets the Keras backend and quiets TensorFlow before they are imported)
+from kseg import tasks
 from kseg.core import settings
 from kseg.core.errors import FAILURE, KsegError
 from kseg.core.serving_contract import (
@@ -54,7 +55,6 @@ from kseg.core.serving_contract import (
     PROBABILITIES_INPUT,
     PROBABILITIES_OUTPUT,
     PROBABILITIES_SIGNATURE,
-    SERVING_OUTPUTS,
     SERVING_SIGNATURE,
     STAGING_PREFIX,
     looks_like_a_version,
@@ -237,56 +237,47 @@ def decode_checked(data, index, max_pixels: int):
         return tf.identity(image)
 
 
+def decoded_batch(image_bytes, image_size, max_pixels: int):
+    """``(batch, sizes)``: encoded images -> float32 ``[N, H, W, 3]`` at ``image_size`` (as ``kseg.prediction``
+    resizes) and each image's original ``(height, width)``, int32 ``[N, 2]``; bad images fail the request."""
+    height, width = image_size
+    count = tf.shape(image_bytes)[0]
+    nonempty = tf.debugging.Assert(count > 0, ["image_bytes holds no images; send at least one encoded image"])
+    with tf.control_dependencies([nonempty]):
+        image_bytes = tf.identity(image_bytes)
+
+    def prepare(args):
+        index, data = args
+        image = decode_checked(data, index, max_pixels)
+        return resize_image(image, (height, width)), tf.shape(image)[:2]
+
+    resized, sizes = tf.map_fn(
+        prepare,
+        (tf.range(count), image_bytes),
+        fn_output_signature=(tf.TensorSpec([height, width, 3], tf.uint8), tf.TensorSpec([2], tf.int32)),
+    )
+    return scale_to_unit(resized), sizes
+
+
 def serving_functions(
     model, postprocessing: postprocess.PostProcessing, max_pixels: int = int(DEFAULT_MAX_MEGAPIXELS * 1e6)
 ):
-    """``(serve, predict_images)``: the two endpoints for ``model``, as plain functions to trace."""
-    height, width = inference.model_image_size(model)
-    num_classes = int(model.outputs[0].shape[-1])
-    binary = num_classes == 1
+    """``(serve, predict_images)``: the endpoints for ``model``, as plain functions to trace. ``serve`` decodes
+    and resizes, then returns what the model's task returns (``kseg.tasks``); ``predict_images`` (model-size
+    images to probabilities) is None for tasks that have no such endpoint (instances)."""
+    task = tasks.of_model(model)
+    image_size = inference.model_image_size(model)
 
-    def probabilities(batch):
-        return postprocess.probabilities_from_logits(model(batch, training=False))
+    def serve(image_bytes):
+        batch, sizes = decoded_batch(image_bytes, image_size, max_pixels)
+        return task.serving_outputs(model, batch, sizes, postprocessing)
 
     def predict_images(images):
         nonempty = tf.debugging.Assert(tf.shape(images)[0] > 0, ["images holds no images; send at least one"])
         with tf.control_dependencies([nonempty]):
-            return {PROBABILITIES_OUTPUT: probabilities(tf.identity(images))}
+            return {PROBABILITIES_OUTPUT: task.probabilities(model, tf.identity(images))}
 
-    def serve(image_bytes):
-        count = tf.shape(image_bytes)[0]
-        nonempty = tf.debugging.Assert(count > 0, ["image_bytes holds no images; send at least one encoded image"])
-        with tf.control_dependencies([nonempty]):
-            image_bytes = tf.identity(image_bytes)
-
-        def prepare(args):
-            index, data = args
-            image = decode_checked(data, index, max_pixels)
-            return resize_image(image, (height, width)), tf.shape(image)[:2]
-
-        resized, sizes = tf.map_fn(
-            prepare,
-            (tf.range(count), image_bytes),
-            fn_output_signature=(tf.TensorSpec([height, width, 3], tf.uint8), tf.TensorSpec([2], tf.int32)),
-        )
-        batch = scale_to_unit(resized)
-        if postprocessing.tta:
-            probs = postprocess.tta_probabilities(probabilities, batch)
-        else:
-            probs = probabilities(batch)
-
-        def finish(args):
-            prob, size = args
-            mask = postprocess.final_mask(prob, size, postprocessing)
-            png = tf.io.encode_png((mask * 255 if binary else mask)[..., None])
-            return png, tf.reduce_mean(tf.cast(mask > 0, tf.float32))
-
-        masks, fractions = tf.map_fn(
-            finish, (probs, sizes), fn_output_signature=(tf.TensorSpec([], tf.string), tf.TensorSpec([], tf.float32))
-        )
-        return dict(zip(SERVING_OUTPUTS, (masks, sizes[:, 0], sizes[:, 1], fractions)))
-
-    return serve, predict_images
+    return serve, (predict_images if task.has_probabilities_signature else None)
 
 
 # ----------------------------------------------------------------------------------------- the files ---
@@ -435,11 +426,12 @@ def _write_version(
     archive = keras.export.ExportArchive()
     archive.track(model)
     archive.add_endpoint(SERVING_SIGNATURE, serve, input_signature=[tf.TensorSpec([None], tf.string, name=IMAGE_BYTES)])
-    archive.add_endpoint(
-        PROBABILITIES_SIGNATURE,
-        predict_images,
-        input_signature=[tf.TensorSpec([None, height, width, 3], tf.float32, name=PROBABILITIES_INPUT)],
-    )
+    if predict_images is not None:
+        archive.add_endpoint(
+            PROBABILITIES_SIGNATURE,
+            predict_images,
+            input_signature=[tf.TensorSpec([None, height, width, 3], tf.float32, name=PROBABILITIES_INPUT)],
+        )
 
     remove_stale_staging(model_dir)
     # Not a number, so TF Serving skips it; the pid tells a later export whether its writer is still alive.
@@ -447,27 +439,16 @@ def _write_version(
     try:
         archive.write_out(str(staging), verbose=False)
         postprocess.write(staging / postprocess.SAVEDMODEL_FILE, postprocessing)
+        task = tasks.of_model(model)
         metadata = {
+            "task": task.name,
             "image_size": [height, width],
             "num_classes": predictor.num_classes,
             "binary": predictor.num_classes == 1,
             "postprocessing": postprocessing.to_dict(),
             "max_megapixels": max_megapixels,
-            "signatures": {
-                SERVING_SIGNATURE: {
-                    "inputs": {IMAGE_BYTES: "string [N]"},
-                    "outputs": {
-                        "mask_bytes": "string [N] (PNG)",
-                        "height": "int32 [N]",
-                        "width": "int32 [N]",
-                        "foreground_fraction": "float32 [N]",
-                    },
-                },
-                PROBABILITIES_SIGNATURE: {
-                    "inputs": {"images": f"float32 [N, {height}, {width}, 3]"},
-                    "outputs": {"probabilities": f"float32 [N, {height}, {width}, {predictor.num_classes}]"},
-                },
-            },
+            "signatures": task.serving_signatures(height, width, predictor.num_classes),
+            "max_instances": getattr(task, "max_instances", None),
             "source_model": str(pathlib.Path(predictor.path).resolve()),
             "exported_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "kseg_version": kseg.__version__,

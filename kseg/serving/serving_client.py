@@ -38,10 +38,11 @@ from PIL import Image
 from kseg.core import imageio, inputs, outputs
 from kseg.core.errors import KsegError, UsageError
 from kseg.core.serving_contract import IMAGE_BYTES as INPUT_NAME
+from kseg.core.serving_contract import INSTANCE_OUTPUTS, resolve_saved_model
 from kseg.core.serving_contract import SERVING_OUTPUTS as OUTPUT_NAMES
 from kseg.core.serving_contract import SERVING_SIGNATURE as DEFAULT_SIGNATURE
-from kseg.core.serving_contract import resolve_saved_model
 from kseg.prediction import model_trust
+from kseg.tasks import instance_files
 
 GRPC_INSTALL_HINT = (
     "gRPC needs grpcio and tensorflow-serving-api: pip install grpcio && "
@@ -61,10 +62,104 @@ class RequestRejected(ServingError):
 
 @dataclasses.dataclass
 class Prediction:
+    """A semantic model's answer for one image: its mask PNG, size and share of foreground."""
+
     mask_png: bytes
     height: int
     width: int
     foreground_fraction: float
+
+    def files(self, rgb, source: str) -> tuple[dict[str, bytes], str]:
+        """The files ``kseg.predict`` writes for this image, and what to log; ServingError if unusable."""
+        mask, binary = decode_mask(self, source)
+        _check_size(mask, rgb, source)
+        return outputs.semantic_files(rgb, mask, binary, pathlib.Path(source).name), (
+            f"foreground {100 * self.foreground_fraction:.1f}%"
+        )
+
+
+@dataclasses.dataclass
+class InstancesPrediction:
+    """An instance model's answer for one image: its label image PNG, size, and the people's rows."""
+
+    label_png: bytes
+    height: int
+    width: int
+    count: int
+    scores: np.ndarray
+    boxes: np.ndarray
+    areas: np.ndarray
+
+    def files(self, rgb, source: str) -> tuple[dict[str, bytes], str]:
+        try:
+            labels = instance_files.read_label_png(self.label_png)
+        except Exception as e:  # noqa: BLE001 - Pillow raises several types for a bad PNG
+            raise ServingError(f"{source}: the server's label_bytes is not a PNG ({e})") from None
+        if labels.shape != (self.height, self.width):
+            raise ServingError(
+                f"{source}: the label image is {labels.shape[1]}x{labels.shape[0]} but the server reported "
+                f"{self.width}x{self.height}"
+            )
+        _check_size(labels, rgb, source)
+        result = instance_files.InstanceResult(
+            labels, self.scores[: self.count], self.boxes[: self.count], self.areas[: self.count]
+        )
+        name = pathlib.Path(source).name
+        return instance_files.prediction_files(rgb, result, name), f"{self.count} people"
+
+
+class SizeMismatch(ValueError):
+    """The server's output has another size than the image as read here (it decoded it differently)."""
+
+
+def _check_size(array, rgb, source) -> None:
+    if array.shape[:2] != rgb.shape[:2]:
+        raise SizeMismatch(
+            f"{source}: the server's mask is {array.shape[1]}x{array.shape[0]}, the image "
+            f"{rgb.shape[1]}x{rgb.shape[0]} (the server decoded it differently; try --reencode)"
+        )
+
+
+#: The outputs of each kind of kseg export's serving signature.
+TASK_OUTPUTS = {"semantic": OUTPUT_NAMES, "instances": INSTANCE_OUTPUTS}
+
+
+def _bytes(value) -> bytes:
+    """A bytes output as REST (``{"b64": ...}`` or base64 text), gRPC or in-process code gives it."""
+    if isinstance(value, dict):
+        return base64.b64decode(value["b64"])
+    if isinstance(value, str):
+        return base64.b64decode(value)
+    return bytes(value)
+
+
+def prediction_from_row(row: dict, where: str):
+    """One image's outputs (``{name: value}``) as a ``Prediction`` or ``InstancesPrediction``, by the names the
+    signature returned; ServingError when they are not a kseg export's."""
+    names = set(row)
+    try:
+        if set(INSTANCE_OUTPUTS) <= names:
+            return InstancesPrediction(
+                _bytes(row["label_bytes"]),
+                int(row["height"]),
+                int(row["width"]),
+                int(row["count"]),
+                np.asarray(row["scores"], np.float32).reshape(-1),
+                np.asarray(row["boxes"], np.float32).reshape(-1, 4),
+                np.asarray(row["areas"], np.int64).reshape(-1),
+            )
+        if set(OUTPUT_NAMES) <= names:
+            return Prediction(
+                _bytes(row["mask_bytes"]), int(row["height"]), int(row["width"]), float(row["foreground_fraction"])
+            )
+    except (KeyError, TypeError, ValueError) as e:
+        raise ServingError(
+            f"{where}: prediction garbles {e}; is this a kseg export and --signature its serving signature?"
+        ) from None
+    raise ServingError(
+        f"{where}: outputs {sorted(names)[:10]}; a kseg export's serving signature returns "
+        f"{' or '.join(str(v) for v in TASK_OUTPUTS.values())}; is --signature its serving signature?"
+    )
 
 
 #: TF Serving's messages for a request that does not fit the signature (as opposed to one image's data). Its
@@ -207,32 +302,19 @@ class RestClient:
         elif "outputs" in document:
             columns = document["outputs"]
             if not isinstance(columns, dict):
-                raise ServingError(f"{self.url}: expected named outputs {OUTPUT_NAMES}, got {str(columns)[:200]}")
+                raise ServingError(f"{self.url}: expected named outputs, got {str(columns)[:200]}")
             try:
-                rows = [{name: columns[name][i] for name in OUTPUT_NAMES} for i in range(count)]
-            except (KeyError, IndexError, TypeError) as e:
+                rows = [{name: values[i] for name, values in columns.items()} for i in range(count)]
+            except (IndexError, TypeError) as e:
                 raise ServingError(
-                    f"{self.url}: outputs lack {e} (expected {OUTPUT_NAMES}); is this a kseg "
+                    f"{self.url}: outputs do not hold {count} predictions ({e}); is this a kseg "
                     f"export and --signature its serving signature?"
                 ) from None
         else:
             raise ServingError(f"{self.url}: answer has neither 'predictions' nor 'outputs': {str(document)[:200]}")
-        if not isinstance(rows, list) or len(rows) != count:
+        if not isinstance(rows, list) or len(rows) != count or not all(isinstance(r, dict) for r in rows):
             raise ServingError(f"{self.url}: expected {count} predictions, got {str(rows)[:200]}")
-        results = []
-        for row in rows:
-            try:
-                mask = row["mask_bytes"]
-                mask = base64.b64decode(mask["b64"]) if isinstance(mask, dict) else base64.b64decode(mask)
-                results.append(
-                    Prediction(mask, int(row["height"]), int(row["width"]), float(row["foreground_fraction"]))
-                )
-            except (KeyError, TypeError, ValueError) as e:
-                raise ServingError(
-                    f"{self.url}: prediction lacks or garbles {e} (expected {OUTPUT_NAMES}); is "
-                    f"this a kseg export and --signature its serving signature?"
-                ) from None
-        return results
+        return [prediction_from_row(row, self.url) for row in rows]
 
 
 # ---------------------------------------------------------------------------------------------- gRPC ---
@@ -308,16 +390,12 @@ class GrpcClient:
             response = self.stub.Predict(request, timeout=self.timeout)
         except self.grpc.RpcError as e:
             raise self._rpc_error(e) from None
-        try:
-            columns = {name: tensor_values(response.outputs[name]) for name in OUTPUT_NAMES}
-        except KeyError as e:
-            raise ServingError(
-                f"{self.describe()}: the response lacks output {e} (it has "
-                f"{sorted(response.outputs)}); is this a kseg export?"
-            ) from None
-        if any(len(values) != len(payloads) for values in columns.values()):
-            raise ServingError(f"{self.describe()}: expected {len(payloads)} values per output")
-        return [Prediction(*(columns[name][i] for name in OUTPUT_NAMES)) for i in range(len(payloads))]
+        count = len(payloads)
+        columns = {name: tensor_rows(proto, count) for name, proto in response.outputs.items()}
+        if any(values is None for values in columns.values()):
+            raise ServingError(f"{self.describe()}: expected {count} values per output")
+        rows = [{name: values[i] for name, values in columns.items()} for i in range(count)]
+        return [prediction_from_row(row, self.describe()) for row in rows]
 
     def _rpc_error(self, error) -> ServingError:
         code = error.code()
@@ -349,6 +427,19 @@ class GrpcClient:
             )
             return RequestRejected(shorten(details))
         return ServingError(f"{self.describe()}: {code.name}: {shorten(details)}")
+
+
+def tensor_rows(proto, count: int) -> list | None:
+    """The values of a ``TensorProto`` split into ``count`` rows (one per image), or None if they do not split."""
+    values = tensor_values(proto)
+    if count == 0 or len(values) % count:
+        return None
+    per_row = len(values) // count
+    return (
+        values
+        if per_row == 1 and len(proto.tensor_shape.dim) <= 1
+        else [values[i * per_row : (i + 1) * per_row] for i in range(count)]
+    )
 
 
 # ---------------------------------------------------------------------------------------- in process ---
@@ -393,15 +484,8 @@ class LocalClient:
             result = self._function(**{INPUT_NAME: tf.constant(list(payloads), tf.string)})
         except tf.errors.InvalidArgumentError as e:
             raise RequestRejected(e.message) from None
-        return [
-            Prediction(
-                result["mask_bytes"][i].numpy(),
-                int(result["height"][i]),
-                int(result["width"][i]),
-                float(result["foreground_fraction"][i]),
-            )
-            for i in range(len(payloads))
-        ]
+        rows = [{name: values[i].numpy() for name, values in result.items()} for i in range(len(payloads))]
+        return [prediction_from_row(row, self.describe()) for row in rows]
 
 
 # -------------------------------------------------------------------------------------------- inputs ---
@@ -458,7 +542,8 @@ def decode_mask(prediction: Prediction, source: str) -> tuple[np.ndarray, bool]:
 
 
 def send_files(client, files, output_dir, batch_size: int = 8, reencode: bool = False, log=print):
-    """Send ``files`` in batches and write their masks and overlays; returns ``(written, errors)``.
+    """Send ``files`` in batches and write what ``kseg.predict`` writes for the served model's task (mask and
+    overlay, or labels, overlay and JSON); returns ``(written, errors)``.
 
     A batch the server rejects is retried image by image, so one bad image fails alone; outputs are written
     by ``kseg.core.outputs.PredictionWriter``, as ``kseg.predict`` writes them.
@@ -468,20 +553,14 @@ def send_files(client, files, output_dir, batch_size: int = 8, reencode: bool = 
 
     def write(item, prediction):
         path, stem, rgb = item
-        mask, binary = decode_mask(prediction, str(path))
-        if mask.shape != rgb.shape[:2]:
-            errors.append(
-                f"{path}: the server's mask is {mask.shape[1]}x{mask.shape[0]}, the image "
-                f"{rgb.shape[1]}x{rgb.shape[0]} (the server decoded it differently; try --reencode)"
-            )
+        try:
+            files, summary = prediction.files(rgb, str(path))
+        except SizeMismatch as e:
+            errors.append(str(e))
             return
-        paths = writer.write(path, stem, rgb, mask, binary)
+        paths = writer.write_files(path, stem, files)
         if paths:
-            mask_path, overlay_path = paths
-            log(
-                f"{path} -> {mask_path.name}, {overlay_path.name} "
-                f"(foreground {100 * prediction.foreground_fraction:.1f}%)"
-            )
+            log(f"{path} -> {', '.join(p.name for p in paths)} ({summary})")
 
     def flush():
         try:

@@ -42,11 +42,23 @@ def _encode(binary: np.ndarray) -> dict:
     return rle
 
 
+def _plain(labels) -> np.ndarray:
+    """A label image as [H, W]: datasets keep masks as [H, W, 1]."""
+    labels = np.asarray(labels)
+    return labels[..., 0] if labels.ndim == 3 else labels
+
+
+def _check_shapes(truth: np.ndarray, prediction: InstancePrediction, where: str = "") -> None:
+    """Refuse a prediction drawn at another size than its truth: pycocotools gives masks of different sizes
+    IoU 0 without a word, so a resizing slip upstream would read as a model that finds nobody."""
+    shape = _plain(prediction.labels).shape
+    if shape != truth.shape:
+        raise ValueError(f"{where}prediction labels are {shape} but the truth is {truth.shape}")
+
+
 def instance_masks(labels: np.ndarray) -> tuple[list[int], list[np.ndarray]]:
     """``(ids, binary masks)`` of the instances in a label image, ids ascending, background excluded."""
-    labels = np.asarray(labels)
-    if labels.ndim == 3:
-        labels = labels[..., 0]
+    labels = _plain(labels)
     ids = [int(i) for i in np.unique(labels) if i != 0]
     return ids, [labels == i for i in ids]
 
@@ -60,8 +72,8 @@ def _box(binary: np.ndarray) -> list[float]:
 def _coco_sets(truths, predictions) -> tuple[COCO, list[dict]]:
     images, annotations, results = [], [], []
     for image_id, (truth, prediction) in enumerate(zip(truths, predictions), start=1):
-        truth = np.asarray(truth)
-        truth = truth[..., 0] if truth.ndim == 3 else truth
+        truth = _plain(truth)
+        _check_shapes(truth, prediction, f"image {image_id}: ")
         images.append({"id": image_id, "height": int(truth.shape[0]), "width": int(truth.shape[1])})
         for binary in instance_masks(truth)[1]:
             annotations.append(
@@ -126,6 +138,7 @@ def coco_scores(truths, predictions: list[InstancePrediction]) -> dict:
 
 def image_counts(truth, prediction: InstancePrediction, score_threshold: float = SCORE_THRESHOLD) -> dict:
     """People in the truth, found (IoU >= 0.5 with a kept prediction), missed, spurious, and mean matched IoU."""
+    _check_shapes(_plain(truth), prediction)
     truth_ids, truth_masks = instance_masks(truth)
     ids, masks = instance_masks(prediction.labels)
     kept = [

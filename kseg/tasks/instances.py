@@ -19,8 +19,10 @@ import numpy as np
 import tensorflow as tf
 
 from kseg.core.errors import UsageError
+from kseg.core.serving_contract import INSTANCE_OUTPUTS
 from kseg.models import instance_heads
-from kseg.tasks import instance_ops
+from kseg.tasks import instance_files, instance_ops
+from kseg.tasks.instance_files import InstanceResult
 
 log = logging.getLogger(__name__)
 
@@ -153,42 +155,6 @@ def to_image_size(padded, size):
     return instance_ops.instances_to_size(padded, size)
 
 
-@dataclasses.dataclass
-class InstanceResult:
-    """One image's instances as NumPy: ``labels`` [H, W] (0 background, i the i-th), ``scores`` [n],
-    ``boxes`` [n, 4] (ymin, xmin, ymax, xmax) pixel edges, ``areas`` [n]."""
-
-    labels: np.ndarray
-    scores: np.ndarray
-    boxes: np.ndarray
-    areas: np.ndarray
-
-    @property
-    def count(self) -> int:
-        return len(self.scores)
-
-    def to_json(self, image_id: str) -> dict:
-        return {
-            "image_id": image_id,
-            "height": int(self.labels.shape[0]),
-            "width": int(self.labels.shape[1]),
-            "people": [
-                {
-                    "id": i + 1,
-                    "score": round(float(self.scores[i]), 4),
-                    "box": {
-                        "ymin": float(self.boxes[i, 0]),
-                        "xmin": float(self.boxes[i, 1]),
-                        "ymax": float(self.boxes[i, 2]),
-                        "xmax": float(self.boxes[i, 3]),
-                    },
-                    "area": int(self.areas[i]),
-                }
-                for i in range(self.count)
-            ],
-        }
-
-
 def result_from_padded(padded) -> InstanceResult:
     count = int(padded.count)
     return InstanceResult(
@@ -217,8 +183,27 @@ class InstancePredictor:
 
         self._predict_one = predict_one
 
-    def predict(self, images) -> list[InstanceResult]:
+    task = NAME
+    num_classes = 1
+
+    @property
+    def keras_model(self):
+        return self.model
+
+    @property
+    def postprocessing(self):
+        """Instances have no post-processing to choose; an export records the default."""
+        from kseg.tasks.postprocess import PostProcessing
+
+        return PostProcessing()
+
+    def predict(self, images, batch_size: int = 8, postprocessing=None) -> list[InstanceResult]:
+        """Each image's people at its own size (one image at a time: sizes differ, and grouping is per image)."""
+        del batch_size, postprocessing  # instances have no post-processing to choose
         return [result_from_padded(self._predict_one(tf.convert_to_tensor(image, tf.uint8))) for image in images]
+
+    def prediction_files(self, image, result: InstanceResult, source: str = "") -> dict[str, bytes]:
+        return instance_files.prediction_files(image, result, source)
 
 
 # ------------------------------------------------------------------------------------ validation ---
@@ -285,6 +270,57 @@ class InstanceTask:
 
     def predictor(self, model, path="<in memory>") -> InstancePredictor:
         return InstancePredictor(model, path)
+
+    # ------------------------------------------------------------------------------------- serving ---
+
+    has_probabilities_signature = False
+    max_instances = MAX_INSTANCES
+
+    def serving_outputs(self, model, batch, sizes, postprocessing=None) -> dict:
+        """``serving_default``'s outputs for a decoded batch (see ``INSTANCE_OUTPUTS``): per image the label
+        image as PNG at its original size, its size, the number of people and their scores, boxes and areas
+        padded to ``MAX_INSTANCES`` rows."""
+        del postprocessing  # instances have none to choose
+        grouped = group_outputs(model(batch, training=False), max_instances=MAX_INSTANCES)
+        dtype = tf.uint8 if MAX_INSTANCES <= 255 else tf.uint16
+
+        def finish(args):
+            labels, scores, boxes, areas, count, size = args
+            one = to_image_size(instance_ops.PaddedInstances(labels, scores, boxes, areas, count), size)
+            return tf.io.encode_png(tf.cast(one.labels, dtype)[..., None]), one.boxes, one.areas
+
+        pngs, boxes, areas = tf.map_fn(
+            finish,
+            (grouped.labels, grouped.scores, grouped.boxes, grouped.areas, grouped.count, sizes),
+            fn_output_signature=(
+                tf.TensorSpec([], tf.string),
+                tf.TensorSpec([MAX_INSTANCES, 4], tf.float32),
+                tf.TensorSpec([MAX_INSTANCES], tf.int32),
+            ),
+        )
+        values = (pngs, sizes[:, 0], sizes[:, 1], grouped.count, grouped.scores, boxes, areas)
+        return dict(zip(INSTANCE_OUTPUTS, values))
+
+    @staticmethod
+    def serving_signatures(height: int, width: int, num_classes: int) -> dict:
+        from kseg.core.serving_contract import IMAGE_BYTES, SERVING_SIGNATURE
+
+        del height, width, num_classes  # any image size in; one class
+        m = MAX_INSTANCES
+        return {
+            SERVING_SIGNATURE: {
+                "inputs": {IMAGE_BYTES: "string [N]"},
+                "outputs": {
+                    "label_bytes": "string [N] (PNG: 0 background, person i = i, in descending score order)",
+                    "height": "int32 [N]",
+                    "width": "int32 [N]",
+                    "count": f"int32 [N] (people found, at most {m})",
+                    "scores": f"float32 [N, {m}] (rows past count are 0)",
+                    "boxes": f"float32 [N, {m}, 4] (ymin, xmin, ymax, xmax pixel edges at the image's size)",
+                    "areas": f"int32 [N, {m}] (pixels)",
+                },
+            }
+        }
 
     def summary_parts(self, metrics: dict) -> list[str]:
         return [

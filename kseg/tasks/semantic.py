@@ -48,6 +48,63 @@ class SemanticTask:
         del load_split  # Keras computes val_dice from the compiled metrics
         return []
 
+    # ------------------------------------------------------------------------------------- serving ---
+
+    has_probabilities_signature = True
+
+    @staticmethod
+    def probabilities(model, batch):
+        from kseg.tasks import postprocess
+
+        return postprocess.probabilities_from_logits(model(batch, training=False))
+
+    def serving_outputs(self, model, batch, sizes, postprocessing) -> dict:
+        """``serving_default``'s outputs for a decoded batch: per image the mask as PNG at its original size
+        (0/255 binary, class ids otherwise), its size and the share of foreground pixels."""
+        import tensorflow as tf
+
+        from kseg.core.serving_contract import SERVING_OUTPUTS
+        from kseg.tasks import postprocess
+
+        binary = int(model.outputs[0].shape[-1]) == 1
+        probabilities = lambda images: self.probabilities(model, images)
+        if postprocessing.tta:
+            probs = postprocess.tta_probabilities(probabilities, batch)
+        else:
+            probs = probabilities(batch)
+
+        def finish(args):
+            prob, size = args
+            mask = postprocess.final_mask(prob, size, postprocessing)
+            png = tf.io.encode_png((mask * 255 if binary else mask)[..., None])
+            return png, tf.reduce_mean(tf.cast(mask > 0, tf.float32))
+
+        masks, fractions = tf.map_fn(
+            finish, (probs, sizes), fn_output_signature=(tf.TensorSpec([], tf.string), tf.TensorSpec([], tf.float32))
+        )
+        return dict(zip(SERVING_OUTPUTS, (masks, sizes[:, 0], sizes[:, 1], fractions)))
+
+    @staticmethod
+    def serving_signatures(height: int, width: int, num_classes: int) -> dict:
+        """The signatures an export holds, as ``kseg.json`` documents them."""
+        from kseg.core.serving_contract import IMAGE_BYTES, PROBABILITIES_SIGNATURE, SERVING_SIGNATURE
+
+        return {
+            SERVING_SIGNATURE: {
+                "inputs": {IMAGE_BYTES: "string [N]"},
+                "outputs": {
+                    "mask_bytes": "string [N] (PNG)",
+                    "height": "int32 [N]",
+                    "width": "int32 [N]",
+                    "foreground_fraction": "float32 [N]",
+                },
+            },
+            PROBABILITIES_SIGNATURE: {
+                "inputs": {"images": f"float32 [N, {height}, {width}, 3]"},
+                "outputs": {"probabilities": f"float32 [N, {height}, {width}, {num_classes}]"},
+            },
+        }
+
     def summary_parts(self, metrics: dict) -> list[str]:
         return [
             f"{split} Dice {metrics[split]['dice']:.4f} IoU {metrics[split]['iou']:.4f}"

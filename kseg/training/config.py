@@ -160,11 +160,12 @@ class TrainConfig:
             fail("strategy (--strategy)", "the instances task trains with model.fit (every strategy but multiworker)")
         if self.task == "instances" and self.num_classes not in (None, 1):
             fail("num_classes (--num-classes)", f"the instances task has one class (person); got {self.num_classes}")
-        if self.manual_dir is not None and settings.is_folder_dataset(self.dataset):
+        if self.manual_dir is not None and not settings.is_tfds_dataset(self.dataset):
+            what = "a folder dataset" if settings.is_folder_dataset(self.dataset) else "a COCO file"
             fail(
                 "manual_dir (--manual-dir)",
                 f"applies to TFDS datasets only (a build reads its download there); {settings.shown(self.dataset)} "
-                f"is a folder dataset, read as it is (got {settings.shown(self.manual_dir)})",
+                f"is {what}, read as it is (got {settings.shown(self.manual_dir)})",
             )
         if self.tpu is not None and self.strategy != "tpu":
             fail(

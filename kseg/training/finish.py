@@ -93,7 +93,8 @@ def finish_run(
     )
     files.atomic_write_text(run_dir / METRICS_FILE, json.dumps(metrics, indent=2) + "\n")
     if (run_dir / history.FILE_NAME).exists():
-        plots.training_curves(run_dir / history.FILE_NAME, run_dir / "curves.png")
+        score = tasks.get(config.task).monitor.removeprefix("val_")
+        plots.training_curves(run_dir / history.FILE_NAME, run_dir / "curves.png", score=score)
     log.info(summary_line(config, run_dir, metrics, state))
     return metrics
 
