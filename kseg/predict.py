@@ -11,7 +11,9 @@ import argparse
 import dataclasses
 import sys
 
+from kseg import tasks
 from kseg.core import cli, files, inputs, settings
+from kseg.core.errors import UsageError
 
 PROG = "kseg.predict"
 
@@ -59,7 +61,14 @@ def main(argv=None) -> int:
             for n in ("tta", "threshold", "fill_holes", "largest_component")
             if getattr(args, n) is not None
         }
+        if overrides and predictor.task != tasks.SEMANTIC:
+            flags = ", ".join(f"--{name.replace('_', '-')}" for name in overrides)
+            raise UsageError(
+                f"{flags}: semantic models only; {args.model} is an {predictor.task} model (its people come from "
+                f"centre and offset heads, with no threshold, TTA or mask clean-up to set)"
+            )
         postprocessing = dataclasses.replace(predictor.postprocessing, **overrides)
+        summary = postprocessing.describe() if predictor.task == tasks.SEMANTIC else predictor.task
         errors = list(found.problems)
         if found.files:
             done, read_errors = image_files.predict_files(
@@ -73,7 +82,7 @@ def main(argv=None) -> int:
             written.extend(done)
             errors += read_errors
         return cli.report_written(
-            PROG, len(written), len(found.files), errors, args.output_dir, postprocessing.describe()
+            PROG, len(written), len(found.files), errors, args.output_dir, summary
         )
 
     return cli.run(PROG, work, interrupted=lambda: cli.outputs_kept(args.output_dir), verbose=args.verbose)

@@ -102,6 +102,51 @@ def trained_synthetic_run(tmp_path_factory, synthetic_data_dir) -> pathlib.Path:
     return run_dir
 
 
+@pytest.fixture(scope="session")
+def people_dataset(tmp_path_factory) -> pathlib.Path:
+    """A ``folder:`` instance dataset of drawn people (``tests/people_scenes.py``). Read-only for tests."""
+    import people_scenes
+
+    return people_scenes.write_dataset(tmp_path_factory.mktemp("people") / "scenes")
+
+
+@pytest.fixture(scope="session")
+def trained_instance_run(tmp_path_factory, people_dataset) -> pathlib.Path:
+    """A run directory of ``pennfudan-instances`` on a ``unet-small`` at 64x96, trained for 12 epochs on the
+    drawn people (test mask AP 1.0), made once for the instance tests. Read-only for tests."""
+    from kseg import train
+
+    run_dir = tmp_path_factory.mktemp("instance-run") / "run"
+    code = train.main(
+        [
+            "--preset",
+            "pennfudan-instances",
+            "--dataset",
+            f"folder:{people_dataset}",
+            "--model",
+            "unet-small",
+            "--image-size",
+            "64x96",
+            "--epochs",
+            "12",
+            "--learning-rate",
+            "3e-3",
+            "--freeze-encoder-epochs",
+            "0",
+            "--encoder-lr-multiplier",
+            "1",
+            "--augmentation",
+            "none",
+            "--seed",
+            "0",
+            "--output-dir",
+            str(run_dir),
+        ]
+    )
+    assert code == 0, "training the shared instance model failed"
+    return run_dir
+
+
 @pytest.fixture
 def load_bench_script(monkeypatch):
     """``load_bench_script("loop")`` -> ``bench/loop.py`` as a module (bench scripts import their sibling

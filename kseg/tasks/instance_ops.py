@@ -448,7 +448,8 @@ def group_instances(
     )
     # One segment max gives both ends of each box: max of (y, x) and max of (-y, -x) = -min.
     extent = tf.math.unsorted_segment_max(tf.concat([pixels, -pixels], axis=1), owner, slots)  # [K+1, 4]
-    peak = tf.concat([peak_values, [0.0]], axis=0)
+    # The heatmap is regressed (MSE), so a peak can overshoot 1; a score stays a confidence in [0, 1].
+    peak = tf.clip_by_value(tf.concat([peak_values, [0.0]], axis=0), 0.0, 1.0)
     score = peak * probability_sum / tf.cast(tf.maximum(area, 1), tf.float32)
 
     keep = (area >= max(min_area, 1)) & (tf.range(slots) < candidates)
