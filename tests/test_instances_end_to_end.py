@@ -113,7 +113,16 @@ def test_evaluate_scores_the_run_and_its_export_alike(trained_instance_run, expo
     for name, model in (("run", trained_instance_run), ("export", exported)):
         out = tmp_path / name
         code = evaluate.main(
-            ["--model", str(model), "--dataset", f"folder:{people_dataset}", "--split", "test", "--output-dir", str(out)]
+            [
+                "--model",
+                str(model),
+                "--dataset",
+                f"folder:{people_dataset}",
+                "--split",
+                "test",
+                "--output-dir",
+                str(out),
+            ]
         )
         assert code == 0
         scores[name] = json.loads((out / "summary.json").read_text())
@@ -124,9 +133,7 @@ def test_evaluate_scores_the_run_and_its_export_alike(trained_instance_run, expo
     assert scores["run"]["people"] == scores["export"]["people"] == truth
 
 
-def test_evaluate_refuses_a_semantic_dataset_and_semantic_flags(
-    trained_instance_run, people_dataset, tmp_path, capsys
-):
+def test_evaluate_refuses_a_semantic_dataset_and_semantic_flags(trained_instance_run, people_dataset, tmp_path, capsys):
     code = evaluate.main(
         ["--model", str(trained_instance_run), "--dataset", "tfds_ph2/synthetic", "--output-dir", str(tmp_path / "a")]
     )
@@ -167,7 +174,7 @@ def test_a_semantic_preset_on_an_instance_dataset_is_one_line(people_dataset, tm
 def test_export_serves_one_signature_of_people_at_every_image_size(exported, trained_instance_run, inputs):
     import tensorflow as tf
 
-    metadata = json.loads(next(exported.glob("*/kseg.json")).read_text())
+    metadata = json.loads(next(exported.glob("*/assets.extra/kseg.json")).read_text())
     assert metadata["task"] == "instances" and metadata["max_instances"] == 100
     loaded = tf.saved_model.load(str(next(exported.glob("*/saved_model.pb")).parent))
     assert list(loaded.signatures) == ["serving_default"]
