@@ -81,9 +81,7 @@ def main(argv=None) -> int:
             )
             written.extend(done)
             errors += read_errors
-        return cli.report_written(
-            PROG, len(written), len(found.files), errors, args.output_dir, summary
-        )
+        return cli.report_written(PROG, len(written), len(found.files), errors, args.output_dir, summary)
 
     return cli.run(PROG, work, interrupted=lambda: cli.outputs_kept(args.output_dir), verbose=args.verbose)
 

@@ -44,8 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add(
         "--dataset",
-        help="tfds_ph2/ph2, tfds_ph2/mads, tfds_ph2/synthetic, any TFDS name, or folder:PATH "
-        "(PATH/images + PATH/masks, optionally inside train/ validation/ test/)",
+        help="tfds_ph2/ph2, tfds_ph2/mads, tfds_ph2/synthetic, tfds_ph2/pennfudan (instances), any TFDS name, "
+        "folder:PATH (PATH/images + PATH/masks, or PATH/instances for instance label images, optionally inside "
+        "train/ validation/ test/), or coco:FILE.json (COCO instances, images next to it)",
     )
     add("--model-preset", "--model", dest="model_preset", help="model and size: " + ", ".join(config_lib.MODEL_PRESETS))
     add("--image-size", help="model input size, 256 or HxW like 256x320 (divisible by 2**depth)")

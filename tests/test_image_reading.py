@@ -148,6 +148,7 @@ def test_decompression_bomb_is_an_image_read_error_naming_the_file(tmp_path, mon
 
 
 def test_predict_skips_a_decompression_bomb_like_any_unreadable_file(tmp_path, monkeypatch):
+    from kseg.core import outputs
     from kseg.prediction import image_files
 
     class EmptyPredictor:  # every mask empty: only which files get through matters here
@@ -155,6 +156,9 @@ def test_predict_skips_a_decompression_bomb_like_any_unreadable_file(tmp_path, m
 
         def predict(self, images, batch_size=8, postprocessing=None):
             return [np.zeros(image.shape[:2], np.uint8) for image in images]
+
+        def prediction_files(self, image, mask, source=""):
+            return outputs.semantic_files(image, mask, True, source)
 
     good, huge = tmp_path / "good.png", tmp_path / "huge.png"
     Image.new("RGB", (8, 8)).save(good)

@@ -208,8 +208,8 @@ def test_a_saved_model_that_is_not_a_kseg_export_is_refused(real_export, target,
         inference.load_predictor(one_signature)
     assert str(info.value) == (
         f"{one_signature}: not a kseg export (its signatures and inputs are {{'serving_default': "
-        f"['image_bytes']}}; a kseg export has serving_default (input image_bytes) and predict_images (input "
-        f"images)); {CONTRACT}"
+        f"['image_bytes']}}; a kseg semantic export has serving_default (input image_bytes) and predict_images "
+        f"(input images)); {CONTRACT}"
     )
 
 

@@ -14,8 +14,11 @@ SERVING_SIGNATURE = "serving_default"
 IMAGE_BYTES = "image_bytes"
 SERVING_OUTPUTS = ("mask_bytes", "height", "width", "foreground_fraction")
 #: ``serving_default``'s outputs for instance models: the label image as PNG, the image size, how many people
-#: and their scores, boxes and areas padded to the export's maximum (``kseg.tasks.instances.MAX_INSTANCES``).
+#: and their scores, boxes and areas padded to the export's maximum (``MAX_INSTANCES``).
 INSTANCE_OUTPUTS = ("label_bytes", "height", "width", "count", "scores", "boxes", "areas")
+#: The most people an instance model returns per image (the best-scoring ones), as detection models cap their
+#: detections: the serving outputs are padded to it, so it fixes their shapes.
+MAX_INSTANCES = 100
 #: The signature that maps model-size float images to probabilities (used by kseg.evaluate and kseg.predict).
 PROBABILITIES_SIGNATURE = "predict_images"
 PROBABILITIES_INPUT = "images"

@@ -96,6 +96,7 @@ def score_best_model(config, spec, run_dir: pathlib.Path, predictor) -> dict:
         scores[split] = summary
         if keep:
             draw(run_dir / "predictions.png", images, ids, truths, results, rows, f"{config.dataset} validation")
+    scores["scored_at"] = "original resolution, COCO AP over all of the split's people (pycocotools)"
     return scores
 
 

@@ -12,11 +12,15 @@ import colorsys
 import dataclasses
 import io
 import json
+import logging
 
 import numpy as np
 from PIL import Image
 
 from kseg.core.outputs import MARKER, encode_png
+from kseg.core.serving_contract import MAX_INSTANCES
+
+log = logging.getLogger(__name__)
 
 #: Suffixes of the files written per input image.
 LABELS_SUFFIX = "_instances.png"
@@ -110,8 +114,17 @@ def read_label_png(data: bytes) -> np.ndarray:
 
 
 def prediction_files(image, result: InstanceResult, source: str = "") -> dict[str, bytes]:
-    """``{suffix: bytes}`` of the three files written for one input image."""
+    """``{suffix: bytes}`` of the three files written for one input image. An image with as many people as a
+    model returns at most is named in a warning: more may be there, only the best-scoring are kept."""
     of = f" of {source}" if source else ""
+    if result.count >= MAX_INSTANCES:
+        log.warning(
+            "%s: %d people, the most a kseg instance model returns per image; any more are left out "
+            "(the best-scoring %d are kept)",
+            source or "image",
+            result.count,
+            MAX_INSTANCES,
+        )
     return {
         LABELS_SUFFIX: label_png(result.labels, f"kseg instance labels{of}"),
         OVERLAY_SUFFIX: encode_png(overlay(image, result.labels), f"kseg instance overlay{of}"),

@@ -19,7 +19,7 @@ import numpy as np
 import tensorflow as tf
 
 from kseg.core.errors import UsageError
-from kseg.core.serving_contract import INSTANCE_OUTPUTS
+from kseg.core.serving_contract import INSTANCE_OUTPUTS, MAX_INSTANCES
 from kseg.models import instance_heads
 from kseg.tasks import instance_files, instance_ops
 from kseg.tasks.instance_files import InstanceResult
@@ -34,8 +34,6 @@ OFFSET_WEIGHT = 0.05
 #: Grouping at the model's full resolution (offsets and heatmap upsampled 4x): the paper's NMS kernel 7 at
 #: stride 4 covers 13 full-resolution pixels.
 NMS_KERNEL = 13
-#: At most this many people per image come out of a model (the serving signature pads to it).
-MAX_INSTANCES = 100
 
 
 @keras.saving.register_keras_serializable(package="kseg")

@@ -87,7 +87,7 @@ def finish_run(
             "images_per_second": round(images_per_second, 2) if images_per_second else None,
             "best_epoch": state.best_epoch + 1,
             "epochs": config.epochs,
-            "scored_at": "original resolution, mean over images",
+            "scored_at": metrics.pop("scored_at", "original resolution, mean over images"),
             "precision": precision,
         }
     )
