@@ -20,7 +20,10 @@ COUNT = settings.int_in(1, MAX_COUNT)
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m kseg.show", description=__doc__.splitlines()[0])
-    parser.add_argument("dataset", help="tfds_ph2/ph2, tfds_ph2/mads, tfds_ph2/synthetic or folder:PATH")
+    parser.add_argument(
+        "dataset",
+        help="tfds_ph2/ph2, tfds_ph2/mads, tfds_ph2/synthetic, tfds_ph2/pennfudan, folder:PATH or coco:FILE.json",
+    )
     parser.add_argument("--split", default="train", help="train, validation, test or all")
     parser.add_argument(
         "-n", "--count", type=COUNT, default=8, help=f"number of examples, 1 to {MAX_COUNT} (default 8)"
@@ -113,13 +116,10 @@ def main(argv=None) -> int:
         for path in paths:  # every name checked before anything is written
             outputs.check_replaceable(path)
         out.parent.mkdir(parents=True, exist_ok=True)
-        plots.contour_grid(
-            out,
-            [ex["image"] for ex in examples],
-            true_masks=[ex["mask"] for ex in examples],
-            titles=[f"{ex['image_id'].decode()} {ex['image'].shape[1]}x{ex['image'].shape[0]}" for ex in examples],
-            title=f"{args.dataset} [{args.split}]: masks outlined in green",
-        )
+        titles = [f"{ex['image_id'].decode()} {ex['image'].shape[1]}x{ex['image'].shape[0]}" for ex in examples]
+        spec = data.dataset_spec(args.dataset, data_dir=args.data_dir, manual_dir=args.manual_dir)
+        images, masks = [ex["image"] for ex in examples], [ex["mask"] for ex in examples]
+        plots.examples_grid(out, images, masks, spec.is_instances, titles, f"{args.dataset} [{args.split}]")
         print(f"wrote {out} ({len(examples)} examples of {args.dataset} {args.split})")
         if paths:
             save_images(examples, paths, args.dataset)

@@ -225,3 +225,30 @@ def test_export_command_lists_the_instance_outputs(trained_instance_run, tmp_pat
     assert code == 0
     printed = capsys.readouterr().out
     assert "serving_default" in printed and "label_bytes" in printed and "predict_images" not in printed
+
+
+def test_a_semantic_model_on_an_instance_dataset_is_one_line(trained_synthetic_run, people_dataset, tmp_path, capsys):
+    code = evaluate.main(
+        [
+            "--model",
+            str(trained_synthetic_run),
+            "--dataset",
+            f"folder:{people_dataset}",
+            "--split",
+            "test",
+            "--output-dir",
+            str(tmp_path / "e"),
+        ]
+    )
+    assert code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "semantic" in error and "instances" in error, error
+    assert not (tmp_path / "e").exists()
+
+
+def test_show_draws_each_person_of_an_instance_dataset(people_dataset, tmp_path, capsys):
+    from kseg import show
+
+    assert show.main([f"folder:{people_dataset}", "--split", "test", "-n", "4", "--out", str(tmp_path / "s.png")]) == 0
+    assert "4 examples" in capsys.readouterr().out
+    assert Image.open(tmp_path / "s.png").size[0] > 400

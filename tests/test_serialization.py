@@ -7,11 +7,12 @@ import numpy as np
 import pytest
 
 import kseg.models  # noqa: F401
+import kseg.tasks.instances  # noqa: F401
 import kseg.tasks.losses  # noqa: F401  (registers the classes below)
 import kseg.tasks.metrics  # noqa: F401
 from kseg.models import layers as model_layers
 from kseg.models.backbones import EncoderPreprocessing
-from kseg.tasks import losses, metrics
+from kseg.tasks import instances, losses, metrics
 from kseg.training import optimizers
 
 #: One instance of each registered class, with arguments away from their defaults, so a dropped argument
@@ -20,6 +21,11 @@ rng = np.random.default_rng(0)
 BINARY = ((rng.random((2, 8, 8, 1)) < 0.4).astype(np.float32), rng.normal(size=(2, 8, 8, 1)).astype(np.float32))
 CLASSES = (rng.integers(0, 3, (2, 8, 8, 1)).astype(np.int32), rng.normal(size=(2, 8, 8, 3)).astype(np.float32))
 IMAGES = rng.random((2, 8, 8, 3)).astype(np.float32)
+HEATMAP = (rng.random((2, 4, 4, 1)).astype(np.float32), rng.random((2, 4, 4, 1)).astype(np.float32))
+OFFSETS = (  # (dy, dx, weight) targets, (dy, dx) predictions
+    np.concatenate([rng.normal(size=(2, 4, 4, 2)), rng.random((2, 4, 4, 1)) < 0.5], -1).astype(np.float32),
+    rng.normal(size=(2, 4, 4, 2)).astype(np.float32),
+)
 EXAMPLES = {
     losses.BinaryCrossentropyLoss: (dict(name="b", reduction="sum"), BINARY),
     losses.DiceLoss: (dict(smooth=2.0, name="d"), BINARY),
@@ -31,6 +37,8 @@ EXAMPLES = {
     losses.CEDiceLoss: (dict(ce_weight=0.5, dice_weight=1.5, smooth=2.0), CLASSES),
     losses.CategoricalFocalLoss: (dict(gamma=1.0, alpha=0.3), CLASSES),
     losses.CategoricalTverskyLoss: (dict(alpha=0.2, beta=0.8), CLASSES),
+    instances.CentreHeatmapLoss: (dict(name="heat", reduction="sum"), HEATMAP),
+    instances.OffsetLoss: (dict(name="off", reduction="sum"), OFFSETS),
     metrics.Dice: (dict(num_classes=3, threshold=0.3, per_image=False, name="dice3"), CLASSES),
     metrics.IoU: (dict(threshold=0.3, per_image=False, name="iou_pooled"), BINARY),
     metrics.PixelAccuracy: (dict(num_classes=3, name="acc"), CLASSES),

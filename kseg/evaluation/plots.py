@@ -68,6 +68,36 @@ def contour_grid(path, images, true_masks=None, pred_masks=None, titles=None, co
     return path
 
 
+def people_grid(path, images, labels, titles=None, columns: int = 4, title=None):
+    """Save a grid of images with each person of an instance label image in their own colour (``kseg.show``)."""
+    count = len(images)
+    if count == 0:
+        raise ValueError("people_grid needs at least one image")
+    columns = min(columns, count)
+    rows = math.ceil(count / columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 2.7 * rows), squeeze=False)
+    for index, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if index >= count:
+            continue
+        ax.imshow(instance_files.overlay(images[index], np.asarray(labels[index])[..., 0]))
+        if titles is not None:
+            ax.set_title(str(titles[index]), fontsize=9)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    save_figure(fig, path)
+    return path
+
+
+def examples_grid(path, images, masks, instances: bool, titles, name: str):
+    """A dataset's examples as ``kseg.show`` draws them: class masks outlined, or each person in a colour."""
+    if instances:
+        people = sum(int(np.max(mask)) for mask in masks)
+        return people_grid(path, images, masks, titles=titles, title=f"{name}: {people} people, each in a colour")
+    return contour_grid(path, images, true_masks=masks, titles=titles, title=f"{name}: masks outlined in green")
+
+
 def _number(text) -> float | None:
     try:
         return float(text)

@@ -130,6 +130,23 @@ def is_instance_model(model) -> bool:
 
 
 @tf.autograph.experimental.do_not_convert
+def model_outputs(model, batch, tta: bool = False) -> dict:
+    """The model's outputs for a batch; with ``tta`` averaged with those of the mirrored batch, mapped back
+    (maps mirrored, the offsets' dx negated: a mirrored pixel's centre is the mirrored centre)."""
+    outputs = model(batch, training=False)
+    if not tta:
+        return outputs
+    mirrored = model(tf.reverse(batch, axis=[2]), training=False)
+    averaged = {}
+    for name, value in outputs.items():
+        back = tf.reverse(tf.cast(mirrored[name], tf.float32), axis=[2])
+        if name == instance_heads.OFFSETS:
+            back = back * tf.constant([1.0, -1.0])
+        averaged[name] = (tf.cast(value, tf.float32) + back) / 2
+    return averaged
+
+
+@tf.autograph.experimental.do_not_convert
 def group_outputs(outputs: dict, *, foreground_threshold: float = 0.5, max_instances: int = MAX_INSTANCES):
     """Model outputs for a batch -> ``PaddedInstances`` at the model's size (labels [B, H, W], scores [B, M],
     boxes [B, M, 4] in model pixels, areas [B, M], count [B]). TensorFlow ops only."""
@@ -166,8 +183,8 @@ def result_from_padded(padded) -> InstanceResult:
 class InstancePredictor:
     """A Keras instance model on images of any size: resize as in training, predict, group, back to size."""
 
-    def __init__(self, model: keras.Model, path="<in memory>", max_instances: int = MAX_INSTANCES):
-        self.model, self.path, self.max_instances = model, str(path), max_instances
+    def __init__(self, model: keras.Model, path="<in memory>", max_instances: int = MAX_INSTANCES, tta: bool = False):
+        self.model, self.path, self.max_instances, self.tta = model, str(path), max_instances, tta
         self.image_size = tuple(int(side) for side in model.inputs[0].shape[1:3])
 
         @tf.function(reduce_retracing=True)
@@ -175,7 +192,7 @@ class InstancePredictor:
             from kseg.data.preprocessing import resize_image, scale_to_unit
 
             batch = scale_to_unit(resize_image(image, self.image_size))[None]
-            grouped = group_outputs(model(batch, training=False), max_instances=max_instances)
+            grouped = group_outputs(model_outputs(model, batch, tta), max_instances=max_instances)
             one = instance_ops.PaddedInstances(*(t[0] for t in grouped))
             return to_image_size(one, tf.shape(image)[:2])
 
