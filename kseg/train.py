@@ -94,6 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
     add("--threshold", type=checked("threshold"), help="foreground probability threshold for metrics and reports")
     add("--tpu", help="TPU name or grpc:// address for --strategy tpu")
     add(
+        "--init-weights",
+        help="start from the weights of another run (.keras file or run directory) wherever layer names and "
+        "shapes agree, e.g. an instances run from a semantic person run",
+    )
+    add(
         "--logical-cpus",
         type=LOGICAL_CPUS,
         default=1,

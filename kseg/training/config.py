@@ -99,6 +99,9 @@ class TrainConfig:
     num_classes: int | None = setting(None, settings.NUM_CLASSES, optional=True)  # folder datasets only
     threshold: float = setting(0.5, settings.THRESHOLD)
     tpu: str | None = setting(None, settings.path("a TPU name or grpc:// address"), optional=True)  # --strategy tpu
+    # Start from another run's weights, layer by layer where names and shapes agree (e.g. an instance model from
+    # a semantic person model: the U-Net and its person/background logits are the same layers).
+    init_weights: str | None = setting(None, settings.path("a .keras file or run directory"), optional=True)
 
     def __post_init__(self):
         for field in dataclasses.fields(self):

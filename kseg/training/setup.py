@@ -168,6 +168,42 @@ def needed_bytes(model: keras.Model) -> int:
     return model.count_params() * 4 * (2 * 3 + 2) + 64 * 2**20
 
 
+def copy_weights(source, model: keras.Model, quiet: bool = False) -> int:
+    """Copies ``source``'s weights (a ``.keras`` file or a run directory's ``best.keras``) into every layer of
+    ``model`` with the same name and weight shapes; returns how many layers were copied. A resumed run then
+    restores its own checkpoint over them. None in common is an error: the source is not a relative."""
+    from kseg.prediction import inference
+
+    path = pathlib.Path(source)
+    keras_file = path / "best.keras" if path.is_dir() else path
+    if not keras_file.is_file():
+        raise UsageError(f"--init-weights {source}: no such .keras file or run directory (with best.keras)")
+    donor = inference.load_keras_model(keras_file)
+    copied, skipped = 0, []
+    for layer in donor.layers:
+        if not layer.weights:
+            continue
+        try:
+            target = model.get_layer(layer.name)
+        except ValueError:
+            continue
+        shapes = [tuple(w.shape) for w in layer.weights]
+        if [tuple(w.shape) for w in target.weights] != shapes:
+            skipped.append(layer.name)
+            continue
+        target.set_weights(layer.get_weights())
+        copied += 1
+    if not copied:
+        raise UsageError(
+            f"--init-weights {keras_file}: no layer of it matches a layer of {model.name} by name and shape; "
+            f"expected a run of the same model preset (e.g. unet-lite0 for unet-lite0)"
+        )
+    if not quiet:
+        more = f"; {len(skipped)} with other shapes kept their own start ({', '.join(skipped[:3])})" if skipped else ""
+        log.info(f"--init-weights: {copied} layers start from {keras_file}{more}")
+    return copied
+
+
 def prepare(
     config: TrainConfig, strategy: tf.distribute.Strategy, *, drop_remainder: bool = False, repeat: bool = False
 ) -> TrainingSetup:
@@ -228,6 +264,8 @@ def prepare(
 
     with strategy.scope():
         model = build_model(config, spec.num_classes, strategy.num_replicas_in_sync)
+        if config.init_weights:
+            copy_weights(config.init_weights, model, quiet=not chief)
         set_encoder_trainable(model, True)
         compile_model(model, config, spec.num_classes, steps_per_epoch)
         build_optimizer_for_every_phase(model)
