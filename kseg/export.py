@@ -79,7 +79,8 @@ def main(argv=None) -> int:
             for name, spec in metadata["signatures"].items()
         )
         in_graph = (
-            f"grouping in the graph, at most {metadata['max_instances']} people per image"
+            f"grouping in the graph{' with flip TTA' if postprocessing.tta else ''}, at most "
+            f"{metadata['max_instances']} people per image"
             if metadata["task"] == "instances"
             else f"post-processing in the graph: {postprocessing.describe()}"
         )

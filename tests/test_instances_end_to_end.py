@@ -96,13 +96,18 @@ def test_predict_writes_labels_overlay_and_json_for_every_image(trained_instance
     _same_people(_people(tmp_path, "b")[0], _truth(people_dataset, 1))
 
 
-def test_semantic_flags_are_refused_for_an_instance_model(trained_instance_run, inputs, tmp_path, capsys):
-    for flags in (["--tta"], ["--threshold", "0.4"], ["--fill-holes"]):
+def test_semantic_flags_are_refused_for_an_instance_model_and_flip_tta_applies(
+    trained_instance_run, people_dataset, inputs, tmp_path, capsys
+):
+    for flags in (["--threshold", "0.4"], ["--fill-holes"], ["--largest-component"]):
         code = predict.main(["--model", str(trained_instance_run), str(inputs), "--out", str(tmp_path), *flags])
         assert code == 2
         error = capsys.readouterr().err.strip().splitlines()[-1]
         assert flags[0] in error and "instance" in error, error
     assert not list(tmp_path.iterdir())
+    assert predict.main(["--model", str(trained_instance_run), str(inputs), "--out", str(tmp_path), "--tta"]) == 0
+    assert "flip TTA" in "".join(capsys.readouterr())
+    _same_people(_people(tmp_path, "a")[0], _truth(people_dataset, 0))
 
 
 # ------------------------------------------------------------------------------------ evaluation ---
@@ -141,21 +146,35 @@ def test_evaluate_refuses_a_semantic_dataset_and_semantic_flags(trained_instance
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert "semantic" in error and "instances" in error, error
     assert not (tmp_path / "a").exists()
-    code = evaluate.main(
-        [
-            "--model",
-            str(trained_instance_run),
-            "--dataset",
-            f"folder:{people_dataset}",
-            "--choose-postprocessing",
-            "--output-dir",
-            str(tmp_path / "b"),
-        ]
-    )
-    assert code == 2
-    error = capsys.readouterr().err.strip().splitlines()[-1]
-    assert "--choose-postprocessing" in error, error
-    assert not (tmp_path / "b").exists()
+    for flags in (["--ablation"], ["--threshold", "0.3"], ["--group-by", "source"]):
+        args = ["--model", str(trained_instance_run), "--dataset", f"folder:{people_dataset}"]
+        code = evaluate.main([*args, "--output-dir", str(tmp_path / "b"), *flags])
+        assert code == 2
+        error = capsys.readouterr().err.strip().splitlines()[-1]
+        assert flags[0] in error and "semantic models only" in error, error
+        assert not (tmp_path / "b").exists()
+
+
+def test_choosing_flip_tta_on_validation_is_stored_and_exported(trained_instance_run, people_dataset, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(trained_instance_run / "best.keras", run / "best.keras")
+    args = ["--model", str(run), "--dataset", f"folder:{people_dataset}", "--split", "test"]
+    assert evaluate.main([*args, "--choose-postprocessing", "--output-dir", str(tmp_path / "e")]) == 0
+    stored = json.loads((run / "best.postprocessing.json").read_text())
+    scores = stored["steps"]
+    assert stored["tta"] == (scores["flip TTA (mask AP)"] >= scores["no TTA (mask AP)"] + 0.005)
+    summary = json.loads((tmp_path / "e" / "summary.json").read_text())
+    assert summary["postprocessing"] == {"tta": stored["tta"]} and "postprocessing_choice" in summary
+    # The choice travels: predictor, export and the export's predictor all use it.
+    assert inference.load_predictor(run).postprocessing.tta == stored["tta"]
+    target = saved_model_export.export_model(run, tmp_path / "models", name="people")
+    assert inference.load_predictor(target).postprocessing.tta == stored["tta"]
+    # Forcing TTA on (or off) for that export would need another graph: one line says so.
+    assert evaluate.main([*args[:1], str(target), *args[2:], "--output-dir", str(tmp_path / "f")]) == 0
+    forced = ["--tta"] if not stored["tta"] else ["--no-tta"]
+    code = evaluate.main([*args[:1], str(target), *args[2:], *forced, "--output-dir", str(tmp_path / "g")])
+    assert code == 2 and not (tmp_path / "g").exists()
 
 
 def test_a_semantic_preset_on_an_instance_dataset_is_one_line(people_dataset, tmp_path, capsys):

@@ -6,8 +6,10 @@ the semantic evaluator does."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
+import logging
 import math
 import pathlib
 
@@ -18,19 +20,24 @@ from kseg.core import files
 from kseg.evaluation import plots
 from kseg.tasks.coco import InstancePrediction, coco_scores, image_counts
 
+log = logging.getLogger(__name__)
+
 PICTURED_CASES = 8
+#: Flip TTA is kept when it raises validation mask AP by at least this much (it doubles the model's cost).
+MIN_TTA_GAIN = 0.005
 CASE_COLUMNS = ("people", "predicted", "found", "missed", "spurious", "matched_iou")
 AP_KEYS = ("mask_ap", "mask_ap50", "mask_ap75", "box_ap", "box_ap50", "box_ap75")
 
 
-def predict_examples(predictor, examples, keep_images: int = 0, progress=None):
-    """``(image_ids, truths, results, images)`` for every example, in the split's order."""
+def predict_examples(predictor, examples, keep_images: int = 0, progress=None, postprocessing=None):
+    """``(image_ids, truths, results, images)`` for every example, in the split's order; ``postprocessing``
+    overrides the predictor's stored choice (only its flip TTA applies to instances)."""
     ids, truths, results, images = [], [], [], []
     for example in examples:
         image = example["image"].numpy()
         ids.append(example["image_id"].numpy().decode())
         truths.append(example["mask"].numpy()[..., 0])
-        results.append(predictor.predict([image])[0])
+        results.append(predictor.predict([image], postprocessing=postprocessing)[0])
         if len(images) < keep_images:
             images.append(image)
         if progress is not None:
@@ -100,16 +107,64 @@ def score_best_model(config, spec, run_dir: pathlib.Path, predictor) -> dict:
     return scores
 
 
-def evaluate(predictor, dataset, split, output_dir, *, data_dir=None, manual_dir=None, progress=None) -> dict:
+def choose_tta(predictor, examples, postprocessing):
+    """Flip TTA or not, by validation mask AP: kept only for a gain of ``MIN_TTA_GAIN`` (nnU-Net's rule: a
+    step that does not clearly help costs time for nothing). Returns the choice and the record behind it."""
+    scores = {}
+    for tta in (False, True):
+        ids, truths, results, _ = predict_examples(
+            predictor, examples, postprocessing=dataclasses.replace(postprocessing, tta=tta)
+        )
+        scores[tta] = score(ids, truths, results)[0]["mask_ap"]
+    keep = scores[True] >= scores[False] + MIN_TTA_GAIN
+    steps = {"no TTA (mask AP)": round(scores[False], 4), "flip TTA (mask AP)": round(scores[True], 4)}
+    return dataclasses.replace(postprocessing, tta=keep), {"steps": steps}
+
+
+def evaluate(
+    predictor,
+    dataset,
+    split,
+    output_dir,
+    *,
+    data_dir=None,
+    manual_dir=None,
+    progress=None,
+    tta: bool | None = None,
+    choose: bool = False,
+    save=None,
+) -> dict:
     """``kseg.evaluate`` for an instance model: ``summary.json``, ``cases.csv``, ``predictions.png``.
-    ``progress(label, total)`` returns a per-image callback (or None), as for the semantic evaluator."""
+    ``progress(label, total)`` returns a per-image callback (or None), as for the semantic evaluator.
+    ``choose``: choose flip TTA on the validation split and store it with the model through
+    ``save(predictor, postprocessing, record, output_dir)``; ``tta`` then overrides the choice."""
     output_dir = pathlib.Path(output_dir)
     spec = data.dataset_spec(dataset, data_dir=data_dir, manual_dir=manual_dir)
+    postprocessing, record = predictor.postprocessing, None
+    if choose:
+        validation = data.load_examples(dataset, "validation", data_dir=data_dir, manual_dir=manual_dir)
+        postprocessing, record = choose_tta(predictor, validation, postprocessing)
+        record = {"chosen_on": f"{dataset} validation ({spec.size_of('validation')} images)", **record}
+        saved = save(predictor, postprocessing, record, output_dir)
+        log.info(f"chose {'flip TTA' if postprocessing.tta else 'no TTA'} on validation; saved to {saved}")
+    if tta is not None:
+        postprocessing = dataclasses.replace(postprocessing, tta=tta)
     examples = data.load_examples(dataset, split, data_dir=data_dir, manual_dir=manual_dir)
     track = progress(split, spec.size_of(split)) if progress else None
-    ids, truths, results, images = predict_examples(predictor, examples, keep_images=PICTURED_CASES, progress=track)
+    ids, truths, results, images = predict_examples(
+        predictor, examples, keep_images=PICTURED_CASES, progress=track, postprocessing=postprocessing
+    )
     summary, rows = score(ids, truths, results)
-    summary = {"task": "instances", "model": predictor.path, "dataset": dataset, "split": split, **summary}
+    summary = {
+        "task": "instances",
+        "model": predictor.path,
+        "dataset": dataset,
+        "split": split,
+        "postprocessing": {"tta": postprocessing.tta},
+        **summary,
+    }
+    if record:
+        summary["postprocessing_choice"] = record
     files.make_output_dir(output_dir)
     files.atomic_write_text(output_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     files.atomic_write_text(output_dir / "cases.csv", cases_csv(rows))

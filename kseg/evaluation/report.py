@@ -116,13 +116,32 @@ def evaluate(
             f"evaluate it on a dataset of its own kind"
         )
     if predictor.task == tasks.INSTANCES:  # scored the COCO way: kseg.evaluation.instance_report
-        semantic_only = {"--choose-postprocessing": choose, "--ablation": run_ablation, "--group-by": group_by}
-        semantic_only.update({f"--{k.replace('_', '-')}": True for k in postprocessing_overrides or {}})
+        overrides = dict(postprocessing_overrides or {})
+        semantic_only = {"--ablation": run_ablation, "--group-by": group_by}
+        semantic_only.update({f"--{k.replace('_', '-')}": True for k in overrides if k != "tta"})
         given = [flag for flag, value in semantic_only.items() if value and value != "auto"]
         if given:
-            raise UsageError(f"{', '.join(given)}: semantic models only; {model_path} is an instance model")
+            raise UsageError(
+                f"{', '.join(given)}: semantic models only; {model_path} is an instance model (it takes --tta and "
+                f"--choose-postprocessing, which chooses flip TTA on validation)"
+            )
+        if choose:
+            check_choice_writable(predictor)
+            if not spec.size_of("validation"):
+                raise UsageError(
+                    f"--choose-postprocessing needs a validation split; {dataset} has {sorted(spec.split_sizes)}"
+                )
         return instance_report.evaluate(
-            predictor, dataset, split, output_dir, data_dir=data_dir, manual_dir=manual_dir, progress=progress
+            predictor,
+            dataset,
+            split,
+            output_dir,
+            data_dir=data_dir,
+            manual_dir=manual_dir,
+            progress=progress,
+            tta=overrides.get("tta"),
+            choose=choose,
+            save=save_choice,
         )
     if choose:
         check_choice_writable(predictor)

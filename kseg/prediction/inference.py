@@ -17,6 +17,7 @@ import tensorflow as tf
 
 from kseg import tasks
 from kseg.core import outputs, serving_contract
+from kseg.core.errors import UsageError
 from kseg.data.preprocessing import model_input
 from kseg.prediction import model_trust
 from kseg.prediction.model_trust import (
@@ -97,7 +98,7 @@ def _keras_predictor(path: pathlib.Path):
     model = load_keras_model(path)
     task = tasks.of_model(model)
     if task.name == tasks.INSTANCES:
-        return task.predictor(model, path)
+        return task.predictor(model, path, postprocess.for_model(path))
     return predictor_for_model(model, path, postprocess.for_model(path))
 
 
@@ -189,11 +190,16 @@ class InstanceSavedModelPredictor:
         self._signature = loaded.signatures[name]
         metadata = json.loads((path / serving_contract.KSEG_FILE).read_text())
         self.image_size = tuple(metadata["image_size"])
+        self.postprocessing = postprocess.for_model(path)  # what the graph does (flip TTA or not)
 
     def predict(self, images, batch_size: int = 8, postprocessing=None):
         from kseg.tasks.instance_files import InstanceResult, read_label_png
 
-        del postprocessing  # instances have none to choose
+        if postprocessing is not None and postprocessing.tta != self.postprocessing.tta:
+            raise UsageError(
+                f"--tta: {self.path} is an export with flip TTA {'on' if self.postprocessing.tta else 'off'} in its "
+                f"graph; give its run directory (or .keras file) to choose"
+            )
         results = []
         for start in range(0, len(images), batch_size):
             chunk = [

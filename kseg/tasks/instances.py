@@ -183,12 +183,16 @@ def result_from_padded(padded) -> InstanceResult:
 class InstancePredictor:
     """A Keras instance model on images of any size: resize as in training, predict, group, back to size."""
 
-    def __init__(self, model: keras.Model, path="<in memory>", max_instances: int = MAX_INSTANCES, tta: bool = False):
-        self.model, self.path, self.max_instances, self.tta = model, str(path), max_instances, tta
+    def __init__(self, model: keras.Model, path="<in memory>", max_instances: int = MAX_INSTANCES, postprocessing=None):
+        from kseg.tasks.postprocess import PostProcessing
+
+        self.model, self.path, self.max_instances = model, str(path), max_instances
         self.image_size = tuple(int(side) for side in model.inputs[0].shape[1:3])
+        #: Only ``tta`` applies to instances (flip TTA, ``model_outputs``); it is stored like a semantic choice.
+        self.postprocessing = postprocessing or PostProcessing()
 
         @tf.function(reduce_retracing=True)
-        def predict_one(image):
+        def predict_one(image, tta):
             from kseg.data.preprocessing import resize_image, scale_to_unit
 
             batch = scale_to_unit(resize_image(image, self.image_size))[None]
@@ -205,17 +209,12 @@ class InstancePredictor:
     def keras_model(self):
         return self.model
 
-    @property
-    def postprocessing(self):
-        """Instances have no post-processing to choose; an export records the default."""
-        from kseg.tasks.postprocess import PostProcessing
-
-        return PostProcessing()
-
     def predict(self, images, batch_size: int = 8, postprocessing=None) -> list[InstanceResult]:
-        """Each image's people at its own size (one image at a time: sizes differ, and grouping is per image)."""
-        del batch_size, postprocessing  # instances have no post-processing to choose
-        return [result_from_padded(self._predict_one(tf.convert_to_tensor(image, tf.uint8))) for image in images]
+        """Each image's people at its own size (one image at a time: sizes differ, and grouping is per image).
+        ``postprocessing`` overrides the stored choice; only its ``tta`` applies."""
+        del batch_size
+        tta = bool((postprocessing or self.postprocessing).tta)
+        return [result_from_padded(self._predict_one(tf.convert_to_tensor(image, tf.uint8), tta)) for image in images]
 
     def prediction_files(self, image, result: InstanceResult, source: str = "") -> dict[str, bytes]:
         return instance_files.prediction_files(image, result, source)
@@ -283,8 +282,8 @@ class InstanceTask:
         """``load_split(split)`` loads a split at the model size without targets (kseg.training.setup)."""
         return [MaskAPCallback(load_split("validation"))]
 
-    def predictor(self, model, path="<in memory>") -> InstancePredictor:
-        return InstancePredictor(model, path)
+    def predictor(self, model, path="<in memory>", postprocessing=None) -> InstancePredictor:
+        return InstancePredictor(model, path, postprocessing=postprocessing)
 
     # ------------------------------------------------------------------------------------- serving ---
 
@@ -295,8 +294,8 @@ class InstanceTask:
         """``serving_default``'s outputs for a decoded batch (see ``INSTANCE_OUTPUTS``): per image the label
         image as PNG at its original size, its size, the number of people and their scores, boxes and areas
         padded to ``MAX_INSTANCES`` rows."""
-        del postprocessing  # instances have none to choose
-        grouped = group_outputs(model(batch, training=False), max_instances=MAX_INSTANCES)
+        tta = bool(postprocessing is not None and postprocessing.tta)
+        grouped = group_outputs(model_outputs(model, batch, tta), max_instances=MAX_INSTANCES)
         dtype = tf.uint8 if MAX_INSTANCES <= 255 else tf.uint16
 
         def finish(args):
