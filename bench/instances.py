@@ -11,7 +11,8 @@ test images, PNG bytes in, one image per request, as TF Serving would call it in
 
     .venv/bin/python bench/instances.py bench/runs/pennfudan-instances-seed{0,1,2}
 
-The scores are the runs' own ``metrics.json`` (written by the one evaluator at the end of training: COCO mask
+With ``--choose``, each run also chooses flip TTA on validation (``kseg.evaluate --choose-postprocessing``,
+stored next to its model) and is scored on test with that choice. The scores are the runs' own ``metrics.json`` (written by the one evaluator at the end of training: COCO mask
 and box AP by pycocotools over all people of the split, at each image's original size). Prints a table and
 writes JSON (machine, versions, command, one row per seed, mean and spread, serving times).
 """
@@ -42,6 +43,9 @@ COLUMNS = [
     ("missed", "missed"),
     ("spurious", "spurious"),
     ("validation_mask_ap", "val mask AP"),
+    ("chosen_tta", "TTA chosen"),
+    ("chosen_mask_ap", "mask AP (choice)"),
+    ("chosen_mask_ap50", "AP50 (choice)"),
     ("train_minutes", "train min"),
     ("best_epoch", "best ep"),
 ]
@@ -55,6 +59,12 @@ def parse_args(argv=None):
     parser.add_argument("--data-dir", default=None, help="TFDS data dir")
     parser.add_argument("--warmup", type=int, default=2, help="untimed requests first (default: 2)")
     parser.add_argument("--no-serving", dest="serving", action="store_false", help="skip the serving timing")
+    parser.add_argument(
+        "--choose",
+        action="store_true",
+        help="also choose flip TTA on validation (kseg.evaluate --choose-postprocessing, stored in each run) and "
+        "score test with the choice",
+    )
     parser.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     parser.add_argument(
         "--output",
@@ -81,6 +91,27 @@ def seed_row(run_dir: Path) -> dict:
         "best_epoch": metrics["best_epoch"],
         "precision": metrics.get("precision"),
         "config": config,
+    }
+
+
+def chosen_scores(run_dir: Path, config: dict) -> dict:
+    """``kseg.evaluate --choose-postprocessing`` on test: flip TTA chosen on validation, then test scored."""
+    from kseg.evaluation import report
+
+    summary = report.evaluate(
+        run_dir,
+        config["dataset"],
+        "test",
+        run_dir / "evaluation-test-chosen",
+        choose=True,
+        data_dir=config.get("data_dir"),
+        manual_dir=config.get("manual_dir"),
+        figures_too=False,
+    )
+    return {
+        "chosen_tta": "yes" if summary["postprocessing"]["tta"] else "no",
+        "chosen_steps": summary["postprocessing_choice"]["steps"],
+        **{f"chosen_{key}": summary[key] for key in ("mask_ap", "mask_ap50", "mask_ap75", "box_ap")},
     }
 
 
@@ -136,7 +167,13 @@ def serving_times(run_dir: Path, payloads: list[bytes], warmup: int) -> dict:
 def main(argv=None) -> int:
     args = parse_args(argv)
     rows = [seed_row(run) for run in args.runs]
-    summary = {key: aggregate(rows, key) for key in (*SCORES, "validation_mask_ap", "train_minutes")}
+    if args.choose:
+        for run, row in zip(args.runs, rows):
+            row.update(chosen_scores(run, row["config"]))
+    keys = (*SCORES, "validation_mask_ap", "train_minutes")
+    if args.choose:
+        keys += ("chosen_mask_ap", "chosen_mask_ap50", "chosen_mask_ap75", "chosen_box_ap")
+    summary = {key: aggregate(rows, key) for key in keys}
     serving = None
     if args.serving:
         payloads, sizes = png_payloads(args.dataset, args.split, args.data_dir)
