@@ -11,10 +11,11 @@ test images, PNG bytes in, one image per request, as TF Serving would call it in
 
     .venv/bin/python bench/instances.py bench/runs/pennfudan-instances-seed{0,1,2}
 
-With ``--choose``, each run also chooses flip TTA on validation (``kseg.evaluate --choose-postprocessing``,
-stored next to its model) and is scored on test with that choice. The scores are the runs' own ``metrics.json`` (written by the one evaluator at the end of training: COCO mask
-and box AP by pycocotools over all people of the split, at each image's original size). Prints a table and
-writes JSON (machine, versions, command, one row per seed, mean and spread, serving times).
+The scores are the runs' own ``metrics.json`` (written by the one evaluator at the end of training: COCO mask
+and box AP by pycocotools over all people of the split, at each image's original size). With ``--choose``,
+each run also chooses flip TTA on validation (``kseg.evaluate --choose-postprocessing``, stored next to its
+model) and is scored on test with that choice. Prints a table and writes JSON (machine, versions, command,
+one row per seed, mean and spread, serving times).
 """
 
 from __future__ import annotations
