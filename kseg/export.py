@@ -69,6 +69,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
 
     def work():
+        from kseg import tasks
         from kseg.tasks.postprocess import PostProcessing
 
         target = export_model(args.model, args.export_dir, args.name, args.version, max_megapixels=args.max_megapixels)
@@ -79,7 +80,7 @@ def main(argv=None) -> int:
             for name, spec in metadata["signatures"].items()
         )
         in_graph = (
-            f"grouping in the graph{' with flip TTA' if postprocessing.tta else ''}, at most "
+            f"grouping in the graph ({tasks.get(metadata['task']).describe(postprocessing)}), at most "
             f"{metadata['max_instances']} people per image"
             if metadata["task"] == "instances"
             else f"post-processing in the graph: {postprocessing.describe()}"

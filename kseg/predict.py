@@ -13,7 +13,6 @@ import sys
 
 from kseg import tasks
 from kseg.core import cli, files, inputs, settings
-from kseg.core.errors import UsageError
 
 PROG = "kseg.predict"
 
@@ -61,19 +60,9 @@ def main(argv=None) -> int:
             for n in ("tta", "threshold", "fill_holes", "largest_component")
             if getattr(args, n) is not None
         }
-        semantic_only = [name for name in overrides if name != "tta"]
-        if semantic_only and predictor.task != tasks.SEMANTIC:
-            flags = ", ".join(f"--{name.replace('_', '-')}" for name in semantic_only)
-            raise UsageError(
-                f"{flags}: semantic models only; {args.model} is an {predictor.task} model (its people come from "
-                f"centre and offset heads, with no threshold or mask clean-up to set; --tta applies)"
-            )
+        tasks.check_postprocessing_flags(predictor.task, overrides, args.model)
         postprocessing = dataclasses.replace(predictor.postprocessing, **overrides)
-        summary = (
-            postprocessing.describe()
-            if predictor.task == tasks.SEMANTIC
-            else f"{predictor.task}, {'flip TTA' if postprocessing.tta else 'no TTA'}"
-        )
+        summary = tasks.get(predictor.task).describe(postprocessing)
         errors = list(found.problems)
         if found.files:
             done, read_errors = image_files.predict_files(

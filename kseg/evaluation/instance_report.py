@@ -15,7 +15,7 @@ import pathlib
 
 import numpy as np
 
-from kseg import data
+from kseg import data, tasks
 from kseg.core import files
 from kseg.evaluation import plots
 from kseg.tasks.coco import InstancePrediction, coco_scores, image_counts
@@ -146,7 +146,7 @@ def evaluate(
         postprocessing, record = choose_tta(predictor, validation, postprocessing)
         record = {"chosen_on": f"{dataset} validation ({spec.size_of('validation')} images)", **record}
         saved = save(predictor, postprocessing, record, output_dir)
-        log.info(f"chose {'flip TTA' if postprocessing.tta else 'no TTA'} on validation; saved to {saved}")
+        log.info(f"chose {tasks.get(tasks.INSTANCES).describe(postprocessing)} on validation; saved to {saved}")
     if tta is not None:
         postprocessing = dataclasses.replace(postprocessing, tta=tta)
     examples = data.load_examples(dataset, split, data_dir=data_dir, manual_dir=manual_dir)

@@ -41,11 +41,10 @@ def _outline(ax, mask, colour):
         ax.contour(mask.astype(np.float32), levels=[0.5], colors=[colour], linewidths=1.5)
 
 
-def contour_grid(path, images, true_masks=None, pred_masks=None, titles=None, columns: int = 4, title=None):
-    """Save a grid of images with true (green) and predicted (red) mask outlines to ``path`` (PNG)."""
-    count = len(images)
+def _image_grid(path, count: int, draw, titles, columns: int, title, what: str):
+    """A grid of ``count`` panels, ``columns`` to a row; ``draw(ax, index)`` fills panel ``index``."""
     if count == 0:
-        raise ValueError("contour_grid needs at least one image")
+        raise ValueError(f"{what} needs at least one image")
     columns = min(columns, count)
     rows = math.ceil(count / columns)
     fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 2.7 * rows), squeeze=False)
@@ -53,41 +52,37 @@ def contour_grid(path, images, true_masks=None, pred_masks=None, titles=None, co
         ax.axis("off")
         if index >= count:
             continue
+        draw(ax, index)
+        if titles is not None:
+            ax.set_title(str(titles[index]), fontsize=9)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    save_figure(fig, path)
+    return path
+
+
+def contour_grid(path, images, true_masks=None, pred_masks=None, titles=None, columns: int = 4, title=None):
+    """Save a grid of images with true (green) and predicted (red) mask outlines to ``path`` (PNG)."""
+
+    def draw(ax, index):
         image = np.asarray(images[index])
         ax.imshow(image if image.dtype == np.uint8 else np.clip(image, 0, 1))
         if true_masks is not None:
             _outline(ax, true_masks[index], TRUE_COLOUR)
         if pred_masks is not None:
             _outline(ax, pred_masks[index], PRED_COLOUR)
-        if titles is not None:
-            ax.set_title(str(titles[index]), fontsize=9)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    save_figure(fig, path)
-    return path
+
+    return _image_grid(path, len(images), draw, titles, columns, title, "contour_grid")
 
 
 def people_grid(path, images, labels, titles=None, columns: int = 4, title=None):
     """Save a grid of images with each person of an instance label image in their own colour (``kseg.show``)."""
-    count = len(images)
-    if count == 0:
-        raise ValueError("people_grid needs at least one image")
-    columns = min(columns, count)
-    rows = math.ceil(count / columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 2.7 * rows), squeeze=False)
-    for index, ax in enumerate(axes.flat):
-        ax.axis("off")
-        if index >= count:
-            continue
+
+    def draw(ax, index):
         ax.imshow(instance_files.overlay(images[index], np.asarray(labels[index])[..., 0]))
-        if titles is not None:
-            ax.set_title(str(titles[index]), fontsize=9)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    save_figure(fig, path)
-    return path
+
+    return _image_grid(path, len(images), draw, titles, columns, title, "people_grid")
 
 
 def examples_grid(path, images, masks, instances: bool, titles, name: str):

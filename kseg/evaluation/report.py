@@ -117,14 +117,10 @@ def evaluate(
         )
     if predictor.task == tasks.INSTANCES:  # scored the COCO way: kseg.evaluation.instance_report
         overrides = dict(postprocessing_overrides or {})
-        semantic_only = {"--ablation": run_ablation, "--group-by": group_by}
-        semantic_only.update({f"--{k.replace('_', '-')}": True for k in overrides if k != "tta"})
-        given = [flag for flag, value in semantic_only.items() if value and value != "auto"]
-        if given:
-            raise UsageError(
-                f"{', '.join(given)}: semantic models only; {model_path} is an instance model (it takes --tta and "
-                f"--choose-postprocessing, which chooses flip TTA on validation)"
-            )
+        semantic_only = {"ablation": run_ablation, "group_by": group_by not in (None, "auto")}
+        tasks.check_postprocessing_flags(
+            predictor.task, [*overrides, *(k for k, v in semantic_only.items() if v)], model_path
+        )
         if choose:
             check_choice_writable(predictor)
             if not spec.size_of("validation"):

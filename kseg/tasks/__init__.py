@@ -45,3 +45,13 @@ def check_dataset(task_name: str, dataset: str, kind: str, flag: str = "--task")
             f"{dataset} holds {kind} masks but the task is {task_name!r}; train it as {kind} ({flag} {kind}, "
             f"e.g. {hint})"
         )
+
+
+def check_postprocessing_flags(task_name: str, fields, model) -> None:
+    """Post-processing flags that do not apply to the model's kind are refused in one line naming them."""
+    task = get(task_name)
+    wrong = [name for name in fields if name not in task.postprocessing_fields]
+    if wrong:
+        flags = ", ".join(f"--{name.replace('_', '-')}" for name in wrong)
+        takes = ", ".join(f"--{name.replace('_', '-')}" for name in task.postprocessing_fields)
+        raise UsageError(f"{flags}: semantic models only; {model} is an {task_name} model (it takes {takes})")

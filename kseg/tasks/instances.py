@@ -264,6 +264,12 @@ class InstanceTask:
     monitor = "val_mask_ap"
     monitor_label = "val mask AP"
     headline = ("mask_ap", "mask AP")
+    #: People come from centre and offset heads: no threshold or mask clean-up to set, only flip TTA.
+    postprocessing_fields = ("tta",)
+
+    @staticmethod
+    def describe(postprocessing) -> str:
+        return "flip TTA" if postprocessing.tta else "no TTA"
 
     augmentation = staticmethod(augmentation)
     targets = staticmethod(targets)

@@ -19,6 +19,12 @@ class SemanticTask:
     monitor_label = "val Dice"
     headline = ("dice", "Dice")
     targets = None  # the pipeline's masks are the targets
+    #: The ``PostProcessing`` fields (and the flags that set them) that apply to this kind.
+    postprocessing_fields = ("tta", "threshold", "fill_holes", "largest_component")
+
+    @staticmethod
+    def describe(postprocessing) -> str:
+        return postprocessing.describe()
 
     @staticmethod
     def augmentation(aug):
