@@ -78,6 +78,7 @@ bench-speed: $(STAMP)
 dummy-data: $(STAMP)
 	$(BIN)/python tfds_ph2/make_dummy_data.py
 	$(BIN)/python tfds_ph2/make_pennfudan_dummy.py
+	$(BIN)/python tfds_ph2/make_lspet_dummy.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache

@@ -9,7 +9,7 @@ import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 PACKAGES = ("kseg", "tfds_ph2", "segio")
-COMMANDS = {f"kseg.{name}" for name in ("train", "evaluate", "predict", "export", "client", "show")}
+COMMANDS = {f"kseg.{name}" for name in ("train", "evaluate", "predict", "export", "client", "show", "fetch")}
 #: kseg's packages from the bottom up; a module may import its own package and those on lower layers only.
 #: The data flow: files -> data -> models + tasks -> prediction -> evaluation -> training -> serving -> commands.
 LAYERS = (

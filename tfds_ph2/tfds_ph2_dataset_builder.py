@@ -1,9 +1,10 @@
-"""tfds_ph2: PH2 dermoscopy lesions, MADS full-body people, and a synthetic lesion set.
+"""tfds_ph2: PH2 dermoscopy lesions, MADS full-body people, Penn-Fudan pedestrians, LSPET body keypoints, and a
+synthetic lesion set.
 
 ``tfds build tfds_ph2 --imports tfds_ph2 --config ph2 --manual_dir /path/to/PH2Dataset`` builds PH2 from any
 folder (from the repository root ``--imports tfds_ph2`` may be left out); ``--config mads`` builds MADS;
-``--config synthetic`` needs no download. Reading and checking the files lives in ``ph2_source`` and
-``mads_source`` so that this module only declares features and splits.
+``--config synthetic`` needs no download. Reading and checking the files lives in ``ph2_source``,
+``mads_source``, ``pennfudan_source`` and ``lspet_source`` so that this module only declares features and splits.
 
 Importing this module makes a build error (``DatasetError``, or segio's ``ImageReadError``) end with one line
 ``tfds_ph2: error: <message>`` on stderr under the ``tfds`` command (``common.install_error_line_hook``).
@@ -18,7 +19,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
-from tfds_ph2 import common, mads_source, pennfudan_source, ph2_source, synthetic
+from tfds_ph2 import common, lspet_source, mads_source, pennfudan_source, ph2_source, synthetic
 
 _SYNTHETIC_SEED = 0
 _SPLITS = ("train", "validation", "test")
@@ -87,6 +88,42 @@ def _pennfudan_features() -> tfds.features.FeaturesDict:
     )
 
 
+def _lspet_features() -> tfds.features.FeaturesDict:
+    joints = ", ".join(lspet_source.JOINT_NAMES)
+    return tfds.features.FeaturesDict(
+        {
+            "image": tfds.features.Image(
+                shape=(None, None, 3),
+                encoding_format="jpeg",
+                doc="Sports photo, the release's JPEG bytes unchanged (the person about 150 pixels tall).",
+            ),
+            "keypoints": tfds.features.Tensor(
+                shape=(len(lspet_source.JOINT_NAMES), 2),
+                dtype=np.float32,
+                doc=f"(x, y) in pixels of `image` (x to the right, y down, as joints.mat gives them; may lie "
+                f"outside the image), one row per joint in LSP order: {joints}.",
+            ),
+            "visibility": tfds.features.Tensor(
+                shape=(len(lspet_source.JOINT_NAMES),),
+                dtype=np.bool_,
+                doc=f"True where joints.mat flags the joint visible (1); False where it flags 0 (occluded or not "
+                f"placed: most such joints sit at a negative coordinate); order: {joints}.",
+            ),
+            "image_id": tfds.features.Text(doc="File stem, e.g. im00001 (column 1 of joints.mat)."),
+        }
+    )
+
+
+#: The supervised target of the configs whose target is not ``segmentation_mask``.
+#: What kseg reads from a config's metadata: the feature it reports scores per value of by default
+#: (``kseg.evaluate --group-by auto``), and a keypoint dataset's joint names in the order of its rows.
+_METADATA = {
+    "ph2": tfds.core.MetadataDict(group_by="clinical_diagnosis"),
+    "lspet": tfds.core.MetadataDict(joint_names=list(lspet_source.JOINT_NAMES)),
+}
+_SUPERVISED_TARGET = {"pennfudan": "instance_mask", "lspet": "keypoints"}
+
+
 def _plain_features(mask_labels, image_doc: str, id_doc: str) -> tfds.features.FeaturesDict:
     return tfds.features.FeaturesDict(
         {
@@ -98,7 +135,7 @@ def _plain_features(mask_labels, image_doc: str, id_doc: str) -> tfds.features.F
 
 
 class Builder(tfds.core.GeneratorBasedBuilder):
-    """DatasetBuilder for PH2, MADS and synthetic dermoscopy-like images."""
+    """DatasetBuilder for PH2, MADS, Penn-Fudan, LSPET and synthetic dermoscopy-like images."""
 
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "Initial release: ph2, mads and synthetic configs."}
@@ -114,17 +151,24 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             description="Penn-Fudan pedestrians: 170 street photos, one mask and box per person (manual download).",
         ),
         tfds.core.BuilderConfig(
+            name="lspet",
+            description="Leeds Sports Pose Extended: sports photos with 14 body joints (x, y, visible) each "
+            "(manual download).",
+        ),
+        tfds.core.BuilderConfig(
             name="synthetic", description="Procedural dermoscopy-like images with exact masks (no download)."
         ),
     ]
     DEFAULT_BUILDER_CONFIG_NAME = "ph2"
     MANUAL_DOWNLOAD_INSTRUCTIONS = (
-        "Only the `ph2`, `mads` and `pennfudan` configs need files; `synthetic` is generated.\n\n"
+        "Only the `ph2`, `mads`, `pennfudan` and `lspet` configs need files; `synthetic` is generated.\n\n"
         + ph2_source.INSTRUCTIONS
         + "\n\n"
         + mads_source.INSTRUCTIONS
         + "\n\n"
         + pennfudan_source.INSTRUCTIONS
+        + "\n\n"
+        + lspet_source.INSTRUCTIONS
     )
 
     def _info(self) -> tfds.core.DatasetInfo:
@@ -138,15 +182,18 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         elif name == "pennfudan":
             features = _pennfudan_features()
             homepage = "https://www.cis.upenn.edu/~jshi/ped_html/"
+        elif name == "lspet":
+            features = _lspet_features()
+            homepage = "http://sam.johnson.io/research/lspet.html"
         else:
             features = _plain_features(("background", "lesion"), "Synthetic dermoscopy-like image.", "SYNxxxx.")
             homepage = "https://github.com/kseg/kseg"
         return self.dataset_info_from_configs(
             features=features,
-            supervised_keys=("image", "instance_mask" if name == "pennfudan" else "segmentation_mask"),
+            supervised_keys=("image", _SUPERVISED_TARGET.get(name, "segmentation_mask")),
             homepage=homepage,
             # The feature evaluation reports per-group scores for by default (kseg.evaluate --group-by auto).
-            metadata=tfds.core.MetadataDict(group_by="clinical_diagnosis") if name == "ph2" else None,
+            metadata=_METADATA.get(name),
         )
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager):
@@ -165,6 +212,10 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             root, by_split = pennfudan_source.read_cases(_manual_dir(dl_manager, pennfudan_source.INSTRUCTIONS))
             load = functools.partial(pennfudan_source.load_example, root)
             return {s: self._generate_examples(((c.image_id, load(c)) for c in by_split[s]), s) for s in _SPLITS}
+        if name == "lspet":
+            root, by_split = lspet_source.read_cases(_manual_dir(dl_manager, lspet_source.INSTRUCTIONS))
+            load = functools.partial(lspet_source.load_example, root)
+            return {s: self._generate_examples(((c.image_id, load(c)) for c in by_split[s]), s) for s in _SPLITS}
         root = mads_source.find_root(_manual_dir(dl_manager, mads_source.INSTRUCTIONS))
         by_split = mads_source.pairs_by_split(root, mads_source.pair_files(root))
         return {
@@ -177,11 +228,14 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     def _generate_examples(self, keyed_examples, split: str = ""):
         """Yields ``(key, example)``; ``keyed_examples`` is a lazy generator, so every file is decoded only
         when TFDS writes it and a bad file stops the build with its own error. A split whose masks are all
-        empty is built, with a warning at its end (masks that a reader took for empty once looked so)."""
+        empty is built, with a warning at its end (masks that a reader took for empty once looked so); examples
+        without a mask (``lspet``'s keypoints) are not counted."""
         count = empty = 0
         for key, example in keyed_examples:
-            count += 1
-            empty += not np.any(example["instance_mask" if "instance_mask" in example else "segmentation_mask"])
+            mask = next((example[k] for k in ("instance_mask", "segmentation_mask") if k in example), None)
+            if mask is not None:
+                count += 1
+                empty += not np.any(mask)
             yield key, example
         if count and empty == count:
             logger.warning(

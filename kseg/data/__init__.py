@@ -46,8 +46,8 @@ from kseg.core import imageio, settings
 from kseg.core.defaults import IMAGE_SIZE
 from kseg.core.errors import KsegError
 from kseg.data import coco_source
-from kseg.data.augment import Augmentation, augment_batch, get_augmentation
-from kseg.data.preprocessing import resize_image, scale_to_unit
+from kseg.data.augment import Augmentation, augment_batch, augment_keypoints, flip_permutation, get_augmentation
+from kseg.data.preprocessing import resize_image, resize_keypoints, scale_to_unit
 from segio import splits
 from segio.images import LOSSY_FORMATS
 
@@ -57,11 +57,11 @@ FOLDER_PREFIX = settings.FOLDER_PREFIX  # one spelling for the checkers and the 
 COCO_PREFIX = settings.COCO_PREFIX
 SPLITS = ("train", "validation", "test")
 ALL = "all"
-KSEG_DATASETS = ("tfds_ph2/ph2", "tfds_ph2/mads", "tfds_ph2/synthetic", "tfds_ph2/pennfudan")
+KSEG_DATASETS = ("tfds_ph2/ph2", "tfds_ph2/mads", "tfds_ph2/synthetic", "tfds_ph2/pennfudan", "tfds_ph2/lspet")
 #: The kinds of masks a dataset can hold (``DatasetSpec.kind``).
-SEMANTIC, INSTANCES = "semantic", "instances"
-#: The TFDS feature that holds each kind's masks.
-MASK_FEATURES = {SEMANTIC: "segmentation_mask", INSTANCES: "instance_mask"}
+SEMANTIC, INSTANCES, KEYPOINTS = "semantic", "instances", "keypoints"
+#: The TFDS feature that holds each kind's labels (keypoints: ``[J, 2]`` pixels, beside ``visibility`` ``[J]``).
+MASK_FEATURES = {SEMANTIC: "segmentation_mask", INSTANCES: "instance_mask", KEYPOINTS: "keypoints"}
 #: The sub-folder that holds a folder dataset's masks: its name declares the kind.
 MASK_FOLDERS = {SEMANTIC: "masks", INSTANCES: "instances"}
 #: The classes of every instance dataset: each person has their own id, and all are one class.
@@ -99,7 +99,8 @@ class DatasetSpec:
     #: metadata (``group_by``; PH2: ``clinical_diagnosis``), or None.
     default_group_by: str | None = None
     #: What its masks hold: ``"semantic"`` (a class per pixel) or ``"instances"`` (an id per person, 0
-    #: background); the task that trains on it must be of the same kind (``kseg.tasks``).
+    #: background) or ``"keypoints"`` (one person's joints, ``class_names`` naming them); the task that trains
+    #: on it must be of the same kind (``kseg.tasks``).
     kind: str = SEMANTIC
 
     @property
@@ -110,11 +111,17 @@ class DatasetSpec:
     def is_instances(self) -> bool:
         return self.kind == INSTANCES
 
+    @property
+    def is_keypoints(self) -> bool:
+        return self.kind == KEYPOINTS
+
     def size_of(self, split: str) -> int:
         """Number of examples in ``split``; ``all`` counts every example, and train, validation or test that the
         dataset lacks count 0. Any other name the dataset has no split of is a DataError."""
         if split == ALL:
             return sum(self.split_sizes.values())
+        if "+" in split:  # TFDS split syntax: train+validation+test
+            return sum(self.size_of(part.strip()) for part in split.split("+"))
         if split not in self.split_sizes:
             if split in SPLITS:
                 return 0
@@ -269,6 +276,18 @@ def _mask_kind(name: str, builder) -> str:
     )
 
 
+def _joint_names(name: str, builder) -> tuple:
+    """A keypoint dataset's joint names, in the order of its ``keypoints`` rows (TFDS metadata ``joint_names``)."""
+    names = tuple((builder.info.metadata or {}).get("joint_names") or ())
+    count = builder.info.features[MASK_FEATURES[KEYPOINTS]].shape[0]
+    if len(names) != count:
+        raise DataError(
+            f"{name}: its metadata names {len(names)} joints (joint_names) but its keypoints hold {count}; a "
+            f"keypoint dataset declares the name of each joint, in order, e.g. left_knee, right_knee"
+        )
+    return names
+
+
 def _tfds_spec(name: str, data_dir=None, manual_dir=None) -> DatasetSpec:
     builder = _tfds_builder(name, data_dir, manual_dir)
     kind = _mask_kind(name, builder)
@@ -277,6 +296,15 @@ def _tfds_spec(name: str, data_dir=None, manual_dir=None) -> DatasetSpec:
     num_labels = len(names) or int(getattr(mask_feature, "num_classes", 0) or 2)
     if kind == INSTANCES:  # one class, person; each person its own id
         names, num_labels = ("background", "person"), 2
+    if kind == KEYPOINTS:  # a channel per joint
+        names = _joint_names(name, builder)
+        return DatasetSpec(
+            name=name,
+            kind=kind,
+            num_classes=len(names),
+            class_names=names,
+            split_sizes={s: info.num_examples for s, info in builder.info.splits.items()},
+        )
     return DatasetSpec(
         name=name,
         kind=kind,
@@ -293,8 +321,12 @@ def _tfds_examples(name, split, data_dir, manual_dir, extra_features=()) -> tf.d
 
     builder = _tfds_builder(name, data_dir, manual_dir)
     mask_feature = MASK_FEATURES[_mask_kind(name, builder)]
-    if split != ALL and split not in builder.info.splits:
-        raise DataError(f"{name} has no split {split!r}; it has {', '.join(builder.info.splits)} and {ALL}")
+    unknown_splits = [p.strip() for p in split.split("+") if p.strip() not in builder.info.splits]
+    if split != ALL and unknown_splits:
+        raise DataError(
+            f"{name} has no split {unknown_splits[0]!r}; it has {', '.join(builder.info.splits)} and {ALL} "
+            f"(and sums such as train+validation+test)"
+        )
     scalar = _scalar_features(builder.info.features)
     unknown = [f for f in extra_features if f not in scalar]
     if unknown:
@@ -310,7 +342,12 @@ def _tfds_examples(name, split, data_dir, manual_dir, extra_features=()) -> tf.d
     }
 
     def select(ex):
-        result = {"image": ex["image"], "mask": ex[mask_feature], "image_id": ex["image_id"]}
+        if mask_feature == MASK_FEATURES[KEYPOINTS]:  # (x, y, visible) per joint
+            visible = tf.cast(ex["visibility"], tf.float32)[:, None]
+            label = {"keypoints": tf.concat([tf.cast(ex[mask_feature], tf.float32), visible], axis=-1)}
+        else:
+            label = {"mask": ex[mask_feature]}
+        result = {"image": ex["image"], **label, "image_id": ex["image_id"]}
         for feature in extra_features:  # each under its own name, as a string
             value = ex[feature]
             result[feature] = tf.gather(label_names[feature], value) if feature in label_names else value
@@ -934,6 +971,21 @@ def load(
         raise DataError(f"batch_size must be >= 1, got {batch_size}")
     spec = dataset_spec(name, data_dir=data_dir, manual_dir=manual_dir, num_classes=num_classes)
     examples = load_examples(name, split, data_dir=data_dir, manual_dir=manual_dir, num_classes=spec.num_classes)
+    if spec.is_keypoints:
+        return _keypoint_batches(
+            spec,
+            split,
+            examples,
+            image_size,
+            batch_size,
+            augmentation,
+            shuffle,
+            repeat,
+            seed,
+            drop_remainder,
+            cache,
+            targets,
+        )
     mask_dtype = tf.float32 if spec.is_binary and not spec.is_instances else tf.int32
 
     dataset = examples.map(
@@ -957,6 +1009,10 @@ def load(
             lambda batch, pair_seed: augment_batch(batch[0], batch[1], pair_seed, augmentation),
             num_parallel_calls=tf.data.AUTOTUNE,
         )
+    return _finish(dataset, targets, shuffle, seed)
+
+
+def _finish(dataset: tf.data.Dataset, targets, shuffle: bool, seed) -> tf.data.Dataset:
     if targets is not None:
         dataset = dataset.map(targets, num_parallel_calls=tf.data.AUTOTUNE)
     options = tf.data.Options()
@@ -965,3 +1021,34 @@ def load(
     options.experimental_optimization.map_parallelization = True
     dataset = dataset.with_options(options)
     return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def _keypoint_batches(
+    spec, split, examples, image_size, batch_size, augmentation, shuffle, repeat, seed, drop_remainder, cache, targets
+) -> tf.data.Dataset:
+    """``load`` for keypoint datasets: ``(image float32 [B,H,W,3], keypoints float32 [B,J,3])`` with (x, y,
+    visible) in pixels of the model-size image; geometric augmentation moves the points with the pixels
+    and swaps left and right joints where it mirrors (``augment_keypoints``)."""
+
+    def resize(ex):
+        size = tf.shape(ex["image"])[:2]
+        return resize_image(ex["image"], image_size), resize_keypoints(ex["keypoints"], size, image_size)
+
+    dataset = examples.map(resize, num_parallel_calls=tf.data.AUTOTUNE)
+    if cache:
+        dataset = dataset.cache(cache if isinstance(cache, str) else "")
+    if shuffle:
+        dataset = dataset.shuffle(min(spec.size_of(split) or 1024, 4096), seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        dataset = dataset.repeat()
+    dataset = dataset.batch(batch_size, drop_remainder=drop_remainder, num_parallel_calls=tf.data.AUTOTUNE)
+    dataset = dataset.map(lambda image, points: (scale_to_unit(image), points), num_parallel_calls=tf.data.AUTOTUNE)
+    augmentation = get_augmentation(augmentation) if augmentation is not None else None
+    if augmentation is not None and (augmentation.has_geometry or augmentation.has_colour):
+        permutation = flip_permutation(spec.class_names)
+        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+        dataset = tf.data.Dataset.zip((dataset, seeds)).map(
+            lambda batch, pair_seed: augment_keypoints(batch[0], batch[1], pair_seed, augmentation, permutation),
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
+    return _finish(dataset, targets, shuffle, seed)

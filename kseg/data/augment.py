@@ -77,6 +77,11 @@ AUGMENTATIONS = {
     "people": Augmentation(
         rotate90=False, scale=0.35, rotate_degrees=10, translate=0.1, brightness=0.15, contrast=0.2, saturation=0.2
     ),
+    # Sports poses: people lean, tumble and stretch, so wider tilts than "people"; mirrors swap left and right
+    # joints (augment_keypoints).
+    "pose": Augmentation(
+        rotate90=False, scale=0.25, rotate_degrees=30, translate=0.1, brightness=0.15, contrast=0.2, saturation=0.2
+    ),
 }
 
 
@@ -197,3 +202,43 @@ def augment_batch(images, masks, seed, augmentation: Augmentation):
     if aug.has_colour:
         images = _jitter_colour(aug, images, seeds, batch)
     return images, masks
+
+
+def flip_permutation(joint_names) -> list[int]:
+    """Index of each joint's mirror twin (``left_knee`` <-> ``right_knee``; ``neck`` is its own): after a
+    horizontal flip, joint ``i`` of the new image is joint ``permutation[i]`` of the old one."""
+    names = list(joint_names)
+    twin = lambda n: "right_" + n[5:] if n.startswith("left_") else "left_" + n[6:] if n.startswith("right_") else n
+    missing = [n for n in names if twin(n) not in names]
+    if missing:
+        raise ValueError(f"joints {missing} have no mirror twin among {names}")
+    return [names.index(twin(n)) for n in names]
+
+
+def augment_keypoints(images, keypoints, seed, augmentation: Augmentation, flip_permutation):
+    """Augments ``images`` ``[B, H, W, 3]`` and their ``keypoints`` ``[B, J, 3]`` (x, y, visible; pixels) alike.
+
+    The same affine transforms as ``augment_batch`` move the image; each point goes through the inverse (the
+    matrices map output pixels to input pixels). A mirrored image swaps its joints' roles, so where a
+    transform mirrors (negative determinant) joint ``i`` takes the point of joint ``flip_permutation[i]``: the
+    left knee of the new image is the old right knee. Visibility is kept; a point pushed off the image is
+    the caller's to weigh (``kseg.tasks.keypoint_ops.heatmap_targets``).
+    """
+    aug = augmentation
+    seeds = tf.unstack(tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 10))
+    batch = tf.shape(images)[0]
+    height, width = images.shape[1], images.shape[2]
+    keypoints = tf.cast(keypoints, tf.float32)
+    if aug.has_geometry:
+        transforms = _affine_matrices(aug, seeds, batch, height, width)
+        images = _transform(images, transforms, "BILINEAR", aug.fill_mode)
+        a0, a1, a2, b0, b1, b2 = (transforms[:, i, None] for i in range(6))
+        determinant = a0 * b1 - a1 * b0
+        x, y = keypoints[..., 0] - a2, keypoints[..., 1] - b2
+        moved = tf.stack([(b1 * x - a1 * y) / determinant, (a0 * y - b0 * x) / determinant], axis=-1)
+        moved = tf.concat([moved, keypoints[..., 2:]], axis=-1)
+        swapped = tf.gather(moved, flip_permutation, axis=1)
+        keypoints = tf.where((determinant < 0)[..., None], swapped, moved)
+    if aug.has_colour:
+        images = _jitter_colour(aug, images, seeds, batch)
+    return images, keypoints

@@ -27,3 +27,13 @@ def model_input(images, image_size):
     """uint8 images of any sizes (a list, or one batch) -> float32 ``[N, H, W, 3]`` in [0, 1] at ``image_size``."""
     resized = [resize_image(tf.convert_to_tensor(image), image_size) for image in images]
     return scale_to_unit(tf.stack(resized))
+
+
+def resize_keypoints(keypoints, from_size, to_size):
+    """``[..., J, 2+]`` (x, y, ...) in pixels of an image of ``from_size`` (h, w) -> of ``to_size``; other
+    channels (visibility) pass unchanged."""
+    from_size = tf.cast(from_size, tf.float32)
+    to_size = tf.cast(to_size, tf.float32)
+    scale = tf.stack([to_size[1] / from_size[1], to_size[0] / from_size[0]])
+    xy = (tf.cast(keypoints[..., :2], tf.float32) + 0.5) * scale - 0.5
+    return tf.concat([xy, tf.cast(keypoints[..., 2:], tf.float32)], axis=-1)

@@ -145,3 +145,21 @@ def instance_grid(path, images, true_labels, pred_labels, titles=None, title=Non
     fig.tight_layout()
     save_figure(fig, path)
     return path
+
+
+def skeleton_grid(path, images, truths, predictions, joint_names, titles=None, columns: int = 4, title=None):
+    """Save a grid of images with the true skeleton (green) and the predicted one (red) of each: ``truths``
+    [J, 3] (x, y, visible) and ``predictions`` [J, 3] (x, y, score; NaN where the model has no such joint)
+    per image, joints in ``joint_names`` order."""
+    from kseg.tasks import keypoint_files
+
+    green, red = (0, 200, 0), (230, 30, 30)
+
+    def draw(ax, index):
+        truth = np.asarray(truths[index], np.float32)
+        picture = keypoint_files.draw_skeletons(images[index], truth[None], joint_names, threshold=0.5, colour=green)
+        predicted = np.nan_to_num(np.asarray(predictions[index], np.float32), nan=-1.0)
+        picture = keypoint_files.draw_skeletons(picture, predicted[None], joint_names, threshold=0.0, colour=red)
+        ax.imshow(picture)
+
+    return _image_grid(path, len(images), draw, titles, columns, title, "skeleton_grid")

@@ -34,7 +34,7 @@ HEAD_FILTERS = 32
 OFFSET_UNIT = 16.0
 
 
-def _decoder_output(model: keras.Model, level: int):
+def decoder_output(model: keras.Model, level: int):
     names = [layer.name for layer in model.layers if layer.name.startswith(f"dec{level}_relu")]
     if not names:
         raise ModelArgumentError(
@@ -67,7 +67,7 @@ def add_instance_heads(base: keras.Model, *, head_filters: int = HEAD_FILTERS, b
         raise ModelArgumentError(
             f"instance heads need a one-channel foreground logit, got {base.output.shape[-1]} channels"
         )
-    features = _decoder_output(base, HEAD_LEVEL)
+    features = decoder_output(base, HEAD_LEVEL)
     outputs = {
         FOREGROUND: layers.Identity(dtype="float32", name=FOREGROUND)(base.output),
         CENTRE_HEATMAP: _head(features, head_filters, 1, CENTRE_HEATMAP, batch_norm),

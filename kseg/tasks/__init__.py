@@ -14,7 +14,8 @@ from kseg.core.errors import UsageError
 
 SEMANTIC = "semantic"
 INSTANCES = "instances"
-NAMES = (SEMANTIC, INSTANCES)
+KEYPOINTS = "keypoints"
+NAMES = (SEMANTIC, INSTANCES, KEYPOINTS)
 
 
 def get(name: str):
@@ -27,23 +28,32 @@ def get(name: str):
         from kseg.tasks.instances import TASK
 
         return TASK
+    if name == KEYPOINTS:
+        from kseg.tasks.keypoints import TASK
+
+        return TASK
     raise UsageError(f"unknown task {name!r}; kseg's tasks: {', '.join(NAMES)}")
 
 
 def of_model(model):
-    """The task a Keras model was built for, from its outputs (instance models return a dict of heads)."""
-    return get(INSTANCES if get(INSTANCES).is_model(model) else SEMANTIC)
+    """The task a Keras model was built for, from its outputs (instance and keypoint models return a dict of
+    heads, each its own names)."""
+    for name in (INSTANCES, KEYPOINTS):
+        if get(name).is_model(model):
+            return get(name)
+    return get(SEMANTIC)
 
 
 def check_dataset(task_name: str, dataset: str, kind: str, flag: str = "--task") -> None:
     """A dataset of one kind given to a task of another is refused in one line."""
     if task_name != kind:
-        hint = (
-            "--preset pennfudan-instances" if kind == INSTANCES else "a semantic preset such as --preset ph2-unet-lite0"
-        )
+        hint = {
+            INSTANCES: "--preset pennfudan-instances",
+            KEYPOINTS: "--preset lspet-keypoints",
+        }.get(kind, "a semantic preset such as --preset ph2-unet-lite0")
+        what = "keypoints" if kind == KEYPOINTS else f"{kind} masks"
         raise UsageError(
-            f"{dataset} holds {kind} masks but the task is {task_name!r}; train it as {kind} ({flag} {kind}, "
-            f"e.g. {hint})"
+            f"{dataset} holds {what} but the task is {task_name!r}; train it as {kind} ({flag} {kind}, e.g. {hint})"
         )
 
 
@@ -54,4 +64,4 @@ def check_postprocessing_flags(task_name: str, fields, model) -> None:
     if wrong:
         flags = ", ".join(f"--{name.replace('_', '-')}" for name in wrong)
         takes = ", ".join(f"--{name.replace('_', '-')}" for name in task.postprocessing_fields)
-        raise UsageError(f"{flags}: semantic models only; {model} is an {task_name} model (it takes {takes})")
+        raise UsageError(f"{flags}: semantic models only; {model} is a {task_name} model (it takes {takes})")

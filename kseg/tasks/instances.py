@@ -274,7 +274,8 @@ class InstanceTask:
     augmentation = staticmethod(augmentation)
     targets = staticmethod(targets)
 
-    def build_model(self, config, replicas: int = 1) -> keras.Model:
+    def build_model(self, config, replicas: int = 1, num_classes: int = 1, class_names=()) -> keras.Model:
+        del num_classes, class_names  # one class, person
         return build_model(config.model_preset, config.image_size, replicas=replicas, dropout=config.dropout)
 
     def compile_args(self, config, num_classes: int) -> dict:
@@ -284,8 +285,9 @@ class InstanceTask:
     def is_model(self, model) -> bool:
         return is_instance_model(model)
 
-    def validation_callbacks(self, load_split) -> list:
+    def validation_callbacks(self, load_split, class_names=()) -> list:
         """``load_split(split)`` loads a split at the model size without targets (kseg.training.setup)."""
+        del class_names  # person
         return [MaskAPCallback(load_split("validation"))]
 
     def predictor(self, model, path="<in memory>", postprocessing=None) -> InstancePredictor:

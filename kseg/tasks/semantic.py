@@ -30,7 +30,8 @@ class SemanticTask:
     def augmentation(aug):
         return aug
 
-    def build_model(self, config, replicas: int = 1, num_classes: int = 1) -> keras.Model:
+    def build_model(self, config, replicas: int = 1, num_classes: int = 1, class_names=()) -> keras.Model:
+        del class_names  # a class per output channel; the names are the dataset's
         from kseg.models import build_preset
 
         overrides = {"dropout": config.dropout} if config.dropout else {}
@@ -50,8 +51,8 @@ class SemanticTask:
     def is_model(self, model) -> bool:
         return not isinstance(getattr(model, "output", None), dict)
 
-    def validation_callbacks(self, load_split) -> list:
-        del load_split  # Keras computes val_dice from the compiled metrics
+    def validation_callbacks(self, load_split, class_names=()) -> list:
+        del load_split, class_names  # Keras computes val_dice from the compiled metrics
         return []
 
     # ------------------------------------------------------------------------------------- serving ---

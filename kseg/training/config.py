@@ -19,7 +19,7 @@ from kseg.data.augment import AUGMENTATIONS
 from kseg.models import MODEL_PRESETS
 from kseg.tasks.losses import LOSS_NAMES
 
-TASK_NAMES = ("semantic", "instances")  # kseg.tasks.NAMES, without importing the tasks' TensorFlow code
+TASK_NAMES = ("semantic", "instances", "keypoints")  # kseg.tasks.NAMES, without importing the tasks' TensorFlow code
 
 STRATEGIES = ("auto", "default", "one_device", "mirrored", "multiworker", "tpu")
 OPTIMIZERS = ("adamw", "adam", "sgd")
@@ -153,16 +153,21 @@ class TrainConfig:
             settings.check_num_classes_applies(self.num_classes, self.dataset)
         except settings.SettingError as e:
             fail("num_classes (--num-classes)", e)
-        if self.task == "instances" and MODEL_PRESETS[self.model_preset][0] != "unet":
+        with_heads = self.task in ("instances", "keypoints")
+        if with_heads and MODEL_PRESETS[self.model_preset][0] != "unet":
             fail(
                 "model_preset (--model)",
-                f"the instances task puts its heads on a U-Net decoder: use unet-lite0 or a unet-* preset, got "
+                f"the {self.task} task puts its heads on a U-Net decoder: use unet-lite0 or a unet-* preset, got "
                 f"{self.model_preset!r}",
             )
-        if self.task == "instances" and self.strategy == "multiworker":
-            fail("strategy (--strategy)", "the instances task trains with model.fit (every strategy but multiworker)")
+        if with_heads and self.strategy == "multiworker":
+            fail(
+                "strategy (--strategy)", f"the {self.task} task trains with model.fit (every strategy but multiworker)"
+            )
         if self.task == "instances" and self.num_classes not in (None, 1):
             fail("num_classes (--num-classes)", f"the instances task has one class (person); got {self.num_classes}")
+        if self.task == "keypoints" and self.num_classes is not None:
+            fail("num_classes (--num-classes)", f"the keypoints task has a heatmap per joint; got {self.num_classes}")
         if self.manual_dir is not None and not settings.is_tfds_dataset(self.dataset):
             what = "a folder dataset" if settings.is_folder_dataset(self.dataset) else "a COCO file"
             fail(
@@ -313,6 +318,24 @@ TRAINING_PRESETS: dict[str, dict] = {
         freeze_encoder_epochs=3,
         encoder_lr_multiplier=0.1,
         output_dir="runs/pennfudan-instances",
+    ),
+    # One person's 14 joints on LSPET (sports photos, the person ~150 px tall): heatmaps at stride 4 on the
+    # Lite0 U-Net's decoder (kseg.tasks.keypoints); flips swap left and right joints. Sized to the 45-minute
+    # budget on 2 CPU cores (docs/benchmarks.md).
+    "lspet-keypoints": dict(
+        task="keypoints",
+        dataset="tfds_ph2/lspet",
+        model_preset="unet-lite0",
+        image_size=(192, 192),
+        batch_size=16,
+        epochs=12,
+        learning_rate=2e-3,
+        loss="bce_dice",
+        augmentation="pose",
+        mixed_precision=True,  # bfloat16 where the CPU has AMX (1.2x here), float32 elsewhere (kseg.core.distribute)
+        freeze_encoder_epochs=1,
+        encoder_lr_multiplier=0.3,
+        output_dir="runs/lspet-keypoints",
     ),
     "synthetic-unet": dict(
         dataset="tfds_ph2/synthetic",

@@ -35,8 +35,15 @@ def read_metrics(run_dir) -> dict | None:
 
 def score_best_model(config: TrainConfig, spec: data.DatasetSpec, run_dir: pathlib.Path) -> dict:
     """Validation and test scores of ``best.keras``, scored as its task scores; draws ``predictions.png``."""
-    scorer = {tasks.SEMANTIC: _score_semantic, tasks.INSTANCES: _score_instances}[config.task]
-    return scorer(config, spec, run_dir)
+    scorer = {tasks.SEMANTIC: _score_semantic, tasks.INSTANCES: _score_instances, tasks.KEYPOINTS: _score_keypoints}
+    return scorer[config.task](config, spec, run_dir)
+
+
+def _score_keypoints(config: TrainConfig, spec: data.DatasetSpec, run_dir: pathlib.Path) -> dict:
+    from kseg.evaluation import keypoint_report
+
+    model = inference.load_keras_model(run_dir / "best.keras")
+    return keypoint_report.score_best_model(config, spec, run_dir, tasks.get(config.task).predictor(model))
 
 
 def _score_instances(config: TrainConfig, spec: data.DatasetSpec, run_dir: pathlib.Path) -> dict:

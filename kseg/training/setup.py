@@ -90,13 +90,11 @@ def make_optimizer(config: TrainConfig, steps_per_epoch: int) -> keras.optimizer
     )
 
 
-def build_model(config: TrainConfig, num_classes: int, replicas: int = 1) -> keras.Model:
+def build_model(config: TrainConfig, num_classes: int, replicas: int = 1, class_names=()) -> keras.Model:
     """The configured model with its task's heads; with several replicas BN uses global-batch statistics, so
-    every replica and worker keeps the same moving averages and the model matches single-device training."""
-    task = tasks.get(config.task)
-    if config.task == tasks.SEMANTIC:
-        return task.build_model(config, replicas, num_classes=num_classes)
-    return task.build_model(config, replicas)
+    every replica and worker keeps the same moving averages and the model matches single-device training.
+    ``class_names``: the dataset's (a keypoint model names its joints)."""
+    return tasks.get(config.task).build_model(config, replicas, num_classes=num_classes, class_names=class_names)
 
 
 def compile_model(
@@ -255,7 +253,7 @@ def prepare(
     )
     has_validation = bool(spec.split_sizes.get("validation"))
     validation_data = load("validation", targets=task.targets) if has_validation else None
-    validation_callbacks = task.validation_callbacks(load) if has_validation else []
+    validation_callbacks = task.validation_callbacks(load, spec.class_names) if has_validation else []
     if validation_data is None and chief:
         log.warning(
             f"{config.dataset} has no validation split: best.keras will be the last epoch's model (there is "
@@ -263,7 +261,7 @@ def prepare(
         )
 
     with strategy.scope():
-        model = build_model(config, spec.num_classes, strategy.num_replicas_in_sync)
+        model = build_model(config, spec.num_classes, strategy.num_replicas_in_sync, spec.class_names)
         if config.init_weights:
             copy_weights(config.init_weights, model, quiet=not chief)
         set_encoder_trainable(model, True)
