@@ -25,9 +25,18 @@ def build_parser() -> argparse.ArgumentParser:
         "summary.json and figures.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--model", required=True, help="a .keras file, a run directory or an exported SavedModel")
+    parser.add_argument(
+        "--model",
+        required=True,
+        help="a .keras file, a run directory, an exported SavedModel, or pretrained:NAME (a ready-made pose model: "
+        "pretrained:openpose-mobilenet-thin, pretrained:movenet-multipose)",
+    )
     parser.add_argument("--dataset", default="tfds_ph2/ph2", help="TFDS name (tfds_ph2/ph2, ...) or folder:PATH")
-    parser.add_argument("--split", default="test", help="split to score; 'all' scores every image")
+    parser.add_argument(
+        "--split",
+        default="test",
+        help="split to score; 'all' scores every image; TFDS sums such as train+validation+test",
+    )
     parser.add_argument("--output-dir", required=True, help="where cases.csv, summary.json and figures go")
     parser.add_argument(
         "--tta",
@@ -118,10 +127,11 @@ def main(argv=None) -> int:
                 group_by=group_by,
                 progress=_progress,
             )
-        if summary.get("task") == "instances":
-            from kseg.evaluation import instance_report
+        if summary.get("task") in ("instances", "keypoints"):
+            from kseg.evaluation import instance_report, keypoint_report
 
-            print("\n" + instance_report.format_table(summary))
+            task_report = instance_report if summary["task"] == "instances" else keypoint_report
+            print("\n" + task_report.format_table(summary))
         else:
             postprocessing = PostProcessing.from_dict(summary["postprocessing"])
             print("\n" + report.format_table(summary, postprocessing, summary.get("group_by")))

@@ -35,7 +35,12 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m kseg.export",
         description="Export a trained kseg model as a TensorFlow Serving SavedModel (EXPORT_DIR/NAME/VERSION).",
     )
-    parser.add_argument("--model", required=True, help="a .keras file or a training run directory (its best.keras)")
+    parser.add_argument(
+        "--model",
+        required=True,
+        help="a .keras file, a training run directory (its best.keras), or pretrained:NAME (a ready-made pose "
+        "model: pretrained:openpose-mobilenet-thin, pretrained:movenet-multipose)",
+    )
     parser.add_argument(
         "--export-dir",
         type=pathlib.Path,
@@ -79,12 +84,12 @@ def main(argv=None) -> int:
             f"{name} ({', '.join(spec['inputs'])} -> {', '.join(spec['outputs'])})"
             for name, spec in metadata["signatures"].items()
         )
-        in_graph = (
-            f"grouping in the graph ({tasks.get(metadata['task']).describe(postprocessing)}), at most "
-            f"{metadata['max_instances']} people per image"
-            if metadata["task"] == "instances"
-            else f"post-processing in the graph: {postprocessing.describe()}"
-        )
+        described = tasks.get(metadata["task"]).describe(postprocessing)
+        in_graph = {
+            "instances": f"grouping in the graph ({described}), at most {metadata.get('max_instances')} people "
+            f"per image",
+            "keypoints": f"decoding in the graph ({described}), at most {metadata.get('max_people')} people per image",
+        }.get(metadata["task"], f"post-processing in the graph: {described}")
         print(
             f"exported {args.model} ({metadata['task']}) to {target}\n"
             f"  signatures: {signatures}\n"

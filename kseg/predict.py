@@ -24,7 +24,12 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files (PNG, JPEG, BMP, ...) or folders")
-    parser.add_argument("--model", required=True, help="a .keras file, a run directory or an exported SavedModel")
+    parser.add_argument(
+        "--model",
+        required=True,
+        help="a .keras file, a run directory, an exported SavedModel, or pretrained:NAME (a ready-made pose model: "
+        "pretrained:openpose-mobilenet-thin, pretrained:movenet-multipose)",
+    )
     parser.add_argument("--output-dir", "--out", dest="output_dir", required=True, help="where the PNGs go")
     parser.add_argument("--recursive", action="store_true", help="also read images in subfolders of folder inputs")
     parser.add_argument("--batch-size", type=settings.BATCH_SIZE, default=8)
@@ -37,10 +42,30 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--threshold", type=settings.THRESHOLD, default=None, help="default: the choice stored with the model"
     )
+    parser.add_argument(
+        "--instances",
+        metavar="MODEL",
+        default=None,
+        help="with a keypoint --model: an instance model too (run dir, .keras or export); also writes "
+        "NAME_people.png, each person's mask and skeleton in one picture",
+    )
     parser.add_argument("--fill-holes", action=argparse.BooleanOptionalAction, default=None)
     parser.add_argument("--largest-component", action=argparse.BooleanOptionalAction, default=None)
     cli.add_verbose_flag(parser)
     return parser
+
+
+def _with_instances(predictor, instances_model: str, model: str):
+    """The keypoint ``predictor`` and the instance model at ``instances_model`` as one (``--instances``)."""
+    from kseg.core.errors import UsageError
+    from kseg.prediction import inference, people
+
+    if predictor.task != tasks.KEYPOINTS:
+        raise UsageError(f"--instances: goes with a keypoint model; {model} is a {predictor.task} model")
+    masks = inference.load_predictor(instances_model)
+    if masks.task != tasks.INSTANCES:
+        raise UsageError(f"--instances {instances_model}: expected an instance model, got a {masks.task} model")
+    return people.PeoplePredictor(predictor, masks)
 
 
 def main(argv=None) -> int:
@@ -61,6 +86,8 @@ def main(argv=None) -> int:
             if getattr(args, n) is not None
         }
         tasks.check_postprocessing_flags(predictor.task, overrides, args.model)
+        if args.instances is not None:
+            predictor = _with_instances(predictor, args.instances, args.model)
         postprocessing = dataclasses.replace(predictor.postprocessing, **overrides)
         summary = tasks.get(predictor.task).describe(postprocessing)
         errors = list(found.problems)

@@ -17,8 +17,9 @@ SERVING_OUTPUTS = ("mask_bytes", "height", "width", "foreground_fraction")
 #: and their scores, boxes and areas padded to the export's maximum (``MAX_INSTANCES``).
 INSTANCE_OUTPUTS = ("label_bytes", "height", "width", "count", "scores", "boxes", "areas")
 #: ``serving_default``'s outputs for keypoint models: per image and person each joint's (x, y, score) at the
-#: image's original size, the person's score, how many people, the image size (``kseg.json`` names the joints).
-KEYPOINT_OUTPUTS = ("keypoints", "scores", "count", "height", "width")
+#: image's original size, the person's score, how many people, the image size, and the joints' names (a row per
+#: image, so a client of TF Serving, which cannot read ``kseg.json``, knows which joint is which).
+KEYPOINT_OUTPUTS = ("keypoints", "scores", "count", "height", "width", "joint_names")
 #: The most people an instance model returns per image (the best-scoring ones), as detection models cap their
 #: detections: the serving outputs are padded to it, so it fixes their shapes.
 MAX_INSTANCES = 100

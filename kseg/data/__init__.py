@@ -129,6 +129,11 @@ class DatasetSpec:
         return self.split_sizes[split]
 
 
+def kind_text(kind: str) -> str:
+    """What a dataset of ``kind`` holds, for messages: "semantic masks", "instances masks", "keypoints"."""
+    return kind if kind == KEYPOINTS else f"{kind} masks"
+
+
 _is_folder = settings.is_folder_dataset
 _is_coco = settings.is_coco_dataset
 

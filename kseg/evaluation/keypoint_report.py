@@ -3,11 +3,15 @@ per joint and mean, at 0.2 and 0.1 of the torso; ``summary.json``, ``cases.csv``
 predicted skeletons. Every image is predicted at the model's size and scored at its original resolution.
 
 The protocol is LSP's: the torso is the distance from the left shoulder to the right hip of the truth, and
-only joints marked visible are scored. A model's joints are matched to the dataset's by name, so a model
-with other joints (COCO's 18 for the pretrained OpenPose) is scored on the ones both have, and the summary
-lists those it lacks. A multi-person model may return several people: the one scored is the person nearest
-the annotated one (smallest mean distance over the joints both have), the usual single-person protocol for
-multi-person models; an image with no person found scores every joint a miss.
+only joints marked visible are scored. LSPET leaves many joints unplaced, so where either end of that
+diagonal is missing the other one (right shoulder to left hip) stands in; an image with neither cannot be
+scored and is counted (``images_unscored``) and named in a warning.
+
+A model's joints are matched to the dataset's by name, so a model with other joints (COCO's 18 for the
+pretrained OpenPose) is scored on the ones both have, and the summary lists those it lacks. A multi-person
+model may return several people: the one scored is the person nearest the annotated one (smallest mean
+distance over the joints both have), the usual single-person protocol for multi-person models; an image with
+no person found scores every joint a miss.
 """
 
 from __future__ import annotations
@@ -86,7 +90,7 @@ def score(ids, truths, predicted, joint_names) -> tuple[dict, list[dict]]:
     if not scorable.all():
         unscored = [i for i, ok in zip(ids, scorable) if not ok]
         log.warning(
-            f"{len(unscored)} images have no torso (their left shoulder or right hip is not visible) and are "
+            f"{len(unscored)} images have no torso (neither shoulder-to-opposite-hip diagonal is visible) and are "
             f"not scored: {', '.join(unscored[:5])}"
         )
     visible = (truths[..., 2] > 0) & scorable[:, None]
@@ -227,8 +231,9 @@ def evaluate(
         "dataset": dataset,
         "split": split,
         "postprocessing": {"tta": postprocessing.tta},
-        "protocol": "PCK over visible joints; torso = |left_shoulder - right_hip| of the truth; joints matched "
-        "by name; the predicted person nearest the annotated one is scored",
+        "protocol": "PCK over visible joints; torso = |left_shoulder - right_hip| of the truth (else "
+        "|right_shoulder - left_hip|; images with neither are not scored); joints matched by name; the "
+        "predicted person nearest the annotated one is scored",
         **summary,
     }
     if record:

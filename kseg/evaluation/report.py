@@ -15,7 +15,7 @@ import numpy as np
 from kseg import data, tasks
 from kseg.core import files
 from kseg.core.errors import UsageError
-from kseg.evaluation import figures, instance_report
+from kseg.evaluation import figures, instance_report, keypoint_report
 from kseg.evaluation.cases import MaskMaker, collect_cases, dice_vs_threshold, masks_for, score_cases, summarize
 from kseg.evaluation.postprocessing_choice import ablation, choose_postprocessing
 from kseg.prediction import inference
@@ -112,10 +112,10 @@ def evaluate(
     spec = data.dataset_spec(dataset, data_dir=data_dir, manual_dir=manual_dir, num_classes=num_classes or binary_hint)
     if spec.kind != predictor.task:
         raise UsageError(
-            f"{model_path}: a model for {predictor.task} given a dataset of {spec.kind} masks ({dataset}); "
+            f"{model_path}: a model for {predictor.task} given a dataset of {data.kind_text(spec.kind)} ({dataset}); "
             f"evaluate it on a dataset of its own kind"
         )
-    if predictor.task == tasks.INSTANCES:  # scored the COCO way: kseg.evaluation.instance_report
+    if predictor.task != tasks.SEMANTIC:  # COCO AP (instance_report) or PCK (keypoint_report)
         overrides = dict(postprocessing_overrides or {})
         semantic_only = {"ablation": run_ablation, "group_by": group_by not in (None, "auto")}
         tasks.check_postprocessing_flags(
@@ -127,7 +127,8 @@ def evaluate(
                 raise UsageError(
                     f"--choose-postprocessing needs a validation split; {dataset} has {sorted(spec.split_sizes)}"
                 )
-        return instance_report.evaluate(
+        task_report = instance_report if predictor.task == tasks.INSTANCES else keypoint_report
+        return task_report.evaluate(
             predictor,
             dataset,
             split,

@@ -97,7 +97,7 @@ def load_keras_model(path: pathlib.Path):
 def _keras_predictor(path: pathlib.Path):
     model = load_keras_model(path)
     task = tasks.of_model(model)
-    if task.name == tasks.INSTANCES:
+    if task.name != tasks.SEMANTIC:  # a task with its own predictor (kseg.tasks)
         return task.predictor(model, path, postprocess.for_model(path))
     return predictor_for_model(model, path, postprocess.for_model(path))
 
@@ -149,6 +149,8 @@ def _saved_model_predictor(path: pathlib.Path):
     loaded = model_trust.load_saved_model(path)
     if _saved_model_task(path) == tasks.INSTANCES:
         return InstanceSavedModelPredictor(path, loaded)
+    if _saved_model_task(path) == tasks.KEYPOINTS:
+        return KeypointSavedModelPredictor(path, loaded)
     name = serving_contract.PROBABILITIES_SIGNATURE
     if name not in loaded.signatures:
         raise ModelLoadError(
@@ -224,9 +226,66 @@ class InstanceSavedModelPredictor:
         return prediction_files(image, result, source)
 
 
+class KeypointSavedModelPredictor:
+    """An exported keypoint model (trained or pretrained), run through its ``serving_default``: each image goes
+    in as lossless PNG bytes and comes back as people's joints at its own size."""
+
+    task = tasks.KEYPOINTS
+    keras_model = None
+
+    def __init__(self, path: pathlib.Path, loaded):
+        self.path = str(path)
+        name = serving_contract.SERVING_SIGNATURE
+        if name not in loaded.signatures:
+            raise ModelLoadError(
+                f"{path}: the SavedModel has no {name!r} signature; export it with python -m kseg.export"
+            )
+        self._signature = loaded.signatures[name]
+        metadata = json.loads((path / serving_contract.KSEG_FILE).read_text())
+        self.joint_names = tuple(metadata["joint_names"])
+        self.num_classes = len(self.joint_names)
+        self.image_size = tuple(metadata["image_size"])
+        self.postprocessing = postprocess.for_model(path)
+
+    def predict(self, images, batch_size: int = 8, postprocessing=None):
+        from kseg.tasks.keypoint_files import KeypointResult
+
+        if postprocessing is not None and postprocessing.tta != self.postprocessing.tta:
+            raise UsageError(
+                f"--tta: {self.path} is an export with flip TTA {'on' if self.postprocessing.tta else 'off'} in its "
+                f"graph; give its run directory (or .keras file) to choose"
+            )
+        results = []
+        for start in range(0, len(images), batch_size):
+            chunk = images[start : start + batch_size]
+            encoded = tf.stack([tf.io.encode_png(tf.convert_to_tensor(image, tf.uint8)) for image in chunk])
+            response = self._signature(**{serving_contract.IMAGE_BYTES: encoded})
+            for i, image in enumerate(chunk):
+                count = int(response["count"][i])
+                results.append(
+                    KeypointResult(
+                        response["keypoints"][i, :count].numpy(),
+                        response["scores"][i, :count].numpy(),
+                        self.joint_names,
+                        tuple(image.shape[:2]),
+                    )
+                )
+        return results
+
+    def prediction_files(self, image, result, source: str = "") -> dict[str, bytes]:
+        from kseg.tasks.keypoint_files import prediction_files
+
+        return prediction_files(image, result, source)
+
+
 def load_predictor(path) -> Predictor:
     """A ``.keras`` file, a training run directory (its ``best.keras``), an exported SavedModel version
-    directory, or a folder of numbered versions (the newest)."""
+    directory, or a folder of numbered versions (the newest); or ``pretrained:NAME``, a ready-made pose
+    model (``kseg.prediction.pretrained``)."""
+    from kseg.prediction import pretrained
+
+    if pretrained.is_pretrained(path):
+        return pretrained.load(path)
     path = pathlib.Path(path)
     if not path.exists():
         raise ModelLoadError(

@@ -50,6 +50,7 @@ from kseg.core.errors import KsegError
 from kseg.core.serving_contract import (
     IMAGE_BYTES,
     INSTANCE_OUTPUTS,
+    KEYPOINT_OUTPUTS,
     KSEG_FILE,
     POSTPROCESSING_FILE,
     PROBABILITIES_INPUT,
@@ -269,6 +270,7 @@ CONTRACT_SIGNATURES = {
         PROBABILITIES_SIGNATURE: ({PROBABILITIES_INPUT}, {PROBABILITIES_OUTPUT}),
     },
     "instances": {SERVING_SIGNATURE: ({IMAGE_BYTES}, set(INSTANCE_OUTPUTS))},
+    "keypoints": {SERVING_SIGNATURE: ({IMAGE_BYTES}, set(KEYPOINT_OUTPUTS))},
 }
 
 

@@ -385,7 +385,7 @@ def export_model(
     version = None if version is None else checked(VERSION, version, "--version")
     max_megapixels = checked(MAX_MEGAPIXELS, max_megapixels, "--max-megapixels")
     predictor = inference.load_predictor(model_path)
-    if predictor.keras_model is None:
+    if predictor.keras_model is None and not hasattr(predictor, "serving_module"):
         raise ExportError(
             f"{model_path}: this is already an exported SavedModel; export the .keras model (or "
             f"run directory) it came from"
@@ -405,6 +405,46 @@ def export_model(
         raise
 
 
+def _write_pretrained_version(predictor, model_dir: pathlib.Path, version: int, max_megapixels) -> pathlib.Path:
+    """A ready-made pose model (``pretrained:NAME``): its module, saved with ``tf.saved_model.save``, staged
+    and renamed into place like a trained model's export."""
+    from kseg.tasks.keypoints import keypoint_signatures
+
+    target = model_dir / str(version)
+    module = predictor.serving_module()
+    remove_stale_staging(model_dir)
+    staging = model_dir / f"{STAGING_PREFIX}{version}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        tf.saved_model.save(module, str(staging), signatures={SERVING_SIGNATURE: module.serve})
+        postprocess.write(staging / postprocess.SAVEDMODEL_FILE, predictor.postprocessing)
+        metadata = {
+            "task": predictor.task,
+            "image_size": list(predictor.image_size),
+            "num_classes": predictor.num_classes,
+            "binary": False,
+            "postprocessing": predictor.postprocessing.to_dict(),
+            "max_megapixels": max_megapixels,
+            "signatures": keypoint_signatures(predictor.joint_names, predictor.max_people),
+            "joint_names": list(predictor.joint_names),
+            "max_people": predictor.max_people,
+            "source_model": predictor.path,
+            "exported_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "kseg_version": kseg.__version__,
+            "tensorflow_version": tf.__version__,
+        }
+        (staging / KSEG_FILE).parent.mkdir(parents=True, exist_ok=True)
+        (staging / KSEG_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
+        if target.exists():
+            raise ExportError(f"{target} already exists; versions are never overwritten")
+        os.rename(staging, target)
+    except OSError as e:
+        raise ExportWriteError(f"cannot write the export to {model_dir}: {_describe_os_error(e)}") from None
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
 def _refuse_existing(target: pathlib.Path) -> None:
     if target.exists():
         raise ExportError(
@@ -417,6 +457,8 @@ def _write_version(
     predictor, postprocessing: postprocess.PostProcessing, model_dir: pathlib.Path, version: int, max_megapixels
 ) -> pathlib.Path:
     """Stage the SavedModel in a hidden sibling folder and rename it to ``model_dir/version``."""
+    if predictor.keras_model is None:
+        return _write_pretrained_version(predictor, model_dir, version, max_megapixels)
     import keras
 
     target = model_dir / str(version)
@@ -447,8 +489,8 @@ def _write_version(
             "binary": predictor.num_classes == 1,
             "postprocessing": postprocessing.to_dict(),
             "max_megapixels": max_megapixels,
-            "signatures": task.serving_signatures(height, width, predictor.num_classes),
-            "max_instances": getattr(task, "max_instances", None),
+            "signatures": task.serving_signatures(height, width, predictor.num_classes, model=model),
+            **task.export_metadata(model),
             "source_model": str(pathlib.Path(predictor.path).resolve()),
             "exported_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "kseg_version": kseg.__version__,

@@ -38,11 +38,11 @@ from PIL import Image
 from kseg.core import imageio, inputs, outputs
 from kseg.core.errors import KsegError, UsageError
 from kseg.core.serving_contract import IMAGE_BYTES as INPUT_NAME
-from kseg.core.serving_contract import INSTANCE_OUTPUTS, resolve_saved_model
+from kseg.core.serving_contract import INSTANCE_OUTPUTS, KEYPOINT_OUTPUTS, resolve_saved_model
 from kseg.core.serving_contract import SERVING_OUTPUTS as OUTPUT_NAMES
 from kseg.core.serving_contract import SERVING_SIGNATURE as DEFAULT_SIGNATURE
 from kseg.prediction import model_trust
-from kseg.tasks import instance_files
+from kseg.tasks import instance_files, keypoint_files
 
 GRPC_INSTALL_HINT = (
     "gRPC needs grpcio and tensorflow-serving-api: pip install grpcio && "
@@ -108,6 +108,30 @@ class InstancesPrediction:
         return instance_files.prediction_files(rgb, result, name), f"{self.count} people"
 
 
+@dataclasses.dataclass
+class KeypointsPrediction:
+    """A keypoint model's answer for one image: each person's joints (x, y, score) at the image's size."""
+
+    keypoints: np.ndarray  # [max_people, J, 3]
+    scores: np.ndarray
+    count: int
+    height: int
+    width: int
+    joint_names: tuple
+
+    def files(self, rgb, source: str) -> tuple[dict[str, bytes], str]:
+        if (self.height, self.width) != rgb.shape[:2]:
+            raise SizeMismatch(
+                f"{source}: the server read the image as {self.width}x{self.height}, here it is "
+                f"{rgb.shape[1]}x{rgb.shape[0]} (the server decoded it differently; try --reencode)"
+            )
+        result = keypoint_files.KeypointResult(
+            self.keypoints[: self.count], self.scores[: self.count], self.joint_names, (self.height, self.width)
+        )
+        name = pathlib.Path(source).name
+        return keypoint_files.prediction_files(rgb, result, name), f"{self.count} people"
+
+
 class SizeMismatch(ValueError):
     """The server's output has another size than the image as read here (it decoded it differently)."""
 
@@ -121,7 +145,7 @@ def _check_size(array, rgb, source) -> None:
 
 
 #: The outputs of each kind of kseg export's serving signature.
-TASK_OUTPUTS = {"semantic": OUTPUT_NAMES, "instances": INSTANCE_OUTPUTS}
+TASK_OUTPUTS = {"semantic": OUTPUT_NAMES, "instances": INSTANCE_OUTPUTS, "keypoints": KEYPOINT_OUTPUTS}
 
 
 def _bytes(value) -> bytes:
@@ -147,6 +171,19 @@ def prediction_from_row(row: dict, where: str):
                 np.asarray(row["scores"], np.float32).reshape(-1),
                 np.asarray(row["boxes"], np.float32).reshape(-1, 4),
                 np.asarray(row["areas"], np.int64).reshape(-1),
+            )
+        if set(KEYPOINT_OUTPUTS) <= names:
+            joint_names = tuple(
+                value.decode() if isinstance(value, bytes) else str(value)
+                for value in np.asarray(row["joint_names"]).reshape(-1)
+            )
+            return KeypointsPrediction(
+                np.asarray(row["keypoints"], np.float32).reshape(-1, len(joint_names), 3),
+                np.asarray(row["scores"], np.float32).reshape(-1),
+                int(row["count"]),
+                int(row["height"]),
+                int(row["width"]),
+                joint_names,
             )
         if set(OUTPUT_NAMES) <= names:
             return Prediction(

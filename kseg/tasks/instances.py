@@ -324,10 +324,15 @@ class InstanceTask:
         return dict(zip(INSTANCE_OUTPUTS, values))
 
     @staticmethod
-    def serving_signatures(height: int, width: int, num_classes: int) -> dict:
+    def export_metadata(model) -> dict:
+        del model
+        return {"max_instances": MAX_INSTANCES}
+
+    @staticmethod
+    def serving_signatures(height: int, width: int, num_classes: int, model=None) -> dict:
         from kseg.core.serving_contract import IMAGE_BYTES, SERVING_SIGNATURE
 
-        del height, width, num_classes  # any image size in; one class
+        del height, width, num_classes, model  # any image size in; one class
         m = MAX_INSTANCES
         return {
             SERVING_SIGNATURE: {

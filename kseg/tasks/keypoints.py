@@ -105,7 +105,6 @@ class KeypointPredictor:
     """A Keras keypoint model on images of any size: resize as in training, predict, decode, back to size."""
 
     task = NAME
-    num_classes = 1
 
     def __init__(self, model: keras.Model, path="<in memory>", postprocessing=None):
         from kseg.tasks.postprocess import PostProcessing
@@ -113,6 +112,7 @@ class KeypointPredictor:
         self.model, self.path = model, str(path)
         self.image_size = tuple(int(side) for side in model.inputs[0].shape[1:3])
         self.joint_names = joint_names_of(model)
+        self.num_classes = len(self.joint_names)
         self.postprocessing = postprocessing or PostProcessing()
         permutation = keypoint_ops.flip_permutation(self.joint_names)
 
@@ -230,11 +230,16 @@ class KeypointTask:
         )
         count = tf.ones([tf.shape(batch)[0]], tf.int32)
         scores = tf.reduce_mean(at_size[..., 2], axis=-1, keepdims=True)
-        return dict(zip(KEYPOINT_OUTPUTS, (at_size[:, None], scores, count, sizes[:, 0], sizes[:, 1])))
+        return keypoint_outputs(at_size[:, None], scores, count, sizes, names)
 
     @staticmethod
-    def serving_signatures(joint_names, max_people: int = 1) -> dict:
-        return keypoint_signatures(joint_names, max_people)
+    def serving_signatures(height: int, width: int, num_classes: int, model=None) -> dict:
+        del height, width, num_classes  # any image size in; a channel per joint
+        return keypoint_signatures(joint_names_of(model), max_people=1)
+
+    @staticmethod
+    def export_metadata(model) -> dict:
+        return {"joint_names": list(joint_names_of(model)), "max_people": 1}
 
     def summary_parts(self, metrics: dict) -> list[str]:
         return [
@@ -242,6 +247,12 @@ class KeypointTask:
             for split in ("validation", "test")
             if split in metrics
         ]
+
+
+def keypoint_outputs(keypoints, scores, count, sizes, joint_names) -> dict:
+    """``serving_default``'s outputs (``KEYPOINT_OUTPUTS``) of any keypoint model, trained or pretrained."""
+    names = tf.tile(tf.constant(list(joint_names))[None], [tf.shape(sizes)[0], 1])
+    return dict(zip(KEYPOINT_OUTPUTS, (keypoints, scores, count, sizes[:, 0], sizes[:, 1], names)))
 
 
 def keypoint_signatures(joint_names, max_people: int) -> dict:
@@ -259,6 +270,7 @@ def keypoint_signatures(joint_names, max_people: int) -> dict:
                 "count": f"int32 [N] (people found, at most {m})",
                 "height": "int32 [N]",
                 "width": "int32 [N]",
+                "joint_names": f"string [N, {j}] ({', '.join(joint_names)})",
             },
         }
     }

@@ -92,7 +92,12 @@ class SemanticTask:
         return dict(zip(SERVING_OUTPUTS, (masks, sizes[:, 0], sizes[:, 1], fractions)))
 
     @staticmethod
-    def serving_signatures(height: int, width: int, num_classes: int) -> dict:
+    def export_metadata(model) -> dict:
+        del model
+        return {"max_instances": None}
+
+    @staticmethod
+    def serving_signatures(height: int, width: int, num_classes: int, model=None) -> dict:
         """The signatures an export holds, as ``kseg.json`` documents them."""
         from kseg.core.serving_contract import IMAGE_BYTES, PROBABILITIES_SIGNATURE, SERVING_SIGNATURE
 
