@@ -161,3 +161,18 @@ def load_bench_script(monkeypatch):
         return module
 
     return load
+
+
+@pytest.fixture(scope="session")
+def lspet_data_dir(tmp_path_factory) -> str:
+    """A TFDS data dir with ``tfds_ph2/lspet`` built once from the committed dummy download (10 drawn
+    people: 7 train, 1 validation, 2 test)."""
+    import tensorflow_datasets as tfds
+
+    import tfds_ph2.tfds_ph2_dataset_builder  # noqa: F401
+
+    data_dir = str(tmp_path_factory.mktemp("tfds-lspet"))
+    manual_dir = str(DUMMY_DATA / "lspet")
+    config = tfds.download.DownloadConfig(manual_dir=manual_dir)
+    tfds.builder("tfds_ph2/lspet", data_dir=data_dir).download_and_prepare(download_config=config)
+    return data_dir

@@ -66,7 +66,8 @@ def nearest_person(candidates: np.ndarray, truth: np.ndarray) -> np.ndarray:
 
 
 def predict_examples(predictor, examples, joint_names, keep_images: int = 0, progress=None, postprocessing=None):
-    """``(image_ids, truths [N, J, 3], predicted [N, J, 3], images)`` in the split's order."""
+    """``(image_ids, truths [N, J, 3], predicted [N, J, 3], images)`` in the split's order; ``predicted`` is NaN
+    for joints the model does not have (``predictor.joint_names``) and where it found nobody."""
     ids, truths, predicted, images = [], [], [], []
     for example in examples:
         image = example["image"].numpy()
@@ -82,9 +83,10 @@ def predict_examples(predictor, examples, joint_names, keep_images: int = 0, pro
     return ids, np.stack(truths), np.stack(predicted), images
 
 
-def score(ids, truths, predicted, joint_names) -> tuple[dict, list[dict]]:
-    """The split's summary (mean PCK, per joint) and one row per image. Images whose torso has no length
-    cannot be scored: they are counted and named, not dropped silently."""
+def score(ids, truths, predicted, joint_names, model_joints=None) -> tuple[dict, list[dict]]:
+    """The split's summary (mean PCK, per joint) and one row per image. ``model_joints``: the joints the model
+    predicts (default: all); the others are left out of the means and listed. Images whose torso has no
+    length cannot be scored: they are counted and named, not dropped silently."""
     torso = keypoint_ops.torso_sizes(truths, joint_names)
     scorable = torso > 0
     if not scorable.all():
@@ -94,7 +96,7 @@ def score(ids, truths, predicted, joint_names) -> tuple[dict, list[dict]]:
             f"not scored: {', '.join(unscored[:5])}"
         )
     visible = (truths[..., 2] > 0) & scorable[:, None]
-    has_joint = np.isfinite(predicted[..., 0]).any(axis=0)  # joints the model predicts at all
+    has_joint = np.array([model_joints is None or name in model_joints for name in joint_names])
     hits = {key: keypoint_ops.pck_hits(predicted, truths, torso, f) for key, f in FRACTIONS.items()}
     scored = visible & has_joint[None]
     summary = {key: float(h[scored].mean()) if scored.any() else float("nan") for key, h in hits.items()}
@@ -162,7 +164,7 @@ def score_best_model(config, spec, run_dir: pathlib.Path, predictor) -> dict:
         examples = data.load_examples(config.dataset, split, data_dir=config.data_dir, manual_dir=config.manual_dir)
         keep = PICTURED_CASES if split == "validation" else 0
         ids, truths, predicted, images = predict_examples(predictor, examples, spec.class_names, keep_images=keep)
-        summary, rows = score(ids, truths, predicted, spec.class_names)
+        summary, rows = score(ids, truths, predicted, spec.class_names, predictor.joint_names)
         scores[split] = summary
         if keep:
             draw(
@@ -186,7 +188,7 @@ def choose_tta(predictor, examples, joint_names, postprocessing):
         ids, truths, predicted, _ = predict_examples(
             predictor, examples, joint_names, postprocessing=dataclasses.replace(postprocessing, tta=tta)
         )
-        scores[tta] = score(ids, truths, predicted, joint_names)[0]["pck"]
+        scores[tta] = score(ids, truths, predicted, joint_names, predictor.joint_names)[0]["pck"]
     keep = scores[True] >= scores[False] + MIN_TTA_GAIN
     steps = {"no TTA (PCK@0.2)": round(scores[False], 4), "flip TTA (PCK@0.2)": round(scores[True], 4)}
     return dataclasses.replace(postprocessing, tta=keep), {"steps": steps}
@@ -224,7 +226,7 @@ def evaluate(
     ids, truths, predicted, images = predict_examples(
         predictor, examples, names, keep_images=PICTURED_CASES, progress=track, postprocessing=postprocessing
     )
-    summary, rows = score(ids, truths, predicted, names)
+    summary, rows = score(ids, truths, predicted, names, predictor.joint_names)
     summary = {
         "task": "keypoints",
         "model": predictor.path,

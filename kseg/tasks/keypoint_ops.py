@@ -79,8 +79,9 @@ def decode_heatmaps(heatmaps):
 
     def shift(before, after, position, size):
         curvature = before + after - 2.0 * centre
+        # The vertex of the parabola through (-1, before), (0, centre), (1, after).
         step = 0.5 * (before - after) / tf.where(curvature < -1e-6, curvature, -1.0)
-        step = tf.where(curvature < -1e-6, tf.clip_by_value(-step, -0.5, 0.5), 0.0)
+        step = tf.where(curvature < -1e-6, tf.clip_by_value(step, -0.5, 0.5), 0.0)
         at_edge = (position == 0) | (position == size - 1)
         return tf.where(at_edge, 0.0, step)
 
