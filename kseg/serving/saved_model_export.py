@@ -411,7 +411,8 @@ def _write_pretrained_version(predictor, model_dir: pathlib.Path, version: int, 
     from kseg.tasks.keypoints import keypoint_signatures
 
     target = model_dir / str(version)
-    module = predictor.serving_module()
+    max_pixels = max(1, round(max_megapixels * 1e6))
+    module = predictor.serving_module(lambda data, index: decode_checked(data, index, max_pixels))
     remove_stale_staging(model_dir)
     staging = model_dir / f"{STAGING_PREFIX}{version}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:

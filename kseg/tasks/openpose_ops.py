@@ -273,7 +273,7 @@ def _assemble_limb(state, limb, match_to, match_score, peak_score, config):
     new_id = used + tf.cumsum(tf.cast(unowned, tf.int32)) - 1
     start = unowned & (new_id < capacity) if _STARTS_PEOPLE[limb] else tf.zeros_like(unowned)
 
-    target = lambda mask, rows: tf.where(mask, rows, scratch)
+    target = lambda mask, people: tf.where(mask, people, scratch)
     empty = tf.fill([k, NUM_JOINTS], -1)
     index = tf.concat(
         [
@@ -307,7 +307,7 @@ def _assemble_limb(state, limb, match_to, match_score, peak_score, config):
         ],
         axis=0,
     )
-    new_counts = tf.concat([count_a + 1, count_b + 1, count_a + count_b, tf.zeros_like(count_a), count_a * 0 + 2], 0)
+    new_counts = tf.concat([count_a + 1, count_b + 1, count_a + count_b, tf.zeros_like(count_a), tf.fill([k], 2)], 0)
     used = tf.minimum(used + tf.reduce_sum(tf.cast(start, tf.int32)), capacity)
     return (
         tf.tensor_scatter_nd_update(members, index, rows),
@@ -439,24 +439,31 @@ def serving_function(network, config: GroupingConfig = GroupingConfig()):
     return people
 
 
-def bytes_serving_function(network, config: GroupingConfig = GroupingConfig()):
+def _decode_image(data, index):
+    del index
+    return tf.io.decode_image(data, channels=3, expand_animations=False)
+
+
+def bytes_serving_function(network, config: GroupingConfig = GroupingConfig(), decode=_decode_image):
     """A ``tf.function`` for a SavedModel: encoded images (JPEG, PNG, BMP, GIF first frame) ``[N]`` string ->
-    ``{keypoints [N, 20, 18, 3], scores [N, 20], count [N]}``, each image's people in its own pixels.
+    ``{keypoints [N, 20, 18, 3], scores [N, 20], count [N], sizes [N, 2]}``, each image's people in its own
+    pixels. ``decode(data, index)`` -> uint8 ``[h, w, 3]`` (kseg.export passes its checked decoder).
 
     Each image is decoded and resized to the network's input on its own (so sizes may differ), then the
     network runs once on the batch."""
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
     def people(encoded):
-        def decode(data):
-            image = tf.io.decode_image(data, channels=3, expand_animations=False)
+        def prepare(args):
+            index, data = args
+            image = decode(data, index)
             return network.preprocess(image[None])[0], tf.shape(image)[:2]
 
         graph_input, sizes = tf.map_fn(
-            decode,
-            encoded,
+            prepare,
+            (tf.range(tf.shape(encoded)[0]), encoded),
             fn_output_signature=(tf.TensorSpec([*INPUT_SIZE, 3], tf.float32), tf.TensorSpec([2], tf.int32)),
         )
-        return _people_of_batch(network, graph_input, sizes, config)
+        return {**_people_of_batch(network, graph_input, sizes, config), "sizes": sizes}
 
     return people
