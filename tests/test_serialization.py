@@ -12,7 +12,8 @@ import kseg.tasks.losses  # noqa: F401  (registers the classes below)
 import kseg.tasks.metrics  # noqa: F401
 from kseg.models import layers as model_layers
 from kseg.models.backbones import EncoderPreprocessing
-from kseg.tasks import instances, losses, metrics
+from kseg.models.keypoint_heads import JointNames
+from kseg.tasks import instances, keypoints, losses, metrics
 from kseg.training import optimizers
 
 #: One instance of each registered class, with arguments away from their defaults, so a dropped argument
@@ -24,6 +25,10 @@ IMAGES = rng.random((2, 8, 8, 3)).astype(np.float32)
 HEATMAP = (rng.random((2, 4, 4, 1)).astype(np.float32), rng.random((2, 4, 4, 1)).astype(np.float32))
 OFFSETS = (  # (dy, dx, weight) targets, (dy, dx) predictions
     np.concatenate([rng.normal(size=(2, 4, 4, 2)), rng.random((2, 4, 4, 1)) < 0.5], -1).astype(np.float32),
+    rng.normal(size=(2, 4, 4, 2)).astype(np.float32),
+)
+JOINT_MAPS = (  # two joints' target heatmaps, then their weights; two joints' logits
+    np.concatenate([rng.random((2, 4, 4, 2)), np.ones((2, 4, 4, 1)), np.zeros((2, 4, 4, 1))], -1).astype(np.float32),
     rng.normal(size=(2, 4, 4, 2)).astype(np.float32),
 )
 EXAMPLES = {
@@ -39,6 +44,7 @@ EXAMPLES = {
     losses.CategoricalTverskyLoss: (dict(alpha=0.2, beta=0.8), CLASSES),
     instances.CentreHeatmapLoss: (dict(name="heat", reduction="sum"), HEATMAP),
     instances.OffsetLoss: (dict(name="off", reduction="sum"), OFFSETS),
+    keypoints.HeatmapCrossEntropy: (dict(name="joints", reduction="sum"), JOINT_MAPS),
     metrics.Dice: (dict(num_classes=3, threshold=0.3, per_image=False, name="dice3"), CLASSES),
     metrics.IoU: (dict(threshold=0.3, per_image=False, name="iou_pooled"), BINARY),
     metrics.PixelAccuracy: (dict(num_classes=3, name="acc"), CLASSES),
@@ -47,6 +53,7 @@ EXAMPLES = {
     model_layers.MaxUnpooling2D: (dict(pool_size=(2, 2), name="unpool"), None),
     model_layers.FusedBatchNormalization: (dict(momentum=0.8, epsilon=0.01, center=False, name="bn"), (IMAGES,)),
     EncoderPreprocessing: (dict(mode="caffe", name="pre"), (IMAGES,)),
+    JointNames: (dict(joint_names=["left_knee", "right_knee"], name="joints"), (JOINT_MAPS[1],)),
     optimizers.AdamW: (dict(learning_rate=0.5, weight_decay=0.25, lr_multipliers={"encoder_": 0.1}), "no outputs"),
     optimizers.Adam: (dict(learning_rate=0.25, lr_multipliers={"encoder_": 0.2}), "no outputs"),
     optimizers.SGD: (dict(learning_rate=0.125, momentum=0.5, lr_multipliers={"enc": 0.5}), "no outputs"),
