@@ -44,7 +44,7 @@ EXAMPLES = {
     losses.CategoricalTverskyLoss: (dict(alpha=0.2, beta=0.8), CLASSES),
     instances.CentreHeatmapLoss: (dict(name="heat", reduction="sum"), HEATMAP),
     instances.OffsetLoss: (dict(name="off", reduction="sum"), OFFSETS),
-    keypoints.HeatmapCrossEntropy: (dict(name="joints", reduction="sum"), JOINT_MAPS),
+    keypoints.HeatmapLoss: (dict(name="joints", reduction="sum"), JOINT_MAPS),
     metrics.Dice: (dict(num_classes=3, threshold=0.3, per_image=False, name="dice3"), CLASSES),
     metrics.IoU: (dict(threshold=0.3, per_image=False, name="iou_pooled"), BINARY),
     metrics.PixelAccuracy: (dict(num_classes=3, name="acc"), CLASSES),

@@ -80,7 +80,7 @@ AUGMENTATIONS = {
     # Sports poses: people lean, tumble and stretch, so wider tilts than "people"; mirrors swap left and right
     # joints (augment_keypoints).
     "pose": Augmentation(
-        rotate90=False, scale=0.25, rotate_degrees=30, translate=0.1, brightness=0.15, contrast=0.2, saturation=0.2
+        rotate90=False, scale=0.25, rotate_degrees=20, translate=0.1, brightness=0.15, contrast=0.2, saturation=0.2
     ),
 }
 
