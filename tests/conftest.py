@@ -176,3 +176,17 @@ def lspet_data_dir(tmp_path_factory) -> str:
     config = tfds.download.DownloadConfig(manual_dir=manual_dir)
     tfds.builder("tfds_ph2/lspet", data_dir=data_dir).download_and_prepare(download_config=config)
     return data_dir
+
+
+@pytest.fixture(scope="session")
+def keypoint_run(tmp_path_factory, lspet_data_dir) -> pathlib.Path:
+    """``lspet-keypoints`` on a ``unet-small`` at 64x64 trained for 2 epochs on the 7 dummy images. Read-only
+    for tests: copy before changing."""
+    from kseg import train
+
+    run_dir = tmp_path_factory.mktemp("keypoint-run") / "run"
+    args = ["--preset", "lspet-keypoints", "--model", "unet-small", "--image-size", "64", "--epochs", "2"]
+    args += ["--batch-size", "4", "--freeze-encoder-epochs", "0", "--encoder-lr-multiplier", "1"]
+    args += ["--no-mixed-precision", "--data-dir", lspet_data_dir, "--output-dir", str(run_dir)]
+    assert train.main(args) == 0
+    return run_dir

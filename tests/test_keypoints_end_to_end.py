@@ -3,27 +3,12 @@ figure), predict (skeleton and COCO keypoint results), export, and the client th
 joints must equal kseg.predict's; and the errors a user meets on the way."""
 
 import json
-import pathlib
 
 import numpy as np
-import pytest
 
 from tfds_ph2.lspet_source import JOINT_NAMES
 
 LSPET = "tfds_ph2/lspet"
-
-
-@pytest.fixture(scope="session")
-def keypoint_run(tmp_path_factory, lspet_data_dir) -> pathlib.Path:
-    """``lspet-keypoints`` on a ``unet-small`` at 64x64 trained for 2 epochs on the 7 dummy images."""
-    from kseg import train
-
-    run_dir = tmp_path_factory.mktemp("keypoint-run") / "run"
-    args = ["--preset", "lspet-keypoints", "--model", "unet-small", "--image-size", "64", "--epochs", "2"]
-    args += ["--batch-size", "4", "--freeze-encoder-epochs", "0", "--encoder-lr-multiplier", "1"]
-    args += ["--no-mixed-precision", "--data-dir", lspet_data_dir, "--output-dir", str(run_dir)]
-    assert train.main(args) == 0
-    return run_dir
 
 
 def test_training_scores_the_best_model_with_pck(keypoint_run):
