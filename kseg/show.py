@@ -118,8 +118,13 @@ def main(argv=None) -> int:
         out.parent.mkdir(parents=True, exist_ok=True)
         titles = [f"{ex['image_id'].decode()} {ex['image'].shape[1]}x{ex['image'].shape[0]}" for ex in examples]
         spec = data.dataset_spec(args.dataset, data_dir=args.data_dir, manual_dir=args.manual_dir)
-        images, masks = [ex["image"] for ex in examples], [ex["mask"] for ex in examples]
-        plots.examples_grid(out, images, masks, spec.is_instances, titles, f"{args.dataset} [{args.split}]")
+        images, name = [ex["image"] for ex in examples], f"{args.dataset} [{args.split}]"
+        if spec.is_keypoints:
+            points = [ex["keypoints"] for ex in examples]
+            plots.keypoints_grid(out, images, points, spec.class_names, titles, name)
+        else:
+            masks = [ex["mask"] for ex in examples]
+            plots.examples_grid(out, images, masks, spec.is_instances, titles, name)
         print(f"wrote {out} ({len(examples)} examples of {args.dataset} {args.split})")
         if paths:
             save_images(examples, paths, args.dataset)

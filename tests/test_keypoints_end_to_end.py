@@ -124,3 +124,15 @@ def test_an_unknown_pretrained_model_is_named(tmp_path, capsys):
     code = predict.main(["--model", "pretrained:openpose-fat", "--out", str(tmp_path / "o"), str(tmp_path)])
     assert code != 0
     assert "pretrained:openpose-mobilenet-thin" in capsys.readouterr().err
+
+
+def test_show_draws_the_joints_of_a_keypoint_dataset(lspet_data_dir, tmp_path):
+    from PIL import Image
+
+    from kseg import show
+
+    out = tmp_path / "lspet.png"
+    assert show.main([LSPET, "--split", "train", "-n", "3", "--data-dir", lspet_data_dir, "--out", str(out)]) == 0
+    with Image.open(out) as picture:
+        pixels = np.asarray(picture.convert("RGB"))
+    assert (np.abs(pixels.astype(int) - [230, 30, 30]).sum(-1) < 60).sum() > 50  # red bones were drawn

@@ -93,6 +93,17 @@ def examples_grid(path, images, masks, instances: bool, titles, name: str):
     return contour_grid(path, images, true_masks=masks, titles=titles, title=f"{name}: masks outlined in green")
 
 
+def keypoints_grid(path, images, keypoints, joint_names, titles, name: str):
+    """A keypoint dataset's examples as ``kseg.show`` draws them: each visible joint and the bones between."""
+    from kseg.tasks import keypoint_files
+
+    def draw(ax, index):
+        ax.imshow(keypoint_files.draw_skeletons(images[index], np.asarray(keypoints[index])[None], joint_names, 0.5))
+
+    title = f"{name}: visible joints and bones"
+    return _image_grid(path, len(images), draw, titles, 4, title, "keypoints_grid")
+
+
 def _number(text) -> float | None:
     try:
         return float(text)
