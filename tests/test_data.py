@@ -168,7 +168,9 @@ def test_unknown_names_list_only_the_closest(tmp_path):
         data.dataset_spec("mnistt", data_dir=str(tmp_path))
     message = str(error.value)
     assert message.startswith("unknown dataset 'mnistt'; closest names: mnist")
-    assert "tfds_ph2/ph2, tfds_ph2/mads, tfds_ph2/synthetic, tfds_ph2/pennfudan, or folder:PATH" in message
+    assert (
+        "tfds_ph2/ph2, tfds_ph2/mads, tfds_ph2/synthetic, tfds_ph2/pennfudan, tfds_ph2/lspet, or folder:PATH" in message
+    )
     assert len(message.splitlines()) == 1 and len(message) < 400 and "abstract_reasoning" not in message
     with pytest.raises(
         ValueError,

@@ -19,16 +19,14 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
-import json
 import logging
 import math
 import pathlib
 
 import numpy as np
 
-from kseg import data, tasks
-from kseg.core import files
-from kseg.evaluation import plots
+from kseg import data
+from kseg.evaluation import plots, tta_choice
 from kseg.tasks import keypoint_ops
 
 log = logging.getLogger(__name__)
@@ -212,15 +210,17 @@ def evaluate(
     output_dir = pathlib.Path(output_dir)
     spec = data.dataset_spec(dataset, data_dir=data_dir, manual_dir=manual_dir)
     names = spec.class_names
-    postprocessing, record = predictor.postprocessing, None
-    if choose:
-        validation = data.load_examples(dataset, "validation", data_dir=data_dir, manual_dir=manual_dir)
-        postprocessing, record = choose_tta(predictor, validation, names, postprocessing)
-        record = {"chosen_on": f"{dataset} validation ({spec.size_of('validation')} images)", **record}
-        saved = save(predictor, postprocessing, record, output_dir)
-        log.info(f"chose {tasks.get(tasks.KEYPOINTS).describe(postprocessing)} on validation; saved to {saved}")
-    if tta is not None:
-        postprocessing = dataclasses.replace(postprocessing, tta=tta)
+    postprocessing, record = tta_choice.postprocessing_for(
+        predictor,
+        dataset,
+        data_dir=data_dir,
+        manual_dir=manual_dir,
+        choose=choose,
+        tta=tta,
+        output_dir=output_dir,
+        save=save,
+        choose_tta=lambda p, examples, pp: choose_tta(p, examples, names, pp),
+    )
     examples = data.load_examples(dataset, split, data_dir=data_dir, manual_dir=manual_dir)
     track = progress(split, spec.size_of(split)) if progress else None
     ids, truths, predicted, images = predict_examples(
@@ -238,11 +238,7 @@ def evaluate(
         "predicted person nearest the annotated one is scored",
         **summary,
     }
-    if record:
-        summary["postprocessing_choice"] = record
-    files.make_output_dir(output_dir)
-    files.atomic_write_text(output_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
-    files.atomic_write_text(output_dir / "cases.csv", cases_csv(rows))
+    tta_choice.write_report(output_dir, summary, record, cases_csv(rows))
     if images:
         draw(output_dir / "predictions.png", images, ids, truths, predicted, rows, names, f"{dataset} {split}")
     return summary

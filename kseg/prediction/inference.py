@@ -174,12 +174,10 @@ def _saved_model_predictor(path: pathlib.Path):
     )
 
 
-class InstanceSavedModelPredictor:
-    """An exported instance model, run through its ``serving_default`` (the graph TF Serving runs): each image
-    goes in as lossless PNG bytes and comes back as a label image with scores, boxes and areas."""
+class _ServingSignaturePredictor:
+    """An exported model run through its ``serving_default`` (the graph TF Serving runs), each image sent as
+    lossless PNG bytes; what comes back is the task's (``_results``). Its TTA is fixed in the graph."""
 
-    task = tasks.INSTANCES
-    num_classes = 1
     keras_model = None
 
     def __init__(self, path: pathlib.Path, loaded):
@@ -190,66 +188,11 @@ class InstanceSavedModelPredictor:
                 f"{path}: the SavedModel has no {name!r} signature; export it with python -m kseg.export"
             )
         self._signature = loaded.signatures[name]
-        metadata = json.loads((path / serving_contract.KSEG_FILE).read_text())
-        self.image_size = tuple(metadata["image_size"])
+        self.metadata = json.loads((path / serving_contract.KSEG_FILE).read_text())
+        self.image_size = tuple(self.metadata["image_size"])
         self.postprocessing = postprocess.for_model(path)  # what the graph does (flip TTA or not)
 
     def predict(self, images, batch_size: int = 8, postprocessing=None):
-        from kseg.tasks.instance_files import InstanceResult, read_label_png
-
-        if postprocessing is not None and postprocessing.tta != self.postprocessing.tta:
-            raise UsageError(
-                f"--tta: {self.path} is an export with flip TTA {'on' if self.postprocessing.tta else 'off'} in its "
-                f"graph; give its run directory (or .keras file) to choose"
-            )
-        results = []
-        for start in range(0, len(images), batch_size):
-            chunk = [
-                tf.io.encode_png(tf.convert_to_tensor(image, tf.uint8)) for image in images[start : start + batch_size]
-            ]
-            response = self._signature(**{serving_contract.IMAGE_BYTES: tf.stack(chunk)})
-            for i in range(len(chunk)):
-                count = int(response["count"][i])
-                results.append(
-                    InstanceResult(
-                        labels=read_label_png(response["label_bytes"][i].numpy()),
-                        scores=response["scores"][i, :count].numpy(),
-                        boxes=response["boxes"][i, :count].numpy(),
-                        areas=response["areas"][i, :count].numpy(),
-                    )
-                )
-        return results
-
-    def prediction_files(self, image, result, source: str = "") -> dict[str, bytes]:
-        from kseg.tasks.instance_files import prediction_files
-
-        return prediction_files(image, result, source)
-
-
-class KeypointSavedModelPredictor:
-    """An exported keypoint model (trained or pretrained), run through its ``serving_default``: each image goes
-    in as lossless PNG bytes and comes back as people's joints at its own size."""
-
-    task = tasks.KEYPOINTS
-    keras_model = None
-
-    def __init__(self, path: pathlib.Path, loaded):
-        self.path = str(path)
-        name = serving_contract.SERVING_SIGNATURE
-        if name not in loaded.signatures:
-            raise ModelLoadError(
-                f"{path}: the SavedModel has no {name!r} signature; export it with python -m kseg.export"
-            )
-        self._signature = loaded.signatures[name]
-        metadata = json.loads((path / serving_contract.KSEG_FILE).read_text())
-        self.joint_names = tuple(metadata["joint_names"])
-        self.num_classes = len(self.joint_names)
-        self.image_size = tuple(metadata["image_size"])
-        self.postprocessing = postprocess.for_model(path)
-
-    def predict(self, images, batch_size: int = 8, postprocessing=None):
-        from kseg.tasks.keypoint_files import KeypointResult
-
         if postprocessing is not None and postprocessing.tta != self.postprocessing.tta:
             raise UsageError(
                 f"--tta: {self.path} is an export with flip TTA {'on' if self.postprocessing.tta else 'off'} in its "
@@ -260,17 +203,50 @@ class KeypointSavedModelPredictor:
             chunk = images[start : start + batch_size]
             encoded = tf.stack([tf.io.encode_png(tf.convert_to_tensor(image, tf.uint8)) for image in chunk])
             response = self._signature(**{serving_contract.IMAGE_BYTES: encoded})
-            for i, image in enumerate(chunk):
-                count = int(response["count"][i])
-                results.append(
-                    KeypointResult(
-                        response["keypoints"][i, :count].numpy(),
-                        response["scores"][i, :count].numpy(),
-                        self.joint_names,
-                        tuple(image.shape[:2]),
-                    )
-                )
+            results.extend(self._result(response, i, image) for i, image in enumerate(chunk))
         return results
+
+
+class InstanceSavedModelPredictor(_ServingSignaturePredictor):
+    """An exported instance model: each image comes back as a label image with scores, boxes and areas."""
+
+    task = tasks.INSTANCES
+    num_classes = 1
+
+    @staticmethod
+    def _result(response, i: int, image):
+        from kseg.tasks.instance_files import InstanceResult, read_label_png
+
+        count = int(response["count"][i])
+        return InstanceResult(
+            labels=read_label_png(response["label_bytes"][i].numpy()),
+            scores=response["scores"][i, :count].numpy(),
+            boxes=response["boxes"][i, :count].numpy(),
+            areas=response["areas"][i, :count].numpy(),
+        )
+
+    def prediction_files(self, image, result, source: str = "") -> dict[str, bytes]:
+        from kseg.tasks.instance_files import prediction_files
+
+        return prediction_files(image, result, source)
+
+
+class KeypointSavedModelPredictor(_ServingSignaturePredictor):
+    """An exported keypoint model (trained or ready-made): each image comes back as people's joints."""
+
+    task = tasks.KEYPOINTS
+
+    def __init__(self, path: pathlib.Path, loaded):
+        super().__init__(path, loaded)
+        self.joint_names = tuple(self.metadata["joint_names"])
+        self.num_classes = len(self.joint_names)
+
+    def _result(self, response, i: int, image):
+        from kseg.tasks.keypoint_files import KeypointResult
+
+        count = int(response["count"][i])
+        keypoints, scores = response["keypoints"][i, :count].numpy(), response["scores"][i, :count].numpy()
+        return KeypointResult(keypoints, scores, self.joint_names, tuple(image.shape[:2]))
 
     def prediction_files(self, image, result, source: str = "") -> dict[str, bytes]:
         from kseg.tasks.keypoint_files import prediction_files

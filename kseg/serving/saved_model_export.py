@@ -405,47 +405,6 @@ def export_model(
         raise
 
 
-def _write_pretrained_version(predictor, model_dir: pathlib.Path, version: int, max_megapixels) -> pathlib.Path:
-    """A ready-made pose model (``pretrained:NAME``): its module, saved with ``tf.saved_model.save``, staged
-    and renamed into place like a trained model's export."""
-    from kseg.tasks.keypoints import keypoint_signatures
-
-    target = model_dir / str(version)
-    max_pixels = max(1, round(max_megapixels * 1e6))
-    module = predictor.serving_module(lambda data, index: decode_checked(data, index, max_pixels))
-    remove_stale_staging(model_dir)
-    staging = model_dir / f"{STAGING_PREFIX}{version}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    try:
-        tf.saved_model.save(module, str(staging), signatures={SERVING_SIGNATURE: module.serve})
-        postprocess.write(staging / postprocess.SAVEDMODEL_FILE, predictor.postprocessing)
-        metadata = {
-            "task": predictor.task,
-            "image_size": list(predictor.image_size),
-            "num_classes": predictor.num_classes,
-            "binary": False,
-            "postprocessing": predictor.postprocessing.to_dict(),
-            "max_megapixels": max_megapixels,
-            "signatures": keypoint_signatures(predictor.joint_names, predictor.max_people),
-            "joint_names": list(predictor.joint_names),
-            "max_people": predictor.max_people,
-            "source_model": predictor.path,
-            "exported_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "kseg_version": kseg.__version__,
-            "tensorflow_version": tf.__version__,
-        }
-        (staging / KSEG_FILE).parent.mkdir(parents=True, exist_ok=True)
-        (staging / KSEG_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
-        if target.exists():
-            raise ExportError(f"{target} already exists; versions are never overwritten")
-        os.rename(staging, target)
-    except OSError as e:
-        raise ExportWriteError(f"cannot write the export to {model_dir}: {_describe_os_error(e)}") from None
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
-    return target
-
-
 def _refuse_existing(target: pathlib.Path) -> None:
     if target.exists():
         raise ExportError(
@@ -458,46 +417,28 @@ def _write_version(
     predictor, postprocessing: postprocess.PostProcessing, model_dir: pathlib.Path, version: int, max_megapixels
 ) -> pathlib.Path:
     """Stage the SavedModel in a hidden sibling folder and rename it to ``model_dir/version``."""
-    if predictor.keras_model is None:
-        return _write_pretrained_version(predictor, model_dir, version, max_megapixels)
-    import keras
-
+    max_pixels = max(1, round(max_megapixels * 1e6))
+    if predictor.keras_model is None:  # a ready-made model (pretrained:NAME)
+        postprocessing = predictor.postprocessing
+        save, described = _pretrained_saver(predictor, max_pixels), _pretrained_metadata(predictor)
+    else:
+        save, described = _keras_saver(predictor, postprocessing, max_pixels), _keras_metadata(predictor)
     target = model_dir / str(version)
-    model = predictor.keras_model
-    height, width = predictor.image_size
-    serve, predict_images = serving_functions(model, postprocessing, max(1, round(max_megapixels * 1e6)))
-    archive = keras.export.ExportArchive()
-    archive.track(model)
-    archive.add_endpoint(SERVING_SIGNATURE, serve, input_signature=[tf.TensorSpec([None], tf.string, name=IMAGE_BYTES)])
-    if predict_images is not None:
-        archive.add_endpoint(
-            PROBABILITIES_SIGNATURE,
-            predict_images,
-            input_signature=[tf.TensorSpec([None, height, width, 3], tf.float32, name=PROBABILITIES_INPUT)],
-        )
-
     remove_stale_staging(model_dir)
     # Not a number, so TF Serving skips it; the pid tells a later export whether its writer is still alive.
     staging = model_dir / f"{STAGING_PREFIX}{version}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
-        archive.write_out(str(staging), verbose=False)
+        save(staging)
         postprocess.write(staging / postprocess.SAVEDMODEL_FILE, postprocessing)
-        task = tasks.of_model(model)
         metadata = {
-            "task": task.name,
-            "image_size": [height, width],
-            "num_classes": predictor.num_classes,
-            "binary": predictor.num_classes == 1,
+            **described,
             "postprocessing": postprocessing.to_dict(),
             "max_megapixels": max_megapixels,
-            "signatures": task.serving_signatures(height, width, predictor.num_classes, model=model),
-            **task.export_metadata(model),
-            "source_model": str(pathlib.Path(predictor.path).resolve()),
             "exported_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "kseg_version": kseg.__version__,
             "tensorflow_version": tf.__version__,
-            "keras_version": keras.__version__,
         }
+        (staging / KSEG_FILE).parent.mkdir(parents=True, exist_ok=True)
         (staging / KSEG_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
         if target.exists():  # another export took this version meanwhile
             raise ExportError(f"{target} already exists; versions are never overwritten")
@@ -508,3 +449,62 @@ def _write_version(
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def _keras_saver(predictor, postprocessing, max_pixels: int):
+    """Writes a Keras model's signatures with ``keras.export.ExportArchive``."""
+    import keras
+
+    model = predictor.keras_model
+    height, width = predictor.image_size
+    serve, predict_images = serving_functions(model, postprocessing, max_pixels)
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(SERVING_SIGNATURE, serve, input_signature=[tf.TensorSpec([None], tf.string, name=IMAGE_BYTES)])
+    if predict_images is not None:
+        archive.add_endpoint(
+            PROBABILITIES_SIGNATURE,
+            predict_images,
+            input_signature=[tf.TensorSpec([None, height, width, 3], tf.float32, name=PROBABILITIES_INPUT)],
+        )
+    return lambda staging: archive.write_out(str(staging), verbose=False)
+
+
+def _keras_metadata(predictor) -> dict:
+    import keras
+
+    model = predictor.keras_model
+    height, width = predictor.image_size
+    task = tasks.of_model(model)
+    return {
+        "task": task.name,
+        "image_size": [height, width],
+        "num_classes": predictor.num_classes,
+        "binary": predictor.num_classes == 1,
+        "signatures": task.serving_signatures(height, width, predictor.num_classes, model=model),
+        **task.export_metadata(model),
+        "source_model": str(pathlib.Path(predictor.path).resolve()),
+        "keras_version": keras.__version__,
+    }
+
+
+def _pretrained_saver(predictor, max_pixels: int):
+    """A ready-made pose model's module (network + ``serve``), saved with ``tf.saved_model.save``; images are
+    decoded by ``decode_checked`` as in every kseg export."""
+    module = predictor.serving_module(lambda data, index: decode_checked(data, index, max_pixels))
+    return lambda staging: tf.saved_model.save(module, str(staging), signatures={SERVING_SIGNATURE: module.serve})
+
+
+def _pretrained_metadata(predictor) -> dict:
+    from kseg.tasks.keypoints import keypoint_signatures
+
+    return {
+        "task": predictor.task,
+        "image_size": list(predictor.image_size),
+        "num_classes": predictor.num_classes,
+        "binary": False,
+        "signatures": keypoint_signatures(predictor.joint_names, predictor.max_people),
+        "joint_names": list(predictor.joint_names),
+        "max_people": predictor.max_people,
+        "source_model": predictor.path,
+    }
