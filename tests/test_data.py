@@ -175,7 +175,7 @@ def test_unknown_names_list_only_the_closest(tmp_path):
     with pytest.raises(
         ValueError,
         match=r"dataset 'tfds_ph2' has no config 'phh2'; did you mean tfds_ph2/ph2\? "
-        r"Its configs: ph2, mads, pennfudan, synthetic",
+        r"Its configs: ph2, mads, pennfudan, lspet, synthetic",
     ):
         data.dataset_spec("tfds_ph2/phh2", data_dir=str(tmp_path))
     with pytest.raises(ValueError, match=r"unknown dataset 'tfds_ph/ph2'; closest names: tfds_ph2/ph2"):
