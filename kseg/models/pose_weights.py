@@ -12,7 +12,6 @@ virtual environment, next to the packages that use it).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import subprocess
@@ -21,6 +20,7 @@ import tarfile
 import tempfile
 
 from kseg.core.errors import KsegError
+from kseg.models.pretrained_weights import sha256_of
 
 logger = logging.getLogger(__name__)
 
@@ -70,14 +70,6 @@ def fetch_command(name: str) -> str:
 def file_path(name: str, folder=None) -> str:
     """Where ``name``'s file is (or would be) in ``folder`` (default: :func:`models_dir`); no check."""
     return os.path.join(os.fspath(folder) if folder else models_dir(), _spec(name)["filename"])
-
-
-def sha256_of(path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def is_intact(name: str, path) -> bool:

@@ -18,7 +18,6 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from kseg.core.errors import UsageError
 from kseg.core.serving_contract import INSTANCE_OUTPUTS, MAX_INSTANCES
 from kseg.models import instance_heads
 from kseg.tasks import instance_files, instance_ops
@@ -84,17 +83,9 @@ def targets(images, labels):
 
 
 def build_model(model_preset: str, image_size, *, replicas: int = 1, dropout: float = 0.0) -> keras.Model:
-    from kseg.models import MODEL_PRESETS, build_preset
+    from kseg.models import build_unet_base
 
-    if MODEL_PRESETS[model_preset][0] != "unet":
-        raise UsageError(
-            f"--model {model_preset}: instance heads go on a U-Net decoder; use unet-lite0 (pretrained) or a "
-            f"unet-* preset"
-        )
-    overrides = {"dropout": dropout} if dropout else {}
-    if replicas > 1:
-        overrides["batch_norm"] = "sync"
-    base = build_preset(model_preset, image_size=image_size, num_classes=1, **overrides)
+    base = build_unet_base(model_preset, image_size, replicas=replicas, dropout=dropout, heads="instance heads")
     return add_heads(base, batch_norm="sync" if replicas > 1 else True)
 
 

@@ -15,7 +15,6 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from kseg.core.errors import UsageError
 from kseg.core.serving_contract import KEYPOINT_OUTPUTS
 from kseg.models import keypoint_heads
 from kseg.tasks import keypoint_files, keypoint_ops
@@ -52,17 +51,9 @@ def joint_names_of(model) -> tuple:
 
 
 def build_model(model_preset: str, image_size, joint_names, *, replicas: int = 1, dropout: float = 0.0):
-    from kseg.models import MODEL_PRESETS, build_preset
+    from kseg.models import build_unet_base
 
-    if MODEL_PRESETS[model_preset][0] != "unet":
-        raise UsageError(
-            f"--model {model_preset}: keypoint heads go on a U-Net decoder; use unet-lite0 (pretrained) or a "
-            f"unet-* preset"
-        )
-    overrides = {"dropout": dropout} if dropout else {}
-    if replicas > 1:
-        overrides["batch_norm"] = "sync"
-    base = build_preset(model_preset, image_size=image_size, num_classes=1, **overrides)
+    base = build_unet_base(model_preset, image_size, replicas=replicas, dropout=dropout, heads="keypoint heads")
     return add_heads(base, joint_names, batch_norm="sync" if replicas > 1 else True)
 
 
