@@ -99,6 +99,18 @@ def build_parser() -> argparse.ArgumentParser:
         "shapes agree, e.g. an instances run from a semantic person run",
     )
     add(
+        "--keep",
+        help="which weights become best.keras: best (the best validation epoch), last (the last epoch) or average "
+        "(a moving average of the weights over epochs); last.keras and average.keras are written beside it",
+    )
+    add(
+        "--folds",
+        type=checked("folds"),
+        help="cross-validation: train N models over train+validation (each validated on the fold it did not "
+        "see), choose post-processing on all out-of-fold predictions, and keep the N as one averaged model",
+    )
+    add("--fold", type=checked("fold"), help="with --folds: train only this fold (0 to N-1), e.g. on another machine")
+    add(
         "--logical-cpus",
         type=LOGICAL_CPUS,
         default=1,
@@ -118,6 +130,11 @@ def config_from_args(argv=None) -> tuple[config_lib.TrainConfig, argparse.Namesp
 def _interrupted(config: config_lib.TrainConfig | None) -> str:
     if config is None:
         return "nothing was trained"
+    if config.folds is not None:
+        return (
+            f"finished folds are kept in {config.output_dir}; run the same command again to resume the fold "
+            f"that was interrupted from its last epoch"
+        )
     from kseg.training import checkpoints
 
     epoch = checkpoints.read_state(f"{config.output_dir}/checkpoints").epoch

@@ -85,6 +85,25 @@ def test_ph2_declares_its_group_by_feature(ph2_built):
     assert example["clinical_diagnosis"].decode() in {"common_nevus", "atypical_nevus", "melanoma"}
 
 
+def test_ph2_folds_cover_train_and_validation_by_diagnosis_and_never_test(ph2_built):
+    from kseg import data
+    from kseg.data import folds
+
+    data_dir = str(pathlib.Path(ph2_built.data_dir).parents[2])  # ROOT/tfds_ph2/ph2/1.0.0
+    plan = folds.make_plan("tfds_ph2/ph2", 5, data_dir=data_dir)
+    ids = lambda split: {
+        e["image_id"].decode() for e in data.load_examples("tfds_ph2/ph2", split, data_dir=data_dir).as_numpy_iterator()
+    }
+    assert set(plan.image_ids) == ids("train") | ids("validation") and len(plan.image_ids) == 160
+    assert not set(plan.image_ids) & ids("test")
+    assert [len(f) for f in plan.folds] == [32] * 5 and plan.stratified_by == "clinical_diagnosis"
+    for k in range(5):
+        assert plan.trained_on(k) | plan.held_out(k) == set(plan.image_ids)
+        assert not plan.trained_on(k) & plan.held_out(k)
+    fold_ids = data.load_examples("tfds_ph2/ph2", folds.OVER, data_dir=data_dir, image_ids=plan.held_out(2))
+    assert {e["image_id"].decode() for e in fold_ids.as_numpy_iterator()} == plan.held_out(2)
+
+
 def test_build_mads_from_bodies(bodies_dir, tmp_path):
     builder = tfds.builder("tfds_ph2/mads", data_dir=str(tmp_path))
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(bodies_dir)))

@@ -916,6 +916,7 @@ def load_examples(
     manual_dir=None,
     num_classes: int | None = None,
     extra_features: tuple[str, ...] = (),
+    image_ids=None,
 ) -> tf.data.Dataset:
     """Examples at their original size: ``{"image": uint8 [H,W,3], "mask": uint8 [H,W,1], "image_id"}``, in a
     fixed order; ``split`` may be ``all``. An instance label image (0 background, k = person k) from a folder
@@ -924,14 +925,31 @@ def load_examples(
     ``extra_features`` adds each named scalar TFDS feature under its own name as a string (a ClassLabel as its
     label name, a Text as its text), e.g. ``("clinical_diagnosis",)`` for PH2; ``DatasetSpec.features`` lists
     them. Evaluation reads these to score predictions at each image's own resolution.
+
+    ``image_ids``: keep only the examples with these ids (a cross-validation fold), in the split's order.
     """
-    extra_features = tuple(extra_features)
+    examples = _all_examples(name, split, data_dir, manual_dir, num_classes, tuple(extra_features))
+    return examples if image_ids is None else only_ids(examples, image_ids)
+
+
+def only_ids(examples: tf.data.Dataset, image_ids) -> tf.data.Dataset:
+    """The examples whose ``image_id`` is one of ``image_ids`` (a cross-validation fold's part of a split)."""
+    if not image_ids:
+        return examples.take(0)
+    wanted = tf.constant(sorted(str(i) for i in image_ids), tf.string)
+    return examples.filter(lambda ex: tf.reduce_any(tf.equal(ex["image_id"], wanted)))
+
+
+def _all_examples(name, split, data_dir, manual_dir, num_classes, extra_features) -> tf.data.Dataset:
     folder, coco = name[len(FOLDER_PREFIX) :], name[len(COCO_PREFIX) :]
     if (_is_folder(name) or _is_coco(name)) and extra_features:
         what = f"folder dataset {folder!r}" if _is_folder(name) else f"COCO file {coco}"
         raise DataError(
             f"{what} has no features to group by (asked for {', '.join(extra_features)}); only TFDS datasets have them"
         )
+    if (_is_folder(name) or _is_coco(name)) and "+" in split:  # TFDS reads its own sums (train+validation)
+        parts = [_all_examples(name, part.strip(), data_dir, manual_dir, num_classes, ()) for part in split.split("+")]
+        return functools.reduce(lambda a, b: a.concatenate(b), parts)
     if _is_folder(name):
         return _folder_examples(folder, split, multi_class=(num_classes or 1) > 1)
     if _is_coco(name):
@@ -960,6 +978,7 @@ def load(
     manual_dir=None,
     num_classes: int | None = None,
     targets=None,
+    image_ids=None,
 ) -> tf.data.Dataset:
     """Batched ``(image float32 [B,H,W,3] in [0,1], mask [B,H,W,1])`` for training or evaluation.
 
@@ -967,7 +986,8 @@ def load(
     the second epoch reads no file. ``seed`` makes shuffling and augmentation repeat exactly. Instance
     label images come as int32 ids (0 background). ``targets``, a function of ``(images, masks)``
     returning ``(inputs, targets)``, runs last, after augmentation: a task makes its training targets
-    there (``kseg.tasks``), from the augmented masks.
+    there (``kseg.tasks``), from the augmented masks. ``image_ids``: only these examples of the split (a
+    cross-validation fold, ``kseg.training.folds``).
     """
     image_size = tuple(int(s) for s in image_size)
     if len(image_size) != 2 or min(image_size) < 1:
@@ -975,7 +995,11 @@ def load(
     if batch_size < 1:
         raise DataError(f"batch_size must be >= 1, got {batch_size}")
     spec = dataset_spec(name, data_dir=data_dir, manual_dir=manual_dir, num_classes=num_classes)
-    examples = load_examples(name, split, data_dir=data_dir, manual_dir=manual_dir, num_classes=spec.num_classes)
+    examples = load_examples(
+        name, split, data_dir=data_dir, manual_dir=manual_dir, num_classes=spec.num_classes, image_ids=image_ids
+    )
+    if image_ids is not None:  # the shuffle buffer is sized from the split
+        spec = dataclasses.replace(spec, split_sizes={**spec.split_sizes, split: len(image_ids)})
     if spec.is_keypoints:
         return _keypoint_batches(
             spec,

@@ -15,8 +15,17 @@ import numpy as np
 from kseg import data, tasks
 from kseg.core import files
 from kseg.core.errors import UsageError
+from kseg.data import folds
 from kseg.evaluation import figures, instance_report, keypoint_report
-from kseg.evaluation.cases import MaskMaker, collect_cases, dice_vs_threshold, masks_for, score_cases, summarize
+from kseg.evaluation.cases import (
+    MaskMaker,
+    collect_cases,
+    dice_vs_threshold,
+    masks_for,
+    mean_scores,
+    score_cases,
+    summarize,
+)
 from kseg.evaluation.postprocessing_choice import ablation, choose_postprocessing
 from kseg.prediction import inference
 from kseg.tasks import postprocess, scoring
@@ -56,6 +65,8 @@ def format_table(summary: dict, postprocessing: PostProcessing, group_by: str | 
         lines.append(f"dice | {group:<20}{values['mean']:.4f}  ({values['images']} images)")
     for name, dice in summary.get("ablation", {}).items():
         lines.append(f"ablation | {name:<44} Dice {dice:.4f}")
+    for fold in summary.get("folds", []):
+        lines.append(f"fold {fold['fold']} alone | Dice {fold['dice']:.4f}  IoU {fold['iou']:.4f}")
     return "\n".join(lines)
 
 
@@ -82,6 +93,24 @@ def check_choice_writable(predictor: inference.Predictor) -> None:
             f"{predictor.path}: post-processing is chosen on the .keras model (a run directory or "
             f".keras file) and then exported; exported versions are not changed in place"
         )
+
+
+def folds_run_of(model_path) -> pathlib.Path | None:
+    """The folds run (``kseg.train --folds``) ``model_path`` names, as a directory or its ``best.keras``."""
+    path = pathlib.Path(model_path)
+    run_dir = path if path.is_dir() else path.parent if path.name == "best.keras" else None
+    return run_dir if run_dir is not None and folds.read(run_dir) is not None else None
+
+
+def fold_scores(run_dir, examples, postprocessing: PostProcessing, make_mask: MaskMaker, batch_size: int = 8):
+    """Mean scores of each fold model of a folds run on ``examples``, with the ensemble's post-processing."""
+    rows = []
+    for fold, path in enumerate(folds.fold_models(run_dir)):
+        predictor = inference.load_predictor(path)
+        cases = collect_cases(predictor, examples, (postprocessing.tta,), batch_size=batch_size)
+        scored = score_cases(cases, masks_for(cases, postprocessing, make_mask), make_mask.num_classes)
+        rows.append({"fold": fold, **mean_scores(scored)})
+    return rows
 
 
 def evaluate(
@@ -142,6 +171,12 @@ def evaluate(
         )
     if choose:
         check_choice_writable(predictor)
+        if folds_run_of(model_path) is not None:
+            raise UsageError(
+                f"{model_path}: a folds run's post-processing was chosen out of fold when it finished training, on "
+                f"every train+validation image (best.postprocessing.json); choosing again on the validation split "
+                f"would choose on images its folds trained on. Override single steps with --threshold, --tta, ..."
+            )
     if spec.num_classes != predictor.num_classes:
         raise UsageError(
             f"{model_path}: the model predicts {predictor.num_classes} channel(s) but {dataset} "
@@ -198,6 +233,9 @@ def evaluate(
         summary["dice_vs_threshold"] = dice_vs_threshold(cases, postprocessing.tta, CURVE_THRESHOLDS, make_mask)
     if run_ablation and spec.is_binary:
         summary["ablation"] = ablation(cases, postprocessing, make_mask)
+    folds_run = folds_run_of(model_path)
+    if folds_run is not None:  # the ensemble's members, scored the same way
+        summary["folds"] = fold_scores(folds_run, load(split), postprocessing, make_mask, batch_size)
 
     files.make_output_dir(output_dir)
     files.atomic_write_text(output_dir / "cases.csv", cases_csv(rows, group_by))

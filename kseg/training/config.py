@@ -24,6 +24,11 @@ TASK_NAMES = ("semantic", "instances", "keypoints")  # kseg.tasks.NAMES, without
 STRATEGIES = ("auto", "default", "one_device", "mirrored", "multiworker", "tpu")
 OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULES = ("cosine", "constant")
+#: Which weights a run keeps as its model (best.keras): the epoch with the best validation score, the last
+#: epoch, or an exponential moving average of the weights over epochs (kseg.training.checkpoints).
+KEEP_CHOICES = ("best", "last", "average")
+#: Cross-validation folds: 2 at least; nnU-Net uses 5; more than 10 leaves tiny validation folds on PH2.
+MAX_FOLDS = 10
 
 #: The presets train 12-120 epochs; a thousand times more is a typo (``--epochs 1e23``), not a plan.
 MAX_EPOCHS = 100_000
@@ -102,6 +107,12 @@ class TrainConfig:
     # Start from another run's weights, layer by layer where names and shapes agree (e.g. an instance model from
     # a semantic person model: the U-Net and its person/background logits are the same layers).
     init_weights: str | None = setting(None, settings.path("a .keras file or run directory"), optional=True)
+    # Which weights become best.keras (KEEP_CHOICES); last.keras and average.keras are written beside it.
+    keep: str = setting("best", settings.one_of(KEEP_CHOICES))
+    # Cross-validation (kseg.training.folds): `folds` models over train+validation, each holding one fold
+    # out; `fold` trains that one alone (the others may train in other processes). test is never used.
+    folds: int | None = setting(None, settings.int_in(2, MAX_FOLDS), optional=True)
+    fold: int | None = setting(None, settings.int_in(0, MAX_FOLDS - 1), optional=True)
 
     def __post_init__(self):
         for field in dataclasses.fields(self):
@@ -174,6 +185,16 @@ class TrainConfig:
                 "manual_dir (--manual-dir)",
                 f"applies to TFDS datasets only (a build reads its download there); {settings.shown(self.dataset)} "
                 f"is {what}, read as it is (got {settings.shown(self.manual_dir)})",
+            )
+        if self.fold is not None and self.folds is None:
+            fail("fold (--fold)", f"applies to cross-validation runs only: add --folds N (got {self.fold})")
+        if self.fold is not None and self.fold >= self.folds:
+            fail("fold (--fold)", f"expected an integer in [0, folds={self.folds}), got {self.fold}")
+        if self.folds is not None and self.task != "semantic":
+            fail(
+                "folds (--folds)",
+                f"cross-validation ensembles average probabilities, which semantic models give; the {self.task} "
+                f"task groups its outputs into instances or joints first (got {self.folds})",
             )
         if self.tpu is not None and self.strategy != "tpu":
             fail(

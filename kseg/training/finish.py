@@ -57,13 +57,22 @@ def _score_semantic(config: TrainConfig, spec: data.DatasetSpec, run_dir: pathli
     """Semantic scores with a plain threshold."""
     predictor = inference.load_predictor(run_dir / "best.keras")
     predictor = dataclasses.replace(predictor, postprocessing=PostProcessing(threshold=config.threshold))
+    from kseg.training.setup import split_selection
+
     make_mask = MaskMaker(spec.num_classes)
     scores = {}
+    selection = {**split_selection(config), "test": ("test", None)}  # a fold's validation is its own fold
     for split in ("validation", "test"):
-        if not spec.split_sizes.get(split):
+        name, image_ids = selection[split]
+        if not (spec.split_sizes.get(split) if image_ids is None else image_ids):
             continue
         examples = data.load_examples(
-            config.dataset, split, data_dir=config.data_dir, manual_dir=config.manual_dir, num_classes=spec.num_classes
+            config.dataset,
+            name,
+            data_dir=config.data_dir,
+            manual_dir=config.manual_dir,
+            num_classes=spec.num_classes,
+            image_ids=image_ids,
         )
         keep = PICTURED_CASES if split == "validation" and spec.is_binary else 0
         cases = collect_cases(predictor, examples, keep_images=keep)

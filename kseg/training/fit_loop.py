@@ -30,7 +30,14 @@ def fit_callbacks(setup: TrainingSetup) -> list[keras.callbacks.Callback]:
         callbacks.TrainTimer(state, setup.config.batch_size),
         *setup.validation_callbacks,  # the task's validation scores, into the logs the next ones read
         keras.callbacks.CSVLogger(str(run_dir / history.FILE_NAME), append=True),
-        EpochCheckpoint(run_dir / "checkpoints", run_dir / "best.keras", state, monitor=setup.task.monitor),
+        EpochCheckpoint(
+            run_dir / "checkpoints",
+            run_dir / "best.keras",
+            state,
+            monitor=setup.task.monitor,
+            keep=setup.config.keep,
+            epochs=setup.config.epochs,
+        ),
         keras.callbacks.TensorBoard(log_dir=str(run_dir / "logs"), write_graph=False, profile_batch=0),
     ]
 

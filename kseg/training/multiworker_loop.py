@@ -78,7 +78,14 @@ def train(setup: TrainingSetup, *, verbose="auto") -> None:
         [
             callbacks.StopOnNaN(setup.run_dir, state),
             callbacks.TrainTimer(state, config.batch_size),
-            EpochCheckpoint(setup.run_dir / "checkpoints", setup.run_dir / "best.keras", state, write=setup.chief),
+            EpochCheckpoint(
+                setup.run_dir / "checkpoints",
+                setup.run_dir / "best.keras",
+                state,
+                write=setup.chief,
+                keep=setup.config.keep,
+                epochs=setup.config.epochs,
+            ),
         ],
         model=model,
     )

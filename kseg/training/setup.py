@@ -17,6 +17,7 @@ import tensorflow as tf
 from kseg import data, tasks
 from kseg.core import distribute, files
 from kseg.core.errors import UsageError
+from kseg.data import folds
 from kseg.data.augment import get_augmentation
 from kseg.models.backbones import ENCODER_PREFIX, encoder_layers
 from kseg.training import checkpoints, optimizers
@@ -65,6 +66,19 @@ def check_resumable(run_dir: pathlib.Path, config: TrainConfig) -> None:
             f"{run_dir} holds a run with another config ({details}); resume it with the same "
             f"settings or choose a new --output-dir"
         )
+
+
+def split_selection(config: TrainConfig) -> dict[str, tuple[str, frozenset | None]]:
+    """``{"train": (split, image ids), "validation": (...)}``: the dataset's own splits (ids None: all of
+    them), or for fold ``config.fold`` of a folds run (``kseg.training.folds``) train+validation without the
+    fold, and the fold. A fold's run directory sits in the folds run's, next to ``folds.json``."""
+    if config.fold is None:
+        return {"train": ("train", None), "validation": ("validation", None)}
+    run_dir = pathlib.Path(config.output_dir).parent
+    plan = folds.read(run_dir)
+    if plan is None:
+        raise UsageError(f"{run_dir} has no {folds.FOLDS_FILE}: train folds with kseg.train --folds N")
+    return {"train": (plan.over, plan.trained_on(config.fold)), "validation": (plan.over, plan.held_out(config.fold))}
 
 
 def make_optimizer(config: TrainConfig, steps_per_epoch: int) -> keras.optimizers.Optimizer:
@@ -162,8 +176,9 @@ def precision_scope(config: TrainConfig):
 
 def needed_bytes(model: keras.Model) -> int:
     """Room for two epoch checkpoints at once (the new one is written before the old one goes; weights and
-    Adam's two moments each), best.keras and its temporary copy (weights only) and the logs."""
-    return model.count_params() * 4 * (2 * 3 + 2) + 64 * 2**20
+    Adam's two moments each, and the weight average), best.keras and its temporary copy, last.keras and
+    average.keras (weights only) and the logs."""
+    return model.count_params() * 4 * (2 * 4 + 4) + 64 * 2**20
 
 
 def copy_weights(source, model: keras.Model, quiet: bool = False) -> int:
@@ -221,7 +236,9 @@ def prepare(
     )
     task = tasks.get(config.task)
     tasks.check_dataset(config.task, config.dataset, spec.kind)
-    train_size = spec.split_sizes.get("train", 0)
+    selection = split_selection(config)
+    train_ids, validation_ids = selection["train"][1], selection["validation"][1]
+    train_size = len(train_ids) if train_ids is not None else spec.split_sizes.get("train", 0)
     if train_size == 0:
         raise UsageError(f"{config.dataset} has no training examples")
     batches = train_size // config.batch_size if drop_remainder else math.ceil(train_size / config.batch_size)
@@ -234,7 +251,8 @@ def prepare(
     keras.utils.set_random_seed(config.seed)
     load = lambda split, **kw: data.load(
         config.dataset,
-        split,
+        selection.get(split, (split, None))[0],
+        image_ids=selection.get(split, (split, None))[1],
         image_size=config.image_size,
         batch_size=config.batch_size,
         seed=config.seed,
@@ -251,7 +269,7 @@ def prepare(
         repeat=repeat or config.steps_per_epoch is not None,
         targets=task.targets,
     )
-    has_validation = bool(spec.split_sizes.get("validation"))
+    has_validation = bool(validation_ids) if validation_ids is not None else bool(spec.split_sizes.get("validation"))
     validation_data = load("validation", targets=task.targets) if has_validation else None
     validation_callbacks = task.validation_callbacks(load, spec.class_names) if has_validation else []
     if validation_data is None and chief:
