@@ -357,7 +357,7 @@ def test_the_history_row_is_written_before_the_epoch_checkpoint(tmp_path):
     setup = types.SimpleNamespace(
         run_dir=tmp_path,
         state=checkpoints_lib.RunState(),
-        config=types.SimpleNamespace(batch_size=8),
+        config=types.SimpleNamespace(batch_size=8, keep="best", epochs=3),
         task=tasks.get(tasks.INSTANCES),
         validation_callbacks=[TaskScore()],
     )
