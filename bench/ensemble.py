@@ -1,10 +1,12 @@
 """How far averaging several trained models goes: a ceiling check for a training recipe.
 
-Averages the model-size probabilities of several runs (e.g. the seeds of ``bench/train.py``) on a split,
-with and without test-time augmentation, and scores every post-processing variant at each image's original
+Averages the probabilities of several runs (e.g. the seeds of ``bench/train.py``) on a split with
+``kseg.models.average_model`` (the averaged model a ``kseg.train --folds`` run keeps), with and without
+test-time augmentation, and scores every post-processing variant at each image's original
 resolution, as ``kseg.evaluate`` does. Averaging independent seeds removes the seed-to-seed part of the
 error; what remains is what the recipe itself cannot get right. The thresholds here are swept on the split
-being scored, so the best row is an optimistic ceiling, not a result to report as a model's score.
+being scored, so the best row is an optimistic ceiling, not a result to report as a model's score; for an
+ensemble to report, train folds (``kseg.train --folds 5``) and score them with ``bench/folds.py``.
 
     .venv/bin/python bench/ensemble.py bench/runs/ph2-unet-bf16-seed{0,1,2}
 
@@ -27,7 +29,7 @@ import kseg  # noqa: E402,F401  (sets KERAS_BACKEND before keras is imported)
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("runs", nargs="+", help="run directories, .keras files or exported models")
+    parser.add_argument("runs", nargs="+", help="run directories or .keras files")
     parser.add_argument("--dataset", default="tfds_ph2/ph2", help="TFDS name or folder:PATH (default: tfds_ph2/ph2)")
     parser.add_argument("--split", default="test", help="split to score (default: test)")
     parser.add_argument("--thresholds", type=float, nargs="+", default=[0.5, 0.6], help="(default: 0.5 0.6)")
@@ -41,21 +43,23 @@ def main(argv=None) -> int:
     import numpy as np
 
     from kseg import data
-    from kseg.evaluation.cases import MaskMaker, PredictedCase, collect_cases, mean_dice
+    from kseg.evaluation.cases import MaskMaker, collect_cases, mean_dice
+    from kseg.models import average_model
     from kseg.prediction import inference
     from kseg.tasks.postprocess import PostProcessing
 
     examples = data.load_examples(args.dataset, args.split, data_dir=args.data_dir)
-    per_model = [collect_cases(inference.load_predictor(run), examples, (False, True)) for run in args.runs]
+    paths = [Path(run) / "best.keras" if Path(run).is_dir() else Path(run) for run in args.runs]
+    models = [inference.load_keras_model(path) for path in paths]
+    per_model = [
+        collect_cases(inference.predictor_for_model(m, path), examples, (False, True)) for m, path in zip(models, paths)
+    ]
+    ensemble = collect_cases(inference.predictor_for_model(average_model(models)), examples, (False, True))
     make_mask = MaskMaker(num_classes=1)
     rows = []
     for tta, largest, threshold in itertools.product((False, True), (False, True), args.thresholds):
         postprocessing = PostProcessing(threshold=threshold, tta=tta, fill_holes=True, largest_component=largest)
         singles = [mean_dice(cases, postprocessing, make_mask) for cases in per_model]
-        averaged = [
-            PredictedCase(c.image_id, c.true_mask, {tta: np.mean([m[i].probs[tta] for m in per_model], 0)})
-            for i, c in enumerate(per_model[0])
-        ]
         rows.append(
             {
                 "tta": tta,
@@ -63,7 +67,7 @@ def main(argv=None) -> int:
                 "largest_component": largest,
                 "threshold": threshold,
                 "single_model_mean_dice": float(np.mean(singles)),
-                "ensemble_dice": mean_dice(averaged, postprocessing, make_mask),
+                "ensemble_dice": mean_dice(ensemble, postprocessing, make_mask),
             }
         )
 

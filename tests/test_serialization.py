@@ -12,6 +12,7 @@ import kseg.tasks.losses  # noqa: F401  (registers the classes below)
 import kseg.tasks.metrics  # noqa: F401
 from kseg.models import layers as model_layers
 from kseg.models.backbones import EncoderPreprocessing
+from kseg.models.ensemble import ProbabilityAverage
 from kseg.models.keypoint_heads import JointNames
 from kseg.tasks import instances, keypoints, losses, metrics
 from kseg.training import optimizers
@@ -54,6 +55,7 @@ EXAMPLES = {
     model_layers.FusedBatchNormalization: (dict(momentum=0.8, epsilon=0.01, center=False, name="bn"), (IMAGES,)),
     EncoderPreprocessing: (dict(mode="caffe", name="pre"), (IMAGES,)),
     JointNames: (dict(joint_names=["left_knee", "right_knee"], name="joints"), (JOINT_MAPS[1],)),
+    ProbabilityAverage: (dict(name="mean_of_folds"), ([BINARY[1], 2 * BINARY[1]],)),
     optimizers.AdamW: (dict(learning_rate=0.5, weight_decay=0.25, lr_multipliers={"encoder_": 0.1}), "no outputs"),
     optimizers.Adam: (dict(learning_rate=0.25, lr_multipliers={"encoder_": 0.2}), "no outputs"),
     optimizers.SGD: (dict(learning_rate=0.125, momentum=0.5, lr_multipliers={"enc": 0.5}), "no outputs"),
