@@ -75,21 +75,25 @@ def test_bad_fold_settings_name_the_field(values, message):
 
 
 def test_ensemble_output_is_the_mean_of_the_members_probabilities(tmp_path):
-    members = [build_preset("unet-small", image_size=(32, 32), num_classes=1) for _ in range(3)]
-    for seed, member in enumerate(members):  # different weights, so the mean is not any one member
+    from kseg.prediction import inference
+
+    members = []
+    for seed in range(3):  # different weights, so the mean is not any one member
+        member = build_preset("unet-small", image_size=(32, 32), num_classes=1)
         rng = np.random.default_rng(seed)
         for weight in member.weights:
             if "kernel" in weight.path:
                 weight.assign(rng.normal(0, 0.05, weight.shape).astype("float32"))
+        # as a folds run does: each member read back from its fold's best.keras
+        member.save(tmp_path / f"fold-{seed}.keras")
+        members.append(inference.load_keras_model(tmp_path / f"fold-{seed}.keras"))
     ensemble = average_model(members)
-    x = np.random.default_rng(9).random((2, 32, 32, 3), np.float32)
+    x = np.random.default_rng(9).random((3, 32, 32, 3), np.float32)
     expected = np.mean([keras.ops.sigmoid(m(x)).numpy() for m in members], axis=0)
     assert np.abs(expected - members[0](x).numpy()).max() > 1e-3
     np.testing.assert_allclose(keras.ops.sigmoid(ensemble(x)).numpy(), expected, atol=2e-6)
 
     ensemble.save(tmp_path / "ensemble.keras")
-    from kseg.prediction import inference
-
     loaded = inference.load_keras_model(tmp_path / "ensemble.keras")
     np.testing.assert_allclose(keras.ops.sigmoid(loaded(x)).numpy(), expected, atol=2e-6)
 
