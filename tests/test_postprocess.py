@@ -36,6 +36,44 @@ def test_fill_holes_matches_scipy(seed):
         np.testing.assert_array_equal(filled, ndimage.binary_fill_holes(mask))
 
 
+def _spiral(size):
+    """A one-pixel-wide path winding to the centre of a ``size`` square: one component whose far end is
+    hundreds of steps from its largest index, the case that needs the most rounds to label."""
+    mask = np.zeros((size, size), bool)
+    top, left, bottom, right = 0, 0, size - 1, size - 1
+    while top <= bottom and left <= right:
+        mask[top, left : right + 1] = True
+        mask[top : bottom + 1, right] = True
+        if top + 2 <= bottom:
+            mask[bottom, left : right + 1] = True
+        if left + 2 <= right:
+            mask[top + 2 : bottom + 1, left] = True
+        top, left, bottom, right = top + 2, left + 2, bottom - 2, right - 2
+    return mask
+
+
+def test_component_labels_carry_each_components_largest_index_even_along_a_long_path():
+    masks = np.stack([_spiral(41), _random_masks(3, (1, 41, 41))[0]])
+    labels = postprocess.component_labels(masks).numpy()
+    for mask, label in zip(masks, labels):
+        scipy_labels, count = ndimage.label(mask, structure=np.ones((3, 3)))
+        expected = np.zeros(mask.shape, np.int64)
+        for component in range(1, count + 1):
+            where = scipy_labels == component
+            expected[where] = np.flatnonzero(where.ravel()).max() + 1
+        np.testing.assert_array_equal(label, expected)
+
+
+def test_fill_holes_finds_the_way_out_of_a_maze():
+    walls = ~_spiral(41)  # the spiral path is background open to the border, so nothing is a hole
+    walls[20, 20] = True
+    np.testing.assert_array_equal(postprocess.fill_holes(walls[None]).numpy()[0], ndimage.binary_fill_holes(walls))
+    closed = walls.copy()
+    closed[0, :] = True  # the path's way out is walled off: the whole path becomes a hole
+    np.testing.assert_array_equal(postprocess.fill_holes(closed[None]).numpy()[0], ndimage.binary_fill_holes(closed))
+    assert postprocess.fill_holes(closed[None]).numpy()[0].sum() > closed.sum()
+
+
 def test_empty_and_full_masks_are_left_alone():
     empty, full = np.zeros((1, 8, 9), bool), np.ones((1, 8, 9), bool)
     assert not postprocess.largest_component(empty).numpy().any()
