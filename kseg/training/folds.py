@@ -25,6 +25,7 @@ import dataclasses
 import json
 import logging
 import pathlib
+import time
 
 import numpy as np
 
@@ -191,6 +192,7 @@ def finish(config: TrainConfig, plan: fold_plans.FoldPlan, run_dir: pathlib.Path
     from kseg.tasks.postprocess import PostProcessing
     from kseg.training import checkpoints
 
+    started = time.monotonic()
     spec = data.dataset_spec(
         config.dataset, data_dir=config.data_dir, manual_dir=config.manual_dir, num_classes=config.num_classes
     )
@@ -232,6 +234,7 @@ def finish(config: TrainConfig, plan: fold_plans.FoldPlan, run_dir: pathlib.Path
         "postprocessing": chosen.to_dict(),
         "folds": per_fold,
         "train_seconds": round(sum(f["train_seconds"] or 0 for f in per_fold), 2),
+        "finish_seconds": round(time.monotonic() - started, 2),  # out of fold, the choice, ensemble, scores
         "epochs": config.epochs,
         "scored_at": "original resolution, mean over images",
     }
