@@ -13,8 +13,9 @@ Every fold run keeps three models: ``best.keras`` (the epoch with the best Dice 
 scored on ``test`` at each image's original resolution, as ``kseg.evaluate`` scores, with a plain 0.5
 threshold (what a checkpoint gives before any post-processing) and with the post-processing the run chose
 out of fold; the ensembles average the folds' probabilities (as the run's ``best.keras`` does in its graph).
-The choice made out of fold (every train+validation image) is also set beside the one ``kseg.evaluate
---choose-postprocessing`` would make on the 20 validation images alone. Prints a table and writes JSON
+The choice made out of fold (every train+validation image) is also set beside the one a single run makes on
+the 20 validation images alone (here from the same out-of-fold predictions of those 20, so only the number
+of images differs). Prints a table and writes JSON
 (machine, versions, command, one row per fold and checkpoint choice, and the ensembles).
 """
 
@@ -55,6 +56,7 @@ def main(argv=None) -> int:
     from kseg.prediction import inference
     from kseg.tasks import postprocess
     from kseg.tasks.postprocess import PostProcessing
+    from kseg.training import folds as folds_run
 
     plan = folds.read(args.run)
     if plan is None or not (args.run / "metrics.json").exists():
@@ -99,10 +101,22 @@ def main(argv=None) -> int:
             best_members = averaged
     rows.append(ensemble)
 
-    # The same ensemble with the post-processing chosen on the 20 validation images only (a single run's way).
-    validation = data.load_examples(dataset, "validation", data_dir=args.data_dir)
-    ensemble_predictor = inference.load_predictor(args.run / "best.keras")
-    on_validation, _ = choose_postprocessing(collect_cases(ensemble_predictor, validation, (False, True)), make_mask)
+    # The same ensemble with the post-processing chosen as a single run chooses it: on the validation split's
+    # images alone (20 on PH2), each by the fold model that held it out (the ensemble itself trained on them).
+    saved = np.load(args.run / folds_run.OUT_OF_FOLD_FILE)
+    index = {image_id: i for i, image_id in enumerate(saved["image_ids"])}
+    validation_cases = [
+        PredictedCase(
+            ex["image_id"].decode(),
+            ex["mask"][..., 0],
+            {
+                False: saved["probabilities"][index[ex["image_id"].decode()]].astype(np.float32),
+                True: saved["probabilities_tta"][index[ex["image_id"].decode()]].astype(np.float32),
+            },
+        )
+        for ex in data.load_examples(dataset, "validation", data_dir=args.data_dir).as_numpy_iterator()
+    ]
+    on_validation, _ = choose_postprocessing(validation_cases, make_mask)
     choice_rows = {
         "out_of_fold": {"postprocessing": chosen.describe(), "test_dice": mean_dice(best_members, chosen, make_mask)},
         "validation_only": {
