@@ -71,6 +71,18 @@ def test_bad_fold_settings_name_the_field(values, message):
         resolve(overrides=values)
 
 
+def test_a_fold_process_with_other_settings_is_refused_naming_them(tmp_path):
+    from kseg.training import folds as folds_run
+
+    saved = resolve(overrides=dict(preset="synthetic-unet", folds=3, epochs=3, output_dir=str(tmp_path / "a")))
+    (tmp_path / "config.json").write_text(json.dumps(saved.to_dict()))
+    elsewhere = resolve(overrides=dict(preset="synthetic-unet", folds=3, epochs=3, fold=1, output_dir="b"))
+    folds_run._check_same_run(tmp_path, elsewhere)  # another fold, another place: the same run
+    longer = resolve(overrides=dict(preset="synthetic-unet", folds=3, epochs=5, output_dir=str(tmp_path / "a")))
+    with pytest.raises(ConfigError, match="holds a folds run with another config \\(epochs: 3 -> 5\\)"):
+        folds_run._check_same_run(tmp_path, longer)
+
+
 # ----------------------------------------------------------------------------------- the ensemble ---
 
 

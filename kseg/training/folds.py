@@ -33,7 +33,8 @@ from kseg import data
 from kseg.core import files
 from kseg.core.errors import UsageError
 from kseg.data import folds as fold_plans
-from kseg.training.config import ConfigError, TrainConfig, normalize_fields
+from kseg.training import setup
+from kseg.training.config import ConfigError, TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -54,17 +55,8 @@ def fold_config(config: TrainConfig, fold: int) -> TrainConfig:
 
 
 def _check_same_run(run_dir: pathlib.Path, config: TrainConfig) -> None:
-    saved_path = run_dir / "config.json"
-    if not saved_path.exists():
-        return
-    try:
-        saved = normalize_fields(json.loads(saved_path.read_text()))
-    except ValueError as e:
-        raise ConfigError(f"{saved_path}: not valid JSON ({e}); choose a new --output-dir") from None
-    current = config.to_dict()
-    changed = sorted(k for k in current if k not in SHARED_IGNORES and saved.get(k) != current[k])
-    if changed:
-        details = ", ".join(f"{k}: {saved.get(k)!r} -> {current[k]!r}" for k in changed)
+    details = setup.config_changes(run_dir / "config.json", config, SHARED_IGNORES)
+    if details:
         raise ConfigError(
             f"{run_dir} holds a folds run with another config ({details}); train its folds with the same "
             f"settings or choose a new --output-dir"

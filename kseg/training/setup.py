@@ -49,19 +49,26 @@ class TrainingSetup:
         return self.spec.num_classes
 
 
-def check_resumable(run_dir: pathlib.Path, config: TrainConfig) -> None:
-    """Resuming with another config would silently mix two runs: refuse, naming the fields that differ."""
-    saved_path = run_dir / "config.json"
-    if not (run_dir / "checkpoints" / checkpoints.STATE_FILE).exists() or not saved_path.exists():
-        return
+def config_changes(saved_path: pathlib.Path, config: TrainConfig, ignores) -> str | None:
+    """The fields (other than ``ignores``) where ``config`` differs from the one saved at ``saved_path``, as
+    ``field: saved -> now`` text; None when they agree or nothing was saved."""
+    if not saved_path.exists():
+        return None
     try:
         saved = normalize_fields(json.loads(saved_path.read_text()))
     except ValueError as e:
         raise ConfigError(f"{saved_path}: not valid JSON ({e}); choose a new --output-dir") from None
     current = config.to_dict()
-    changed = sorted(k for k in current if k not in RESUME_IGNORES and saved.get(k) != current[k])
-    if changed:
-        details = ", ".join(f"{k}: {saved.get(k)!r} -> {current[k]!r}" for k in changed)
+    changed = sorted(k for k in current if k not in ignores and saved.get(k) != current[k])
+    return ", ".join(f"{k}: {saved.get(k)!r} -> {current[k]!r}" for k in changed) or None
+
+
+def check_resumable(run_dir: pathlib.Path, config: TrainConfig) -> None:
+    """Resuming with another config would silently mix two runs: refuse, naming the fields that differ."""
+    if not (run_dir / "checkpoints" / checkpoints.STATE_FILE).exists():
+        return
+    details = config_changes(run_dir / "config.json", config, RESUME_IGNORES)
+    if details:
         raise ConfigError(
             f"{run_dir} holds a run with another config ({details}); resume it with the same "
             f"settings or choose a new --output-dir"
