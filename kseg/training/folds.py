@@ -189,6 +189,7 @@ def finish(config: TrainConfig, plan: fold_plans.FoldPlan, run_dir: pathlib.Path
         config.dataset, data_dir=config.data_dir, manual_dir=config.manual_dir, num_classes=config.num_classes
     )
     make_mask = MaskMaker(spec.num_classes)
+    log.info(f"every fold finished: predicting {config.dataset} {plan.over} out of fold, with and without TTA")
     cases = out_of_fold_cases(config, plan, run_dir)
     save_out_of_fold(run_dir / OUT_OF_FOLD_FILE, cases, plan)
     chosen, steps = choose_postprocessing(cases, make_mask, PostProcessing(threshold=config.threshold))
@@ -203,6 +204,7 @@ def finish(config: TrainConfig, plan: fold_plans.FoldPlan, run_dir: pathlib.Path
     checkpoints.save_model_atomically(ensemble, run_dir / "best.keras")
     postprocess.write(postprocess.sidecar_path(run_dir / "best.keras"), chosen, chosen_on=chosen_on, steps=steps)
 
+    log.info(f"scoring the {plan.count} folds and their ensemble on {config.dataset} test")
     fold_of = plan.fold_of()
     per_fold = []
     for fold, path in enumerate(fold_paths):
