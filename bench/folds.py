@@ -103,19 +103,11 @@ def main(argv=None) -> int:
 
     # The same ensemble with the post-processing chosen as a single run chooses it: on the validation split's
     # images alone (20 on PH2), each by the fold model that held it out (the ensemble itself trained on them).
-    saved = np.load(args.run / folds_run.OUT_OF_FOLD_FILE)
-    index = {image_id: i for i, image_id in enumerate(saved["image_ids"])}
-    validation_cases = [
-        PredictedCase(
-            ex["image_id"].decode(),
-            ex["mask"][..., 0],
-            {
-                False: saved["probabilities"][index[ex["image_id"].decode()]].astype(np.float32),
-                True: saved["probabilities_tta"][index[ex["image_id"].decode()]].astype(np.float32),
-            },
-        )
-        for ex in data.load_examples(dataset, "validation", data_dir=args.data_dir).as_numpy_iterator()
-    ]
+    out_of_fold = folds_run.load_out_of_fold(args.run / folds_run.OUT_OF_FOLD_FILE)
+    validation_cases = []
+    for ex in data.load_examples(dataset, "validation", data_dir=args.data_dir).as_numpy_iterator():
+        image_id = ex["image_id"].decode()
+        validation_cases.append(PredictedCase(image_id, ex["mask"][..., 0], out_of_fold[image_id]))
     on_validation, _ = choose_postprocessing(validation_cases, make_mask)
     choice_rows = {
         "out_of_fold": {"postprocessing": chosen.describe(), "test_dice": mean_dice(best_members, chosen, make_mask)},

@@ -254,6 +254,14 @@ def test_the_post_processing_is_chosen_on_out_of_fold_predictions_only(finished_
         image = np.asarray(Image.open(next(dataset.glob(f"*/images/{image_id}.png"))), np.float32) / 255
         expected = 1 / (1 + np.exp(-(10 * image.mean(-1) + bias[fold])))
         np.testing.assert_allclose(probs[..., 0], expected, atol=2e-3)
+    from kseg.training.folds import load_out_of_fold
+
+    loaded = load_out_of_fold(run_dir / "out_of_fold.npz")  # what bench/folds.py reads back
+    assert sorted(loaded) == plan.image_ids
+    for image_id, probs, probs_tta in zip(saved["image_ids"], saved["probabilities"], saved["probabilities_tta"]):
+        assert loaded[image_id][False].dtype == np.float32
+        np.testing.assert_array_equal(loaded[image_id][False], probs)
+        np.testing.assert_array_equal(loaded[image_id][True], probs_tta)
     choice = json.loads((run_dir / "best.postprocessing.json").read_text())
     assert choice["chosen_on"].startswith("out-of-fold predictions of 9 images")
     assert [f["fold"] for f in metrics["folds"]] == [0, 1, 2] and metrics["test"]["images"] == 3

@@ -26,8 +26,7 @@ class ProbabilityAverage(keras.layers.Layer):
         super().__init__(**kwargs)
 
     def call(self, logits_list):
-        # flattened: a member built from a model whose outputs are a one-element list hands one in
-        logits_list = [ops.cast(x, "float32") for x in keras.tree.flatten(logits_list)]
+        logits_list = [ops.cast(x, "float32") for x in logits_list]
         binary = logits_list[0].shape[-1] == 1
         to_probability = ops.sigmoid if binary else (lambda x: ops.softmax(x, axis=-1))
         mean = ops.mean(ops.stack([to_probability(x) for x in logits_list]), axis=0)

@@ -205,7 +205,7 @@ def component_labels(masks):
     return _component_labels(masks[..., None], _max_8)
 
 
-def _per_image_sizes(labels, values):
+def _sum_per_label(labels, values):
     """Sum of ``values`` per label of each image: ``[N, H*W + 1]`` (label 0 is the background)."""
     shape = tf.shape(labels)
     per_image = shape[1] * shape[2] + 1
@@ -220,7 +220,7 @@ def largest_component(masks):
     """Boolean masks ``[N, H, W]`` keeping only each mask's largest 8-connected component (empty stays empty)."""
     masks = tf.convert_to_tensor(masks, tf.bool)
     labels = component_labels(masks)
-    sizes = _per_image_sizes(labels, tf.cast(labels > 0, tf.int32))
+    sizes = _sum_per_label(labels, tf.cast(labels > 0, tf.int32))
     best = tf.argmax(sizes, axis=1, output_type=tf.int32)
     return masks & tf.equal(labels, best[:, None, None])
 
@@ -235,7 +235,7 @@ def fill_holes(masks):
     rows = tf.range(height)[:, None]
     cols = tf.range(width)[None, :]
     border = (rows == 0) | (rows == height - 1) | (cols == 0) | (cols == width - 1)
-    touches_border = _per_image_sizes(labels, tf.cast(background & border[None], tf.int32)) > 0
+    touches_border = _sum_per_label(labels, tf.cast(background & border[None], tf.int32)) > 0
     outside = background & tf.gather(touches_border, labels, batch_dims=1)
     return tf.logical_not(outside)
 

@@ -162,6 +162,15 @@ def save_out_of_fold(path: pathlib.Path, cases, plan: fold_plans.FoldPlan) -> No
     tmp.replace(path)
 
 
+def load_out_of_fold(path: pathlib.Path) -> dict[str, dict[bool, np.ndarray]]:
+    """What ``save_out_of_fold`` wrote: each image id's float32 probabilities, keyed by flip TTA off/on."""
+    saved = np.load(path)
+    return {
+        str(image_id): {False: plain.astype(np.float32), True: tta.astype(np.float32)}
+        for image_id, plain, tta in zip(saved["image_ids"], saved["probabilities"], saved["probabilities_tta"])
+    }
+
+
 def _test_scores(predictor, config: TrainConfig, postprocessing, make_mask) -> dict | None:
     from kseg.evaluation.cases import collect_cases, masks_for, mean_scores, score_cases
 
