@@ -7,6 +7,7 @@ Train the folds first (``kseg.train`` does all of it; run it in the background):
 then score it:
 
     .venv/bin/python bench/folds.py bench/runs/ph2-lite0-folds5
+    .venv/bin/python bench/folds.py bench/runs/mads-lite0-folds5 --score iou   # people are compared by IoU
 
 Every fold run keeps three models: ``best.keras`` (the epoch with the best Dice on its held-out fold),
 ``last.keras`` (the last epoch) and ``average.keras`` (a moving average of the weights over epochs). Each is
@@ -39,6 +40,9 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run", type=Path, help="a finished kseg.train --folds run directory")
     parser.add_argument("--data-dir", default=None, help="TFDS data dir")
+    parser.add_argument(
+        "--score", choices=("dice", "iou"), default="dice", help="the per-image score averaged over test (people: iou)"
+    )
     parser.add_argument("--output", type=Path, default=None, help="JSON file (default: bench/results/folds_NAME.json)")
     return parser.parse_args(argv)
 
@@ -51,7 +55,7 @@ def main(argv=None) -> int:
 
     from kseg import data
     from kseg.data import folds
-    from kseg.evaluation.cases import MaskMaker, PredictedCase, collect_cases, mean_dice
+    from kseg.evaluation.cases import MaskMaker, PredictedCase, collect_cases, mean_score
     from kseg.evaluation.postprocessing_choice import choose_postprocessing
     from kseg.prediction import inference
     from kseg.tasks import postprocess
@@ -68,6 +72,10 @@ def main(argv=None) -> int:
     plain = PostProcessing(threshold=config.get("threshold", 0.5))
     spec = data.dataset_spec(dataset, data_dir=args.data_dir)
     make_mask = MaskMaker(spec.num_classes)
+
+    def score(cases, postprocessing):
+        return mean_score(cases, postprocessing, make_mask, args.score)
+
     test = data.load_examples(dataset, "test", data_dir=args.data_dir)
 
     rows, per_choice = [], {}
@@ -78,8 +86,8 @@ def main(argv=None) -> int:
         for choice in CHOICES:
             cases = collect_cases(inference.load_predictor(fold_dir / f"{choice}.keras"), test, (False, True))
             per_choice.setdefault(choice, []).append(cases)
-            row[f"{choice}_plain"] = mean_dice(cases, plain, make_mask)
-            row[f"{choice}_chosen"] = mean_dice(cases, chosen, make_mask)
+            row[f"{choice}_plain"] = score(cases, plain)
+            row[f"{choice}_chosen"] = score(cases, chosen)
         rows.append(row)
         print(f"fold {fold}: " + ", ".join(f"{k} {v:.4f}" for k, v in row.items() if isinstance(v, float)), flush=True)
     scored = [key for key in rows[0] if key.endswith(("_plain", "_chosen"))]
@@ -95,8 +103,8 @@ def main(argv=None) -> int:
             )
             for i, c in enumerate(members[0])
         ]
-        ensemble[f"{choice}_plain"] = mean_dice(averaged, plain, make_mask)
-        ensemble[f"{choice}_chosen"] = mean_dice(averaged, chosen, make_mask)
+        ensemble[f"{choice}_plain"] = score(averaged, plain)
+        ensemble[f"{choice}_chosen"] = score(averaged, chosen)
         if choice == "best":
             best_members = averaged
     rows.append(ensemble)
@@ -110,24 +118,25 @@ def main(argv=None) -> int:
         validation_cases.append(PredictedCase(image_id, ex["mask"][..., 0], out_of_fold[image_id]))
     on_validation, _ = choose_postprocessing(validation_cases, make_mask)
     choice_rows = {
-        "out_of_fold": {"postprocessing": chosen.describe(), "test_dice": mean_dice(best_members, chosen, make_mask)},
+        "out_of_fold": {"postprocessing": chosen.describe(), f"test_{args.score}": score(best_members, chosen)},
         "validation_only": {
             "postprocessing": on_validation.describe(),
-            "test_dice": mean_dice(best_members, on_validation, make_mask),
+            f"test_{args.score}": score(best_members, on_validation),
         },
     }
 
+    label = {"dice": "Dice", "iou": "IoU"}[args.score]
     columns = ["model", "best_epoch"] + [f"{c}_{p}" for c in CHOICES for p in ("plain", "chosen")]
     print(
-        f"\n{args.run}: test Dice (mean over {spec.size_of('test')} images, original resolution); plain = "
+        f"\n{args.run}: test {label} (mean over {spec.size_of('test')} images, original resolution); plain = "
         f"threshold {plain.threshold:g}, chosen = {chosen.describe()} (chosen out of fold)\n"
     )
     table = [{k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in r.items()} for r in rows]
     common.print_table(table, columns, markdown=True)
     for name, values in choice_rows.items():
         print(
-            f"post-processing chosen on {name}: {values['postprocessing']} -> ensemble test Dice "
-            f"{values['test_dice']:.4f}"
+            f"post-processing chosen on {name}: {values['postprocessing']} -> ensemble test {label} "
+            f"{values[f'test_{args.score}']:.4f}"
         )
     run_metrics = json.loads((args.run / "metrics.json").read_text())
     output = args.output or common.RESULTS_DIR / f"folds_{Path(config.get('preset') or 'run')}.json"
@@ -138,6 +147,7 @@ def main(argv=None) -> int:
         extra={
             "run": str(args.run),
             "config": config,
+            "score": args.score,
             "postprocessing_choice": choice_rows,
             "train_minutes": round(run_metrics["train_seconds"] / 60, 1),
             "out_of_fold_dice": run_metrics["out_of_fold"]["dice"],

@@ -9,7 +9,7 @@ import pytest
 
 from kseg import evaluate
 from kseg.core import imageio
-from kseg.evaluation.cases import MaskMaker, PredictedCase, mean_dice, summarize
+from kseg.evaluation.cases import MaskMaker, PredictedCase, mean_dice, mean_score, summarize
 from kseg.evaluation.postprocessing_choice import choose_postprocessing
 from kseg.tasks import scoring
 from kseg.tasks.postprocess import PostProcessing
@@ -133,6 +133,22 @@ def test_choice_keeps_only_steps_that_help():
     assert chosen.threshold <= 0.4
     assert [s["step"] for s in steps] == ["start", "fill_holes", "largest_component", "threshold"]  # no TTA probs
     assert mean_dice(cases, chosen, MaskMaker(1)) == pytest.approx(1.0)
+
+
+def test_mean_score_averages_the_named_score_over_images():
+    truth = np.zeros((10, 10), bool)
+    truth[:, :4] = True  # 40 pixels
+    half = np.where(np.arange(10)[None, :] < 2, 0.9, 0.1) * np.ones((10, 1))  # finds 20 of them, nothing else
+    cases = [_case(truth, np.where(truth, 0.9, 0.1), "whole"), _case(truth, half, "half")]
+    plain = PostProcessing()
+    assert mean_score(cases, plain, MaskMaker(1), "iou") == pytest.approx((1 + 0.5) / 2)
+    assert (
+        mean_score(cases, plain, MaskMaker(1))
+        == mean_dice(cases, plain, MaskMaker(1))
+        == pytest.approx((1 + 2 / 3) / 2)
+    )
+    with pytest.raises(ValueError, match="score 'jaccard' is not one of dice, iou"):
+        mean_score(cases, plain, MaskMaker(1), "jaccard")
 
 
 def test_real_ph2_cases_scored_at_original_size(ph2_dir, trained_synthetic_run, tmp_path):

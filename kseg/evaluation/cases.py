@@ -98,14 +98,21 @@ def masks_for(cases, postprocessing: PostProcessing, make_mask: MaskMaker) -> li
     return [make_mask(case.probs[postprocessing.tta], case.true_mask.shape, postprocessing) for case in cases]
 
 
-def mean_dice(cases, postprocessing: PostProcessing, make_mask: MaskMaker) -> float:
+def mean_score(cases, postprocessing: PostProcessing, make_mask: MaskMaker, score: str = "dice") -> float:
+    """The mean over ``cases`` of one of ``scoring.SCORE_NAMES`` for the masks ``postprocessing`` makes."""
+    if score not in scoring.SCORE_NAMES:
+        raise ValueError(f"score {score!r} is not one of {', '.join(scoring.SCORE_NAMES)}")
     masks = masks_for(cases, postprocessing, make_mask)
     scorer = (
         scoring.binary_scores
         if make_mask.num_classes == 1
         else (lambda p, t: scoring.multiclass_scores(p, t, make_mask.num_classes))
     )
-    return float(np.mean([scorer(m, c.true_mask)["dice"] for m, c in zip(masks, cases)]))
+    return float(np.mean([scorer(m, c.true_mask)[score] for m, c in zip(masks, cases)]))
+
+
+def mean_dice(cases, postprocessing: PostProcessing, make_mask: MaskMaker) -> float:
+    return mean_score(cases, postprocessing, make_mask, "dice")
 
 
 def score_cases(cases, masks, num_classes: int, group_by: str | None = None) -> list[dict]:
