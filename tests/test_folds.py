@@ -230,11 +230,13 @@ def finished_folds(tmp_path_factory):
         patch.setattr(postprocessing_choice, "choose_postprocessing", recording)
         plan = folds.make_plan(config.dataset, 3)
         folds.write(run_dir, plan)
-        for k, bias in enumerate((-5.0, -4.0, -6.5)):
+        for k, bias in enumerate((-5.0, -4.0, -8.0)):  # fold 2 misses the darker edges of discs
             fold_dir = folds.fold_dir(run_dir, k)
             fold_dir.mkdir(parents=True)
-            _bright_pixel_model(bias).save(fold_dir / "best.keras")
+            for weights in ("best", "last", "average"):
+                _bright_pixel_model(bias).save(fold_dir / f"{weights}.keras")
             (fold_dir / "metrics.json").write_text(json.dumps({"best_epoch": 2, "train_seconds": 1.5}))
+        (run_dir / "config.json").write_text(json.dumps(config.to_dict()))
         metrics = folds_run.finish(config, plan, run_dir)
     return run_dir, dataset, seen, metrics
 
@@ -249,7 +251,7 @@ def test_the_post_processing_is_chosen_on_out_of_fold_predictions_only(finished_
     assert sorted(saved["image_ids"]) == plan.image_ids
     assert [fold_of[i] for i in saved["image_ids"]] == list(saved["folds"])
     # each image's probabilities come from the fold model that held it out (their biases differ)
-    bias = {0: -5.0, 1: -4.0, 2: -6.5}
+    bias = {0: -5.0, 1: -4.0, 2: -8.0}
     for image_id, fold, probs in zip(saved["image_ids"], saved["folds"], saved["probabilities"]):
         image = np.asarray(Image.open(next(dataset.glob(f"*/images/{image_id}.png"))), np.float32) / 255
         expected = 1 / (1 + np.exp(-(10 * image.mean(-1) + bias[fold])))
@@ -267,6 +269,30 @@ def test_the_post_processing_is_chosen_on_out_of_fold_predictions_only(finished_
     assert [f["fold"] for f in metrics["folds"]] == [0, 1, 2] and metrics["test"]["images"] == 3
     assert metrics["out_of_fold"]["images"] == 9 and metrics["test"]["dice"] > 0.9 and metrics["finish_seconds"] > 0
     assert json.loads((run_dir / "metrics.json").read_text()) == metrics
+
+
+def test_bench_folds_scores_each_fold_and_the_ensemble_as_the_run_does(finished_folds, load_bench_script, tmp_path):
+    run_dir, _, _, metrics = finished_folds
+    bench_folds = load_bench_script("folds")
+    assert bench_folds.main([str(run_dir), "--score", "iou", "--output", str(tmp_path / "folds.json")]) == 0
+    written = json.loads((tmp_path / "folds.json").read_text())
+    rows = {row["model"]: row for row in written["results"]}
+    assert written["score"] == "iou" and set(rows) == {
+        "fold 0",
+        "fold 1",
+        "fold 2",
+        "folds mean",
+        "folds std",
+        "ensemble of 3",
+    }
+    for k, fold in enumerate(metrics["folds"]):  # the run scored each fold's best.keras with the chosen clean-up
+        assert rows[f"fold {k}"]["best_chosen"] == pytest.approx(fold["test"]["iou"], abs=1e-6)
+    assert rows["fold 2"]["best_plain"] < 0.95 < rows["fold 0"]["best_plain"]  # the scores tell folds apart
+    # the bench averages probabilities in NumPy; the run scored its one in-graph ensemble model
+    assert rows["ensemble of 3"]["best_chosen"] == pytest.approx(metrics["test"]["iou"], abs=1e-4)
+    assert rows["ensemble of 3"]["best_plain"] == pytest.approx(metrics["test_plain_threshold"]["iou"], abs=1e-4)
+    assert written["postprocessing_choice"]["out_of_fold"]["test_iou"] == rows["ensemble of 3"]["best_chosen"]
+    assert "test_iou" in written["postprocessing_choice"]["validation_only"]
 
 
 def test_the_folds_run_is_one_model_equal_to_the_mean_of_its_folds_also_exported(finished_folds, tmp_path):
