@@ -3,6 +3,7 @@ figure), predict (skeleton and COCO keypoint results), export, and the client th
 joints must equal kseg.predict's; and the errors a user meets on the way."""
 
 import json
+import shutil
 
 import numpy as np
 
@@ -37,6 +38,24 @@ def test_evaluate_writes_pck_per_joint_and_a_row_per_image(keypoint_run, lspet_d
     assert (out / "predictions.png").exists()
     printed = capsys.readouterr().out
     assert "PCK@0.2" in printed and "left_knee" in printed
+
+
+def test_choosing_flip_tta_on_validation_is_stored_with_the_model(keypoint_run, lspet_data_dir, tmp_path):
+    from kseg import evaluate
+    from kseg.prediction import inference
+
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(keypoint_run / "best.keras", run / "best.keras")
+    args = ["--model", str(run), "--dataset", LSPET, "--split", "test", "--data-dir", lspet_data_dir]
+    assert evaluate.main([*args, "--choose-postprocessing", "--output-dir", str(tmp_path / "e")]) == 0
+    stored = json.loads((run / "best.postprocessing.json").read_text())
+    scores = stored["steps"]
+    assert stored["tta"] == (scores["flip TTA (PCK@0.2)"] >= scores["no TTA (PCK@0.2)"] + 0.005)
+    assert "validation" in stored["chosen_on"]
+    summary = json.loads((tmp_path / "e" / "summary.json").read_text())
+    assert summary["postprocessing"] == {"tta": stored["tta"]} and "postprocessing_choice" in summary
+    assert inference.load_predictor(run).postprocessing.tta == stored["tta"]
 
 
 def test_predict_export_and_client_give_the_same_joints(keypoint_run, tmp_path):

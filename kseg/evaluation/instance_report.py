@@ -6,7 +6,6 @@ the semantic evaluator does."""
 from __future__ import annotations
 
 import csv
-import dataclasses
 import io
 import logging
 import math
@@ -21,8 +20,6 @@ from kseg.tasks.coco import InstancePrediction, coco_scores, image_counts
 log = logging.getLogger(__name__)
 
 PICTURED_CASES = 8
-#: Flip TTA is kept when it raises validation mask AP by at least this much (it doubles the model's cost).
-MIN_TTA_GAIN = 0.005
 CASE_COLUMNS = ("people", "predicted", "found", "missed", "spurious", "matched_iou")
 AP_KEYS = ("mask_ap", "mask_ap50", "mask_ap75", "box_ap", "box_ap50", "box_ap75")
 
@@ -106,17 +103,13 @@ def score_best_model(config, spec, run_dir: pathlib.Path, predictor) -> dict:
 
 
 def choose_tta(predictor, examples, postprocessing):
-    """Flip TTA or not, by validation mask AP: kept only for a gain of ``MIN_TTA_GAIN`` (nnU-Net's rule: a
-    step that does not clearly help costs time for nothing). Returns the choice and the record behind it."""
-    scores = {}
-    for tta in (False, True):
-        ids, truths, results, _ = predict_examples(
-            predictor, examples, postprocessing=dataclasses.replace(postprocessing, tta=tta)
-        )
-        scores[tta] = score(ids, truths, results)[0]["mask_ap"]
-    keep = scores[True] >= scores[False] + MIN_TTA_GAIN
-    steps = {"no TTA (mask AP)": round(scores[False], 4), "flip TTA (mask AP)": round(scores[True], 4)}
-    return dataclasses.replace(postprocessing, tta=keep), {"steps": steps}
+    """Flip TTA or not, by validation mask AP (``tta_choice.choose_flip``)."""
+
+    def mask_ap(candidate):
+        ids, truths, results, _ = predict_examples(predictor, examples, postprocessing=candidate)
+        return score(ids, truths, results)[0]["mask_ap"]
+
+    return tta_choice.choose_flip(postprocessing, mask_ap, "mask AP")
 
 
 def evaluate(

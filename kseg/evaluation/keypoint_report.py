@@ -17,7 +17,6 @@ no person found scores every joint a miss.
 from __future__ import annotations
 
 import csv
-import dataclasses
 import io
 import logging
 import math
@@ -33,8 +32,6 @@ log = logging.getLogger(__name__)
 
 PICTURED_CASES = 8
 FRACTIONS = {"pck": 0.2, "pck_0.1": 0.1}
-#: Flip TTA is kept when it raises validation PCK@0.2 by at least this much (it doubles the model's cost).
-MIN_TTA_GAIN = 0.005
 CASE_COLUMNS = ("visible", "torso", "pck", "pck_0.1", "people")
 
 
@@ -180,16 +177,13 @@ def score_best_model(config, spec, run_dir: pathlib.Path, predictor) -> dict:
 
 
 def choose_tta(predictor, examples, joint_names, postprocessing):
-    """Flip TTA or not, by validation PCK@0.2 (kept for a gain of ``MIN_TTA_GAIN``)."""
-    scores = {}
-    for tta in (False, True):
-        ids, truths, predicted, _ = predict_examples(
-            predictor, examples, joint_names, postprocessing=dataclasses.replace(postprocessing, tta=tta)
-        )
-        scores[tta] = score(ids, truths, predicted, joint_names, predictor.joint_names)[0]["pck"]
-    keep = scores[True] >= scores[False] + MIN_TTA_GAIN
-    steps = {"no TTA (PCK@0.2)": round(scores[False], 4), "flip TTA (PCK@0.2)": round(scores[True], 4)}
-    return dataclasses.replace(postprocessing, tta=keep), {"steps": steps}
+    """Flip TTA or not, by validation PCK@0.2 (``tta_choice.choose_flip``)."""
+
+    def pck(candidate):
+        ids, truths, predicted, _ = predict_examples(predictor, examples, joint_names, postprocessing=candidate)
+        return score(ids, truths, predicted, joint_names, predictor.joint_names)[0]["pck"]
+
+    return tta_choice.choose_flip(postprocessing, pck, "PCK@0.2")
 
 
 def evaluate(

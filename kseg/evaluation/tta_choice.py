@@ -13,6 +13,19 @@ from kseg.core import files
 
 log = logging.getLogger(__name__)
 
+#: Flip TTA is kept only for at least this gain on validation (nnU-Net's rule: a step that does not clearly
+#: help costs time for nothing).
+MIN_TTA_GAIN = 0.005
+
+
+def choose_flip(postprocessing, score_of, metric: str):
+    """``(postprocessing, record)`` with flip TTA on or off, whichever ``score_of(postprocessing)`` (a
+    validation score, higher is better, named ``metric`` in the record) prefers by ``MIN_TTA_GAIN``."""
+    scores = {tta: score_of(dataclasses.replace(postprocessing, tta=tta)) for tta in (False, True)}
+    keep = scores[True] >= scores[False] + MIN_TTA_GAIN
+    steps = {f"no TTA ({metric})": round(scores[False], 4), f"flip TTA ({metric})": round(scores[True], 4)}
+    return dataclasses.replace(postprocessing, tta=keep), {"steps": steps}
+
 
 def postprocessing_for(predictor, dataset, *, data_dir, manual_dir, choose, tta, output_dir, save, choose_tta):
     """``(postprocessing, record)``: the predictor's stored choice; with ``choose``, flip TTA chosen on the
