@@ -25,7 +25,7 @@ def _real_data_dir() -> pathlib.Path:
 
 def _require(path: pathlib.Path) -> pathlib.Path:
     if not path.exists():
-        message = f"real data not found at {path} (set {DATA_DIR_ENV} to the folder holding PH2Dataset/ and bodies/)"
+        message = f"real data not found at {path} (set {DATA_DIR_ENV} to the folder holding {path.name}/)"
         if os.environ.get("CI"):
             pytest.fail(message)  # CI has the data: a missing folder is a broken set-up, not a reason to skip
         pytest.skip(message)
@@ -42,6 +42,18 @@ def ph2_dir() -> pathlib.Path:
 def bodies_dir() -> pathlib.Path:
     """The real MADS-layout ``bodies`` folder (290 pairs, read-only)."""
     return _require(_real_data_dir() / "bodies")
+
+
+@pytest.fixture(scope="session")
+def pennfudan_dir() -> pathlib.Path:
+    """The real ``PennFudanPed`` folder (170 images, read-only)."""
+    return _require(_real_data_dir() / "PennFudanPed")
+
+
+@pytest.fixture(scope="session")
+def lspet_dir() -> pathlib.Path:
+    """The real ``lspet`` folder (4,000 images, read-only)."""
+    return _require(_real_data_dir() / "lspet")
 
 
 @pytest.fixture

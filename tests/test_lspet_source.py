@@ -3,7 +3,6 @@ dummy download (keypoints, flags and the JPEG bytes as stored), and every bad in
 dummy download, each an error naming the file."""
 
 import logging
-import os
 import pathlib
 import random
 import shutil
@@ -30,18 +29,6 @@ DUMMY_SPLITS = {
     "validation": ["im00010"],
     "test": ["im00003", "im00008"],
 }
-
-
-@pytest.fixture(scope="session")
-def lspet_dir() -> pathlib.Path:
-    """The real ``lspet`` folder (4,000 images, read-only)."""
-    path = pathlib.Path(os.environ.get("KSEG_DATA_DIR", REPO.parent / "shared" / "data")) / "lspet"
-    if not path.exists():
-        message = f"real data not found at {path} (set KSEG_DATA_DIR to the folder holding lspet/)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 a broken copy of the dummy download, each an error naming the file."""
 
 import collections
-import os
 import pathlib
 import random
 import re
@@ -31,18 +30,6 @@ REAL_COUNTS = {
     "validation": {"fudan": 9, "penn": 11},
     "test": {"fudan": 22, "penn": 28},
 }
-
-
-@pytest.fixture(scope="session")
-def pennfudan_dir() -> pathlib.Path:
-    """The real ``PennFudanPed`` folder (170 images, read-only)."""
-    path = pathlib.Path(os.environ.get("KSEG_DATA_DIR", REPO.parent / "shared" / "data")) / "PennFudanPed"
-    if not path.exists():
-        message = f"real data not found at {path} (set KSEG_DATA_DIR to the folder holding PennFudanPed/)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
 
 
 @pytest.fixture
