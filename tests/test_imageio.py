@@ -45,7 +45,7 @@ def test_mask_in_alpha_channel_only(tmp_path):
 @pytest.mark.parametrize("mode", ["1", "L", "P", "RGBA", "I;16"])
 def test_images_of_any_mode_become_rgb_uint8(tmp_path, mode):
     base = Image.fromarray(np.linspace(0, 255, 48, dtype=np.uint8).reshape(6, 8))
-    # A uint16 array becomes an I;16 image by itself; Pillow 12 refuses fromarray's mode argument for it.
+    # A uint16 array becomes an I;16 image by itself; Pillow 13 refuses fromarray's mode argument for it.
     image = base.convert(mode) if mode != "I;16" else Image.fromarray(np.asarray(base).astype(np.uint16) * 257)
     assert image.mode == mode
     array = imageio.read_image(_save(tmp_path, "x.png", image))
