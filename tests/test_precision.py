@@ -170,3 +170,16 @@ def test_training_precision_scope_follows_the_policy(monkeypatch):
     with setup.precision_scope(resolved):
         assert keras.mixed_precision.global_policy().name == "mixed_bfloat16"
     assert keras.mixed_precision.global_policy().name == "float32"
+
+
+def test_the_default_preset_asks_for_mixed_precision_which_is_bfloat16_only_with_amx():
+    """ph2-unet-lite0 asks for mixed precision since bfloat16 measured as good as float32 there
+    (docs/benchmarks.md): on a CPU that means bfloat16 with AMX and float32 without."""
+    from kseg.training import config
+
+    preset = config.resolve(overrides={"preset": config.DEFAULT_PRESET})
+    assert preset.mixed_precision
+    policy = lambda cpuinfo: distribute.precision_policy(preset.mixed_precision, device="cpu", cpuinfo_text=cpuinfo)
+    assert policy(AMX_CPUINFO) == "mixed_bfloat16"
+    assert policy(AVX512_BF16_CPUINFO) == "float32"
+    assert policy(PLAIN_CPUINFO) == "float32"

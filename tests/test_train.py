@@ -367,3 +367,19 @@ def test_the_history_row_is_written_before_the_epoch_checkpoint(tmp_path):
     # the task's score is in the logs before the CSV row and the checkpoint that monitors it read them
     assert kinds.index(TaskScore) < kinds.index(keras.callbacks.CSVLogger)
     assert hooks[kinds.index(checkpoints_lib.EpochCheckpoint)].monitor == "val_mask_ap"
+
+
+def test_the_default_preset_keeps_the_last_epoch_and_the_summary_says_so(tmp_path):
+    """Best-of-20-validation-images picked early epochs on PH2 (docs/benchmarks.md), so ph2-unet-lite0 keeps
+    the last epoch; the run's summary must not then call the validation epoch the model."""
+    from kseg.training import checkpoints as checkpoints_lib
+    from kseg.training import finish
+
+    default, _ = train.config_from_args([])
+    assert default.keep == "last"
+    state = checkpoints_lib.RunState(epoch=80, best_dice=0.9596, best_epoch=31, train_seconds=60.0)
+    metrics = {"test": {"dice": 0.95, "iou": 0.9}}
+    line = finish.summary_line(default, tmp_path, metrics, state)
+    assert "kept the last epoch (80)" in line and "best on validation: epoch 32" in line
+    as_best = finish.summary_line(config.resolve(overrides={"keep": "best"}), tmp_path, metrics, state)
+    assert "kept" not in as_best and "best epoch 32" in as_best

@@ -102,6 +102,7 @@ def finish_run(
             "train_seconds": round(state.train_seconds, 2),
             "images_per_second": round(images_per_second, 2) if images_per_second else None,
             "best_epoch": state.best_epoch + 1,
+            "kept": config.keep,
             "epochs": config.epochs,
             "scored_at": metrics.pop("scored_at", "original resolution, mean over images"),
             "precision": precision,
@@ -115,14 +116,21 @@ def finish_run(
     return metrics
 
 
+#: How the summary line names the weights a run keeps when they are not its best validation epoch.
+KEPT_WEIGHTS = {"last": "kept the last epoch ({epochs})", "average": "kept the weight average over epochs"}
+
+
 def summary_line(config: TrainConfig, run_dir, metrics: dict, state: RunState) -> str:
     parts = [
         f"{config.preset or config.model_preset} on {config.dataset} done in {state.train_seconds / 60:.1f} "
         f"min of training"
     ]
     task = tasks.get(config.task)
+    if config.keep != "best":
+        parts.append(KEPT_WEIGHTS[config.keep].format(epochs=config.epochs))
     if state.best_epoch >= 0 and math.isfinite(state.best_dice):
-        parts.append(f"best epoch {state.best_epoch + 1} ({task.monitor_label} {state.best_dice:.4f} at model size)")
+        best = "best epoch" if config.keep == "best" else "best on validation: epoch"
+        parts.append(f"{best} {state.best_epoch + 1} ({task.monitor_label} {state.best_dice:.4f} at model size)")
     elif state.best_epoch >= 0:
         parts.append(f"last epoch {state.best_epoch + 1} kept (no validation split)")
     parts.extend(task.summary_parts(metrics))
