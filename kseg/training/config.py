@@ -278,7 +278,7 @@ TRAINING_PRESETS: dict[str, dict] = {
         output_dir="runs/mads-unet",
     ),
     # Pretrained encoders (docs/library.md): the decoder trains alone while the encoder is frozen,
-    # then both, the encoder at a tenth of the rate. On PH2 (3 seeds a precision, docs/benchmarks.md):
+    # then both, the encoder at a tenth of the rate. On PH2 (3 bfloat16 and 2 float32 seeds, docs/benchmarks.md):
     # the last epoch, not the best of 20 validation images (which picked early epochs in bfloat16 and lost
     # 0.006-0.008 test Dice); bfloat16 where it pays (AMX: 1.1x a run), as good as float32 with the last epoch.
     "ph2-unet-lite0": dict(
