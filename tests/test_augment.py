@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kseg.data.augment import AUGMENTATIONS, Augmentation, augment_batch, get_augmentation
+from kseg.data.augment import AUGMENTATIONS, Augmentation, augment_batch, copy_paste, get_augmentation
 
 
 def _batch(size=32, batch=6):
@@ -118,3 +118,61 @@ def test_validation_and_names():
     with pytest.raises(ValueError, match="unknown augmentation 'wild'"):
         get_augmentation("wild")
     assert get_augmentation("none") == AUGMENTATIONS["none"]
+
+
+def _people(batch=4, size=(24, 40)):
+    """Instance label images: image i holds people i+1 wide boxes with ids 1..; the red channel is the id / 10
+    so that pasted pixels can be traced to their source."""
+    labels = np.zeros((batch, *size, 1), np.int32)
+    for i in range(batch):
+        for k in range(i % 3 + 1):
+            labels[i, 4 + 2 * k : 20, 2 + 12 * k : 10 + 12 * k] = k + 1
+    red = labels.astype(np.float32) / 10 + np.arange(batch, dtype=np.float32)[:, None, None, None] / 100
+    images = np.concatenate([red, np.zeros((batch, *size, 2), np.float32)], axis=-1)
+    return tf.constant(images), tf.constant(labels)
+
+
+def test_copy_paste_adds_whole_people_with_new_ids():
+    images, labels = _people()
+    out_images, out_labels = copy_paste(images, labels, tf.constant([1, 2], tf.int64), probability=1.0)
+    out_images, out_labels = out_images.numpy(), out_labels.numpy()
+    pasted_any = False
+    for i in range(4):
+        own = labels[i].numpy()
+        top = own.max()
+        new = out_labels[i][out_labels[i] > top]
+        if new.size:
+            pasted_any = True
+            # a pasted person's pixels come from the previous image of the batch, and its id is above the
+            # receiving image's own ids
+            source = (i - 1) % 4
+            red = out_images[i][..., 0][out_labels[i][..., 0] > top]
+            np.testing.assert_allclose(red - source / 100, (new - top) / 10, atol=1e-5)
+        # pixels that were not pasted over keep their image and id
+        kept = out_labels[i] <= top
+        np.testing.assert_array_equal(out_labels[i][kept], own[kept])
+        np.testing.assert_array_equal(out_images[i][kept[..., 0]], images[i].numpy()[kept[..., 0]])
+    assert pasted_any
+
+
+def test_copy_paste_probability_zero_and_seeds():
+    images, labels = _people()
+    same_images, same_labels = copy_paste(images, labels, tf.constant([1, 2], tf.int64), probability=0.0)
+    np.testing.assert_array_equal(same_labels.numpy(), labels.numpy())
+    np.testing.assert_array_equal(same_images.numpy(), images.numpy())
+    a = copy_paste(images, labels, tf.constant([3, 4], tf.int64), probability=1.0)[1].numpy()
+    b = copy_paste(images, labels, tf.constant([3, 4], tf.int64), probability=1.0)[1].numpy()
+    np.testing.assert_array_equal(a, b)
+    with pytest.raises(TypeError, match="instance label images"):
+        copy_paste(images, tf.cast(labels, tf.float32), tf.constant([1, 2], tf.int64), probability=1.0)
+
+
+def test_copy_paste_runs_inside_augment_batch_and_is_validated():
+    images, labels = _people()
+    aug = dataclasses.replace(AUGMENTATIONS["people-paste"], copy_paste=1.0)
+    out_images, out_labels = augment_batch(images, labels, tf.constant([5, 6]), aug)
+    assert out_labels.dtype == tf.int32 and out_images.shape == images.shape
+    counts = [len(np.unique(out_labels[i].numpy())) - 1 for i in range(4)]
+    assert sum(counts) > sum(len(np.unique(labels[i].numpy())) - 1 for i in range(4)) - 2
+    with pytest.raises(ValueError, match="copy_paste must be a probability"):
+        Augmentation(copy_paste=1.5)

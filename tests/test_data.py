@@ -237,3 +237,21 @@ def test_extra_features_by_name(dummy_ph2_data_dir, synthetic_data_dir):
         data.load_examples(
             "tfds_ph2/synthetic", "test", data_dir=synthetic_data_dir, extra_features=("clinical_diagnosis",)
         )
+
+
+def test_copy_paste_on_an_instance_folder_and_refused_for_masks(people_dataset, synthetic_data_dir):
+    """On instance label images every pasted person gets an id of its own (more people per image than the
+    folder holds); on a semantic dataset the augmentation is refused with the dataset's name."""
+    import dataclasses
+
+    from kseg.data.augment import AUGMENTATIONS
+
+    always = dataclasses.replace(AUGMENTATIONS["people-paste"], copy_paste=1.0)
+    plain = data.load(f"folder:{people_dataset}", "train", image_size=(64, 96), batch_size=4)
+    pasted = data.load(
+        f"folder:{people_dataset}", "train", image_size=(64, 96), batch_size=4, augmentation=always, seed=1
+    )
+    people = lambda dataset: sum(len(np.unique(m)) - 1 for _, labels in dataset for m in labels.numpy())
+    assert people(pasted) > people(plain)
+    with pytest.raises(data.DataError, match=r"tfds_ph2/synthetic: copy-paste .* semantic masks"):
+        data.load("tfds_ph2/synthetic", "train", augmentation=always, data_dir=synthetic_data_dir)

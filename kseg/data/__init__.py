@@ -995,6 +995,12 @@ def load(
     if batch_size < 1:
         raise DataError(f"batch_size must be >= 1, got {batch_size}")
     spec = dataset_spec(name, data_dir=data_dir, manual_dir=manual_dir, num_classes=num_classes)
+    augmentation = get_augmentation(augmentation) if augmentation is not None else None
+    if augmentation is not None and augmentation.copy_paste and not spec.is_instances:
+        raise DataError(
+            f"{name}: copy-paste augmentation pastes people from instance label images, and this dataset has "
+            f"{kind_text(spec.kind)}; choose an augmentation without copy_paste"
+        )
     examples = load_examples(
         name, split, data_dir=data_dir, manual_dir=manual_dir, num_classes=spec.num_classes, image_ids=image_ids
     )
@@ -1031,8 +1037,7 @@ def load(
     to_model = lambda image, mask: (scale_to_unit(image), tf.cast(mask, mask_dtype))
     dataset = dataset.map(to_model, num_parallel_calls=tf.data.AUTOTUNE)
 
-    augmentation = get_augmentation(augmentation) if augmentation is not None else None
-    if augmentation is not None and (augmentation.has_geometry or augmentation.has_colour):
+    if augmentation is not None and (augmentation.has_geometry or augmentation.has_colour or augmentation.copy_paste):
         seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
         dataset = tf.data.Dataset.zip((dataset, seeds)).map(
             lambda batch, pair_seed: augment_batch(batch[0], batch[1], pair_seed, augmentation),
@@ -1072,7 +1077,6 @@ def _keypoint_batches(
         dataset = dataset.repeat()
     dataset = dataset.batch(batch_size, drop_remainder=drop_remainder, num_parallel_calls=tf.data.AUTOTUNE)
     dataset = dataset.map(lambda image, points: (scale_to_unit(image), points), num_parallel_calls=tf.data.AUTOTUNE)
-    augmentation = get_augmentation(augmentation) if augmentation is not None else None
     if augmentation is not None and (augmentation.has_geometry or augmentation.has_colour):
         permutation = flip_permutation(spec.class_names)
         seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
